@@ -1,0 +1,342 @@
+// llmq: the command-line client — push messages, read history, get one message, show stats.
+#include <unistd.h>
+
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+
+#include <nlohmann/json.hpp>
+#include <spdlog/spdlog.h>
+
+#include "client/client.hpp"
+#include "client/jsonl.hpp"
+#include "client/push.hpp"
+#include "common/config.hpp"
+#include "common/time.hpp"
+#include "common/uuid.hpp"
+
+namespace {
+
+using namespace llmq;
+using json = nlohmann::json;
+
+// Exit codes (also in --help).
+constexpr int kExitOk = 0, kExitRejected = 1, kExitUsage = 2, kExitUnreachable = 3;
+
+struct Global {
+    std::string broker = "tcp://127.0.0.1:5555";
+    int timeout_ms = 10'000;
+};
+
+json to_json(const StoredMessage& m) {
+    return json{{"id", uuid_to_string(m.id)},
+                {"conversation_id", m.conversation_id},
+                {"user_id", m.user_id},
+                {"content", m.content},
+                {"priority", std::string(priority_name(m.priority))},
+                {"status", m.status},
+                {"token_count", m.token_count},
+                {"content_hash", m.content_hash},
+                {"created_at", format_rfc3339(m.created_at_us)},
+                {"persisted_at", format_rfc3339(m.persisted_at_us)}};
+}
+
+void print_text(const StoredMessage& m) {
+    std::printf("%s  %s  %-8s %-6s %4d tok  %s\n", format_rfc3339(m.created_at_us).c_str(),
+                uuid_to_string(m.id).c_str(), m.user_id.c_str(), std::string(priority_name(m.priority)).c_str(),
+                m.token_count, m.content.c_str());
+}
+
+// Prints a failed request and returns the exit code for it.
+int report_failure(const std::variant<proto::Error, client::ClientError>& f) {
+    if (auto* e = std::get_if<proto::Error>(&f)) {
+        std::fprintf(stderr, "llmq: %s (%d %s)\n", e->reason.c_str(), static_cast<int>(e->status),
+                     std::string(proto::status_name(e->status)).c_str());
+        return proto::is_retry(e->status) ? kExitUnreachable : kExitRejected;
+    }
+    std::fprintf(stderr, "llmq: %s\n", std::get<client::ClientError>(f).reason.c_str());
+    return kExitUnreachable;
+}
+
+template <class T, class V>
+int unwrap(V&& result, T*& out) {
+    if (auto* ok = std::get_if<T>(&result)) {
+        out = ok;
+        return -1;
+    }
+    if (auto* e = std::get_if<proto::Error>(&result)) return report_failure(*e);
+    return report_failure(std::get<client::ClientError>(result));
+}
+
+struct PushArgs {
+    std::string conversation, user, priority = "normal", text, file, ack = "persisted", id, progress = "auto";
+    size_t window = 20'000, frame_messages = 500, max_content_bytes = kDefaultMaxContentBytes;
+    int resend_after_ms = 15'000, give_up_after_ms = 60'000;
+    size_t show_rejects = 10;
+};
+
+int run_push(const Global& g, const PushArgs& a) {
+    bool from_file = !a.file.empty();
+    if (from_file == !a.text.empty()) {
+        std::fprintf(stderr, "llmq push: give either TEXT (with -c and -u) or --file FILE.jsonl, not both\n");
+        return kExitUsage;
+    }
+    client::PushOptions opts;
+    opts.ack = a.ack == "queued" ? proto::AckMode::queued : proto::AckMode::persisted;
+    opts.window = a.window;
+    opts.frame_messages = a.frame_messages;
+    opts.resend_after_ms = a.resend_after_ms;
+    opts.give_up_after_ms = a.give_up_after_ms;
+    opts.progress = a.progress == "always" || (a.progress == "auto" && isatty(STDERR_FILENO) && from_file);
+
+    std::ifstream file_in;
+    std::istream* in = nullptr;
+    if (from_file) {
+        if (a.file == "-") {
+            in = &std::cin;
+        } else {
+            file_in.open(a.file, std::ios::binary);
+            if (!file_in) {
+                std::fprintf(stderr, "llmq push: cannot open %s: %s\n", a.file.c_str(), std::strerror(errno));
+                return kExitUsage;
+            }
+            if (opts.progress) {  // count lines for a percentage; cheap next to pushing them
+                opts.progress_total = static_cast<size_t>(
+                    std::count(std::istreambuf_iterator<char>(file_in), std::istreambuf_iterator<char>(), '\n'));
+                file_in.clear();
+                file_in.seekg(0);
+            }
+            in = &file_in;
+        }
+    }
+
+    client::Client c(g.broker);
+    client::Pusher pusher(c, opts);
+    client::PushSummary local;  // lines refused before sending
+    size_t shown = 0, line_no = 0;
+    auto show = [&](size_t line, const std::string& why) {
+        if (shown++ < a.show_rejects) {
+            if (line) std::fprintf(stderr, "llmq push: line %zu rejected: %s\n", line, why.c_str());
+            else std::fprintf(stderr, "llmq push: rejected: %s\n", why.c_str());
+        }
+    };
+    bool single_sent = false;
+    std::string line;
+    auto next = [&](client::PushItem& item) -> bool {
+        if (!from_file) {
+            if (single_sent) return false;
+            single_sent = true;
+            item.msg.conversation_id = a.conversation;
+            item.msg.user_id = a.user;
+            item.msg.content = a.text;
+            item.msg.priority = *parse_priority(a.priority);
+            item.msg.id = a.id.empty() ? uuid_v7() : *uuid_from_string(a.id);
+            item.msg.created_at_us = wall_now_us();
+            return true;
+        }
+        while (std::getline(*in, line)) {
+            ++line_no;
+            if (!line.empty() && line.back() == '\r') line.pop_back();
+            if (line.find_first_not_of(" \t") == std::string::npos) continue;  // blank lines are skipped
+            auto parsed = client::parse_message_line(line, a.max_content_bytes, wall_now_us());
+            if (auto* err = std::get_if<client::LineError>(&parsed)) {
+                pusher.count_local_reject(local, err->code);
+                show(line_no, err->code + ": " + err->detail);
+                continue;
+            }
+            item.msg = std::move(std::get<Message>(parsed));
+            item.line = line_no;
+            return true;
+        }
+        return false;
+    };
+    auto s = pusher.run(next, show);
+    for (const auto& [code, n] : local.reasons) s.reasons[code] += n;
+    s.rejected += local.rejected;
+    if (shown > a.show_rejects)
+        std::fprintf(stderr, "llmq push: ... and %zu more rejected (see the counts below)\n", shown - a.show_rejects);
+
+    size_t total = s.sent + local.rejected;
+    std::printf("pushed %zu messages in %.2f s: %zu %s, %zu rejected%s\n", total, s.seconds, s.persisted,
+                opts.ack == proto::AckMode::queued ? "queued" : "persisted", s.rejected,
+                s.unanswered ? (", " + std::to_string(s.unanswered) + " unanswered").c_str() : "");
+    std::printf("throughput %.0f msg/s, latency p50 %.1f ms, p99 %.1f ms, max %.1f ms", 
+                s.seconds > 0 ? (s.persisted + s.rejected) / s.seconds : 0.0, s.percentile(50), s.percentile(99),
+                s.percentile(100));
+    if (s.resends || s.busy_retries) std::printf(", %zu resent, %zu busy retries", s.resends, s.busy_retries);
+    std::printf("\n");
+    if (!s.reasons.empty()) {
+        std::printf("rejected by reason:");
+        for (const auto& [code, n] : s.reasons) std::printf(" %s=%zu", code.c_str(), n);
+        std::printf("\n");
+    }
+    if (!from_file && s.persisted == 1 && total == 1) std::printf("id %s\n", a.id.empty() ? "(generated)" : a.id.c_str());
+    if (s.broker_unreachable) {
+        std::fprintf(stderr, "llmq push: the broker at %s did not answer for %d ms; %zu messages unacknowledged\n",
+                     g.broker.c_str(), a.give_up_after_ms, s.unanswered);
+        return kExitUnreachable;
+    }
+    return s.rejected ? kExitRejected : kExitOk;
+}
+
+int run_history(const Global& g, const std::string& conv, const std::string& after, uint32_t limit, bool as_json) {
+    std::optional<MessageId> after_id;
+    if (!after.empty()) {
+        after_id = uuid_from_string(after);
+        if (!after_id) {
+            std::fprintf(stderr, "llmq history: --after must be a message id (UUID), got '%s'\n", after.c_str());
+            return kExitUsage;
+        }
+    }
+    client::Client c(g.broker);
+    auto r = c.history(conv, after_id, limit, std::chrono::milliseconds(g.timeout_ms));
+    proto::Reply* reply = nullptr;
+    if (int rc = unwrap<proto::Reply>(r, reply); rc >= 0) return rc;
+    if (reply->status != proto::Status::ok) return report_failure(proto::Error{reply->req, reply->status, reply->reason});
+    if (as_json) {
+        json arr = json::array();
+        for (const auto& m : reply->messages) arr.push_back(to_json(m));
+        std::printf("%s\n", json{{"conversation_id", conv}, {"source", reply->source}, {"messages", arr}}.dump().c_str());
+    } else {
+        for (const auto& m : reply->messages) print_text(m);
+        std::fprintf(stderr, "%zu messages (from %s)%s\n", reply->messages.size(), reply->source.c_str(),
+                     reply->messages.size() == limit ? "; next page: --after <last id>" : "");
+    }
+    return kExitOk;
+}
+
+int run_get(const Global& g, const std::string& id_text, bool as_json) {
+    auto id = uuid_from_string(id_text);
+    if (!id) {
+        std::fprintf(stderr, "llmq get: '%s' is not a message id (UUID)\n", id_text.c_str());
+        return kExitUsage;
+    }
+    client::Client c(g.broker);
+    auto r = c.get(*id, std::chrono::milliseconds(g.timeout_ms));
+    proto::Reply* reply = nullptr;
+    if (int rc = unwrap<proto::Reply>(r, reply); rc >= 0) return rc;
+    if (reply->status != proto::Status::ok || reply->messages.empty())
+        return report_failure(proto::Error{reply->req, reply->status, reply->reason});
+    if (as_json) std::printf("%s\n", to_json(reply->messages.front()).dump().c_str());
+    else print_text(reply->messages.front());
+    return kExitOk;
+}
+
+int run_stats(const Global& g, bool as_json) {
+    client::Client c(g.broker);
+    auto r = c.stats(std::chrono::milliseconds(g.timeout_ms));
+    proto::Stats* s = nullptr;
+    if (int rc = unwrap<proto::Stats>(r, s); rc >= 0) return rc;
+    if (as_json) {
+        json lanes = json::object();
+        for (int i = 0; i < kPriorityCount; ++i) {
+            const auto& l = s->lanes[i];
+            lanes[std::string(priority_name(static_cast<Priority>(i)))] = {
+                {"depth", l.depth}, {"capacity", l.capacity}, {"received", l.received},
+                {"dispatched", l.dispatched}, {"busy", l.busy}};
+        }
+        json workers = json::array();
+        for (const auto& w : s->workers)
+            workers.push_back({{"id", w.id}, {"host", w.host}, {"pid", w.pid}, {"inflight_batches", w.inflight_batches},
+                               {"credit", w.credit}, {"batches_done", w.batches_done}});
+        json j{{"uptime_ms", s->uptime_ms},       {"lanes", lanes},
+               {"persisted", s->persisted},       {"rejected", s->rejected},
+               {"redeliveries", s->redeliveries}, {"inflight_batches", s->inflight_batches},
+               {"client_connections", s->client_connections}, {"bad_frames", s->bad_frames},
+               {"unroutable", s->unroutable},     {"workers", workers}};
+        std::printf("%s\n", j.dump().c_str());
+        return kExitOk;
+    }
+    std::printf("uptime %.1f s  persisted %llu  rejected %llu  redeliveries %llu  in-flight batches %llu  clients %llu\n",
+                s->uptime_ms / 1000.0, (unsigned long long)s->persisted, (unsigned long long)s->rejected,
+                (unsigned long long)s->redeliveries, (unsigned long long)s->inflight_batches,
+                (unsigned long long)s->client_connections);
+    std::printf("%-7s %10s %10s %12s %12s %8s\n", "lane", "depth", "capacity", "received", "dispatched", "busy");
+    for (int i = 0; i < kPriorityCount; ++i) {
+        const auto& l = s->lanes[i];
+        std::printf("%-7s %10llu %10llu %12llu %12llu %8llu\n", std::string(priority_name(static_cast<Priority>(i))).c_str(),
+                    (unsigned long long)l.depth, (unsigned long long)l.capacity, (unsigned long long)l.received,
+                    (unsigned long long)l.dispatched, (unsigned long long)l.busy);
+    }
+    std::printf("%zu workers\n", s->workers.size());
+    for (const auto& w : s->workers)
+        std::printf("  %-32s host %-16s pid %-7lld in flight %llu/%llu  batches %llu\n", w.id.c_str(), w.host.c_str(),
+                    (long long)w.pid, (unsigned long long)w.inflight_batches, (unsigned long long)w.credit,
+                    (unsigned long long)w.batches_done);
+    return kExitOk;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    CLI::App app{"llmq: push messages to an llmq broker and read them back.\n"
+                 "Exit codes: 0 all persisted / ok, 1 some rejected or not found, 2 usage, 3 broker unreachable or timed out.\n"
+                 "Options come from flags, --config FILE (TOML) or LLMQ_<OPTION> environment variables."};
+    app.require_subcommand(1);
+    app.fallthrough();  // global options (--broker, …) may also follow the subcommand
+    CommonOptions common;
+    Global g;
+    add_common_options(app, common);
+    app.add_option("--broker", g.broker, "Broker frontend endpoint")->capture_default_str();
+    app.add_option("--timeout-ms", g.timeout_ms, "How long history/get/stats wait for an answer")
+        ->capture_default_str()->check(CLI::Range(1, 3'600'000));
+
+    PushArgs pa;
+    auto* push = app.add_subcommand("push", "Push one message (TEXT with -c and -u) or many (--file FILE.jsonl, - for stdin)");
+    push->add_option("-c,--conversation", pa.conversation, "Conversation id (1-128 bytes)");
+    push->add_option("-u,--user", pa.user, "User id (1-128 bytes)");
+    push->add_option("-p,--priority", pa.priority, "urgent, high, normal or low")
+        ->capture_default_str()->check(CLI::IsMember({"urgent", "high", "normal", "low"}));
+    push->add_option("--id", pa.id, "Message id (UUID); default a new UUIDv7")
+        ->check([](const std::string& v) { return uuid_from_string(v) ? std::string() : "not a UUID: " + v; });
+    push->add_option("TEXT", pa.text, "Content of a single message");
+    push->add_option("-f,--file", pa.file, "JSON lines: {\"conversation_id\",\"user_id\",\"content\",\"priority\"[,\"id\",\"created_at\"]}");
+    push->add_option("--ack", pa.ack, "persisted: answered once stored in PostgreSQL; queued: once in a broker lane")
+        ->capture_default_str()->check(CLI::IsMember({"persisted", "queued"}));
+    push->add_option("--window", pa.window, "Messages in flight at most")->capture_default_str()->check(CLI::Range(size_t{1}, size_t{10'000'000}));
+    push->add_option("--frame-messages", pa.frame_messages, "Messages per push frame at most")
+        ->capture_default_str()->check(CLI::Range(size_t{1}, size_t{10'000}));
+    push->add_option("--max-content-bytes", pa.max_content_bytes, "Lines whose content is larger are rejected locally")
+        ->capture_default_str();
+    push->add_option("--resend-after-ms", pa.resend_after_ms, "Resend (same id) a message unanswered this long")
+        ->capture_default_str()->check(CLI::Range(10, 3'600'000));
+    push->add_option("--give-up-after-ms", pa.give_up_after_ms, "Exit 3 when the broker says nothing for this long")
+        ->capture_default_str()->check(CLI::Range(10, 86'400'000));
+    push->add_option("--progress", pa.progress, "auto (when stderr is a terminal), always or never")
+        ->capture_default_str()->check(CLI::IsMember({"auto", "always", "never"}));
+    push->add_option("--show-rejects", pa.show_rejects, "How many rejected lines to print")->capture_default_str();
+
+    std::string conv, after, get_id;
+    uint32_t limit = 50;
+    bool hist_json = false, get_json = false, stats_json = false;
+    auto* history = app.add_subcommand("history", "Show a conversation's messages, oldest first: the most recent --limit, or those after --after ID");
+    history->add_option("CONVERSATION", conv, "Conversation id")->required();
+    history->add_option("--after", after, "Only messages with a larger id (cursor paging; the nil UUID pages from the start)");
+    history->add_option("--limit", limit, "Messages per page")->capture_default_str()->check(CLI::Range(1u, proto::kMaxHistoryLimit));
+    history->add_flag("--json", hist_json, "Print JSON");
+    auto* get = app.add_subcommand("get", "Show one message by id");
+    get->add_option("ID", get_id, "Message id (UUID)")->required();
+    get->add_flag("--json", get_json, "Print JSON");
+    auto* stats = app.add_subcommand("stats", "Show one snapshot of the broker's lanes, workers and counters");
+    stats->add_flag("--json", stats_json, "Print JSON");
+
+    bind_environment(app);
+    if (int rc = parse_command_line(app, argc, argv); rc >= 0) return rc;
+    try {
+        setup_logging(common, "llmq");
+        if (push->parsed()) {
+            if (pa.file.empty() && (pa.conversation.empty() || pa.user.empty())) {
+                std::fprintf(stderr, "llmq push: a single message needs -c CONVERSATION and -u USER\n");
+                return kExitUsage;
+            }
+            return run_push(g, pa);
+        }
+        if (history->parsed()) return run_history(g, conv, after, limit, hist_json);
+        if (get->parsed()) return run_get(g, get_id, get_json);
+        if (stats->parsed()) return run_stats(g, stats_json);
+    } catch (const std::exception& e) {
+        std::fprintf(stderr, "llmq: %s\n", e.what());
+        return kExitUnreachable;
+    }
+    return kExitUsage;
+}

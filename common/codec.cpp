@@ -1,0 +1,623 @@
+// msgpack encoding and defensive decoding of every llmq protocol body.
+#include <cstring>
+
+#include <msgpack.hpp>
+
+#include "common/protocol.hpp"
+
+namespace llmq::proto {
+namespace {
+
+using Packer = msgpack::packer<msgpack::sbuffer>;
+
+constexpr std::string_view kCommandNames[] = {"push",  "history", "get",       "stats", "ack",
+                                              "reply", "error",   "ready",     "batch", "done",
+                                              "heartbeat", "query", "disconnect"};
+
+// Thrown inside the decoders only; converted to DecodeError at their boundary.
+struct FieldError {
+    Status status;
+    std::string reason;
+};
+
+[[noreturn]] void fail(Status s, std::string reason) { throw FieldError{s, std::move(reason)}; }
+
+void pack_str(Packer& p, std::string_view s) {
+    p.pack_str(static_cast<uint32_t>(s.size()));
+    p.pack_str_body(s.data(), static_cast<uint32_t>(s.size()));
+}
+void pack_bin(Packer& p, const void* data, size_t n) {
+    p.pack_bin(static_cast<uint32_t>(n));
+    p.pack_bin_body(static_cast<const char*>(data), static_cast<uint32_t>(n));
+}
+void pack_id(Packer& p, const MessageId& id) { pack_bin(p, id.data(), id.size()); }
+void key(Packer& p, std::string_view k) { pack_str(p, k); }
+
+void pack_message(Packer& p, const Message& m) {
+    p.pack_map(m.expires_at_us ? 7 : 6);
+    key(p, "id"), pack_id(p, m.id);
+    key(p, "conversation_id"), pack_str(p, m.conversation_id);
+    key(p, "user_id"), pack_str(p, m.user_id);
+    key(p, "content"), pack_str(p, m.content);
+    key(p, "priority"), p.pack(static_cast<uint8_t>(m.priority));
+    key(p, "created_at"), p.pack(m.created_at_us);
+    if (m.expires_at_us) key(p, "expires_at"), p.pack(m.expires_at_us);
+}
+
+void pack_stored(Packer& p, const StoredMessage& m) {
+    p.pack_map(10);
+    key(p, "id"), pack_id(p, m.id);
+    key(p, "conversation_id"), pack_str(p, m.conversation_id);
+    key(p, "user_id"), pack_str(p, m.user_id);
+    key(p, "content"), pack_str(p, m.content);
+    key(p, "priority"), p.pack(static_cast<uint8_t>(m.priority));
+    key(p, "status"), pack_str(p, m.status);
+    key(p, "token_count"), p.pack(m.token_count);
+    key(p, "content_hash"), p.pack(m.content_hash);
+    key(p, "created_at"), p.pack(m.created_at_us);
+    key(p, "persisted_at"), p.pack(m.persisted_at_us);
+}
+
+void pack_outcomes(Packer& p, const std::vector<Outcome>& results) {
+    p.pack_array(static_cast<uint32_t>(results.size()));
+    for (const auto& r : results) {
+        p.pack_array(3);
+        pack_id(p, r.id);
+        p.pack(static_cast<uint16_t>(r.status));
+        pack_str(p, r.reason);
+    }
+}
+
+template <class F>
+std::string build(F&& fill) {
+    msgpack::sbuffer buf;
+    Packer p(buf);
+    fill(p);
+    return std::string(buf.data(), buf.size());
+}
+
+// ---- decoding helpers --------------------------------------------------------
+
+class Map {
+public:
+    Map(const msgpack::object& o, std::string path) : path_(std::move(path)) {
+        if (o.type != msgpack::type::MAP) fail(Status::bad_field, where() + "expected a map");
+        map_ = &o.via.map;
+    }
+    const msgpack::object* find(std::string_view k) const {
+        for (uint32_t i = 0; i < map_->size; ++i) {
+            const auto& kv = map_->ptr[i];
+            if (kv.key.type == msgpack::type::STR &&
+                std::string_view(kv.key.via.str.ptr, kv.key.via.str.size) == k)
+                return &kv.val;
+        }
+        return nullptr;
+    }
+    const msgpack::object& need(std::string_view k) const {
+        const auto* v = find(k);
+        if (!v || v->type == msgpack::type::NIL)
+            fail(Status::bad_field, where() + "missing field '" + std::string(k) + "'");
+        return *v;
+    }
+    std::string field(std::string_view k) const { return where() + std::string(k) + ": "; }
+    std::string where() const { return path_.empty() ? std::string() : path_ + ": "; }
+    const std::string& path() const { return path_; }
+
+    uint64_t u64(std::string_view k) const { return as_u64(need(k), field(k)); }
+    uint64_t u64_or(std::string_view k, uint64_t dflt) const {
+        const auto* v = find(k);
+        return (!v || v->type == msgpack::type::NIL) ? dflt : as_u64(*v, field(k));
+    }
+    int64_t i64(std::string_view k) const { return as_i64(need(k), field(k)); }
+    int64_t i64_or(std::string_view k, int64_t dflt) const {
+        const auto* v = find(k);
+        return (!v || v->type == msgpack::type::NIL) ? dflt : as_i64(*v, field(k));
+    }
+    std::string str(std::string_view k) const { return std::string(as_bytes(need(k), field(k))); }
+    std::string str_or(std::string_view k, std::string dflt) const {
+        const auto* v = find(k);
+        return (!v || v->type == msgpack::type::NIL) ? dflt : std::string(as_bytes(*v, field(k)));
+    }
+    MessageId id(std::string_view k) const { return as_id(need(k), field(k)); }
+    const msgpack::object_array& array(std::string_view k) const {
+        const auto& v = need(k);
+        if (v.type != msgpack::type::ARRAY) fail(Status::bad_field, field(k) + "expected an array");
+        return v.via.array;
+    }
+
+    static uint64_t as_u64(const msgpack::object& v, const std::string& what) {
+        if (v.type != msgpack::type::POSITIVE_INTEGER)
+            fail(Status::bad_field, what + "expected a non-negative integer");
+        return v.via.u64;
+    }
+    static int64_t as_i64(const msgpack::object& v, const std::string& what) {
+        if (v.type == msgpack::type::NEGATIVE_INTEGER) return v.via.i64;
+        if (v.type == msgpack::type::POSITIVE_INTEGER && v.via.u64 <= INT64_MAX)
+            return static_cast<int64_t>(v.via.u64);
+        fail(Status::bad_field, what + "expected an integer");
+    }
+    static std::string_view as_bytes(const msgpack::object& v, const std::string& what) {
+        if (v.type == msgpack::type::STR) return {v.via.str.ptr, v.via.str.size};
+        if (v.type == msgpack::type::BIN) return {v.via.bin.ptr, v.via.bin.size};
+        fail(Status::bad_field, what + "expected a string");
+    }
+    static MessageId as_id(const msgpack::object& v, const std::string& what) {
+        std::string_view b;
+        if (v.type == msgpack::type::BIN) b = {v.via.bin.ptr, v.via.bin.size};
+        else if (v.type == msgpack::type::STR) b = {v.via.str.ptr, v.via.str.size};
+        if (b.size() != 16) fail(Status::bad_field, what + "expected a 16-byte binary id");
+        MessageId id;
+        std::memcpy(id.data(), b.data(), 16);
+        return id;
+    }
+
+private:
+    const msgpack::object_map* map_ = nullptr;
+    std::string path_;
+};
+
+Priority as_priority(uint64_t v, const std::string& what) {
+    if (v >= kPriorityCount)
+        fail(Status::bad_field, what + "priority must be 0 (urgent) .. 3 (low)");
+    return static_cast<Priority>(v);
+}
+
+Message read_message(const msgpack::object& o, const std::string& path) {
+    Map m(o, path);
+    Message msg;
+    msg.id = m.id("id");
+    msg.conversation_id = m.str("conversation_id");
+    msg.user_id = m.str("user_id");
+    msg.content = m.str("content");
+    msg.priority = as_priority(m.u64_or("priority", static_cast<uint64_t>(Priority::normal)),
+                               m.field("priority"));
+    msg.created_at_us = m.i64("created_at");
+    msg.expires_at_us = m.i64_or("expires_at", 0);
+    return msg;
+}
+
+StoredMessage read_stored(const Map& m) {
+    StoredMessage s;
+    s.id = m.id("id");
+    s.conversation_id = m.str("conversation_id");
+    s.user_id = m.str("user_id");
+    s.content = m.str("content");
+    s.priority = as_priority(m.u64("priority"), m.field("priority"));
+    s.status = m.str_or("status", "pending");
+    s.token_count = static_cast<int32_t>(m.i64_or("token_count", 0));
+    s.content_hash = m.i64_or("content_hash", 0);
+    s.created_at_us = m.i64("created_at");
+    s.persisted_at_us = m.i64_or("persisted_at", 0);
+    return s;
+}
+
+std::vector<Outcome> read_outcomes(const msgpack::object_array& arr, const std::string& path) {
+    std::vector<Outcome> out;
+    out.reserve(arr.size);
+    for (uint32_t i = 0; i < arr.size; ++i) {
+        const auto& e = arr.ptr[i];
+        std::string where = path + "[" + std::to_string(i) + "]: ";
+        if (e.type != msgpack::type::ARRAY || e.via.array.size < 2)
+            fail(Status::bad_field, where + "expected [id, status, reason]");
+        Outcome r;
+        r.id = Map::as_id(e.via.array.ptr[0], where);
+        auto st = status_from_int(Map::as_i64(e.via.array.ptr[1], where));
+        if (!st) fail(Status::bad_field, where + "status out of range 200..599");
+        r.status = *st;
+        if (e.via.array.size > 2 && e.via.array.ptr[2].type != msgpack::type::NIL)
+            r.reason = std::string(Map::as_bytes(e.via.array.ptr[2], where));
+        out.push_back(std::move(r));
+    }
+    return out;
+}
+
+msgpack::object_handle unpack_body(std::string_view body) {
+    if (body.empty()) fail(Status::bad_frame, "empty body frame (expected a msgpack map)");
+    // Bounded so that a hostile header cannot make us allocate gigabytes.
+    msgpack::unpack_limit limit(kMaxMessagesPerFrame, 64, kMaxFrameBytes, kMaxFrameBytes, 1024, 8);
+    size_t off = 0;
+    msgpack::object_handle oh;
+    try {
+        oh = msgpack::unpack(body.data(), body.size(), off,
+                             [](msgpack::type::object_type, std::size_t, void*) { return true; },
+                             nullptr, limit);
+    } catch (const std::exception& e) {
+        fail(Status::bad_frame, std::string("body is not valid msgpack: ") + e.what());
+    }
+    if (off != body.size()) fail(Status::bad_frame, "trailing bytes after the msgpack body");
+    if (oh.get().type != msgpack::type::MAP) fail(Status::bad_frame, "body must be a msgpack map");
+    return oh;
+}
+
+template <class T, class F>
+Decoded<T> decode_with(std::string_view body, F&& read) {
+    try {
+        auto oh = unpack_body(body);
+        Map m(oh.get(), "");
+        return read(m);
+    } catch (FieldError& e) {
+        return DecodeError{e.status, std::move(e.reason)};
+    } catch (const std::exception& e) {  // e.g. bad_alloc on a hostile size
+        return DecodeError{Status::bad_frame, std::string("undecodable body: ") + e.what()};
+    }
+}
+
+void pack_query_fields(Packer& p, const Query& q, bool with_kind) {
+    bool hist = q.kind == QueryKind::history;
+    uint32_t n = 1 + (with_kind ? 1 : 0) + (hist ? (2 + (q.after ? 1 : 0)) : 1);
+    p.pack_map(n);
+    key(p, "req"), p.pack(q.req);
+    if (with_kind) key(p, "kind"), pack_str(p, hist ? "history" : "get");
+    if (hist) {
+        key(p, "conversation_id"), pack_str(p, q.conversation_id);
+        key(p, "limit"), p.pack(q.limit);
+        if (q.after) key(p, "after"), pack_id(p, *q.after);
+    } else {
+        key(p, "id"), pack_id(p, q.id);
+    }
+}
+
+}  // namespace
+
+std::string_view command_name(Command c) { return kCommandNames[static_cast<int>(c)]; }
+
+std::optional<Command> parse_command(std::string_view name) {
+    for (size_t i = 0; i < std::size(kCommandNames); ++i)
+        if (kCommandNames[i] == name) return static_cast<Command>(i);
+    return std::nullopt;
+}
+
+std::string_view status_name(Status s) {
+    switch (s) {
+        case Status::ok: return "persisted";
+        case Status::queued: return "queued";
+        case Status::busy: return "busy";
+        case Status::unavailable: return "unavailable";
+        case Status::bad_frame: return "bad_frame";
+        case Status::bad_version: return "bad_version";
+        case Status::unknown_command: return "unknown_command";
+        case Status::bad_field: return "bad_field";
+        case Status::not_found: return "not_found";
+        case Status::expired: return "expired";
+        case Status::too_large: return "too_large";
+        case Status::rejected: return "rejected";
+        case Status::internal: return "internal";
+        case Status::storage_error: return "storage_error";
+    }
+    int c = static_cast<int>(s);
+    return c < 300 ? "ok" : c < 400 ? "retry" : c < 500 ? "client_error" : "server_error";
+}
+
+std::optional<Status> status_from_int(int64_t code) {
+    if (code < 200 || code > 599) return std::nullopt;
+    return static_cast<Status>(code);
+}
+
+Decoded<Command> parse_header(std::string_view signature, std::string_view command) {
+    if (signature != kSignature) {
+        if (signature.substr(0, kSignaturePrefix.size()) == kSignaturePrefix)
+            return DecodeError{Status::bad_version,
+                               "unsupported protocol version '" + std::string(signature) +
+                                   "', this peer speaks " + std::string(kSignature)};
+        return DecodeError{Status::bad_frame, "frame 0 must be the signature " +
+                                                  std::string(kSignature)};
+    }
+    auto cmd = parse_command(command);
+    if (!cmd) {
+        std::string shown(command.substr(0, 32));
+        for (char& ch : shown)
+            if (static_cast<unsigned char>(ch) < 0x20 || static_cast<unsigned char>(ch) > 0x7e) ch = '?';
+        return DecodeError{Status::unknown_command, "unknown command '" + shown + "'"};
+    }
+    return *cmd;
+}
+
+// ---- encoders ------------------------------------------------------------------
+
+std::string encode(const Push& m) {
+    return build([&](Packer& p) {
+        p.pack_map(3);
+        key(p, "req"), p.pack(m.req);
+        key(p, "ack"), pack_str(p, m.ack == AckMode::queued ? "queued" : "persisted");
+        key(p, "msgs"), p.pack_array(static_cast<uint32_t>(m.msgs.size()));
+        for (const auto& msg : m.msgs) pack_message(p, msg);
+    });
+}
+std::string encode(const Query& q) {
+    return build([&](Packer& p) { pack_query_fields(p, q, true); });
+}
+std::string encode(const StatsRequest& m) {
+    return build([&](Packer& p) {
+        p.pack_map(1);
+        key(p, "req"), p.pack(m.req);
+    });
+}
+std::string encode(const Ack& m) {
+    return build([&](Packer& p) {
+        p.pack_map(3);
+        key(p, "req"), p.pack(m.req);
+        key(p, "retry_after_ms"), p.pack(m.retry_after_ms);
+        key(p, "results"), pack_outcomes(p, m.results);
+    });
+}
+std::string encode(const Reply& m) {
+    return build([&](Packer& p) {
+        p.pack_map(5);
+        key(p, "req"), p.pack(m.req);
+        key(p, "status"), p.pack(static_cast<uint16_t>(m.status));
+        key(p, "reason"), pack_str(p, m.reason);
+        key(p, "source"), pack_str(p, m.source);
+        key(p, "messages"), p.pack_array(static_cast<uint32_t>(m.messages.size()));
+        for (const auto& s : m.messages) pack_stored(p, s);
+    });
+}
+std::string encode(const Stats& s) {
+    return build([&](Packer& p) {
+        p.pack_map(11);
+        key(p, "req"), p.pack(s.req);
+        key(p, "uptime_ms"), p.pack(s.uptime_ms);
+        key(p, "lanes"), p.pack_array(kPriorityCount);
+        for (const auto& l : s.lanes) {
+            p.pack_map(5);
+            key(p, "depth"), p.pack(l.depth);
+            key(p, "capacity"), p.pack(l.capacity);
+            key(p, "received"), p.pack(l.received);
+            key(p, "dispatched"), p.pack(l.dispatched);
+            key(p, "busy"), p.pack(l.busy);
+        }
+        key(p, "persisted"), p.pack(s.persisted);
+        key(p, "rejected"), p.pack(s.rejected);
+        key(p, "redeliveries"), p.pack(s.redeliveries);
+        key(p, "inflight_batches"), p.pack(s.inflight_batches);
+        key(p, "client_connections"), p.pack(s.client_connections);
+        key(p, "bad_frames"), p.pack(s.bad_frames);
+        key(p, "unroutable"), p.pack(s.unroutable);
+        key(p, "workers"), p.pack_array(static_cast<uint32_t>(s.workers.size()));
+        for (const auto& w : s.workers) {
+            p.pack_map(6);
+            key(p, "id"), pack_str(p, w.id);
+            key(p, "host"), pack_str(p, w.host);
+            key(p, "pid"), p.pack(w.pid);
+            key(p, "inflight_batches"), p.pack(w.inflight_batches);
+            key(p, "credit"), p.pack(w.credit);
+            key(p, "batches_done"), p.pack(w.batches_done);
+        }
+    });
+}
+std::string encode(const Error& m) {
+    return build([&](Packer& p) {
+        p.pack_map(3);
+        key(p, "req"), p.pack(m.req);
+        key(p, "status"), p.pack(static_cast<uint16_t>(m.status));
+        key(p, "reason"), pack_str(p, m.reason);
+    });
+}
+std::string encode(const Ready& m) {
+    return build([&](Packer& p) {
+        p.pack_map(2);
+        key(p, "credit"), p.pack(m.credit);
+        key(p, "worker"), p.pack_map(3);
+        key(p, "id"), pack_str(p, m.worker.id);
+        key(p, "host"), pack_str(p, m.worker.host);
+        key(p, "pid"), p.pack(m.worker.pid);
+    });
+}
+std::string encode(const Batch& m) {
+    return build([&](Packer& p) {
+        p.pack_map(2);
+        key(p, "batch"), p.pack(m.batch);
+        key(p, "msgs"), p.pack_array(static_cast<uint32_t>(m.msgs.size()));
+        for (const auto& msg : m.msgs) pack_message(p, msg);
+    });
+}
+std::string encode_batch(uint64_t batch, const std::vector<const Message*>& msgs) {
+    return build([&](Packer& p) {
+        p.pack_map(2);
+        key(p, "batch"), p.pack(batch);
+        key(p, "msgs"), p.pack_array(static_cast<uint32_t>(msgs.size()));
+        for (const Message* msg : msgs) pack_message(p, *msg);
+    });
+}
+std::string encode(const Done& m) {
+    return build([&](Packer& p) {
+        p.pack_map(2);
+        key(p, "batch"), p.pack(m.batch);
+        key(p, "results"), pack_outcomes(p, m.results);
+    });
+}
+std::string encode(const Heartbeat&) {
+    return build([&](Packer& p) { p.pack_map(0); });
+}
+std::string encode(const Disconnect& m) {
+    return build([&](Packer& p) {
+        p.pack_map(1);
+        key(p, "reason"), pack_str(p, m.reason);
+    });
+}
+
+// ---- decoders ------------------------------------------------------------------
+
+Decoded<Push> decode_push(std::string_view body) {
+    return decode_with<Push>(body, [](const Map& m) {
+        Push out;
+        out.req = m.u64("req");
+        std::string ack = m.str_or("ack", "persisted");
+        if (ack == "queued") out.ack = AckMode::queued;
+        else if (ack != "persisted") fail(Status::bad_field, "ack: must be 'persisted' or 'queued'");
+        const auto& arr = m.array("msgs");
+        if (arr.size == 0) fail(Status::bad_field, "msgs: must hold at least one message");
+        out.msgs.reserve(arr.size);
+        for (uint32_t i = 0; i < arr.size; ++i)
+            out.msgs.push_back(read_message(arr.ptr[i], "msgs[" + std::to_string(i) + "]"));
+        return out;
+    });
+}
+
+Decoded<Query> decode_query(std::string_view body, Command cmd) {
+    return decode_with<Query>(body, [cmd](const Map& m) {
+        Query q;
+        q.req = m.u64("req");
+        if (cmd == Command::query) {
+            std::string kind = m.str("kind");
+            if (kind == "history") q.kind = QueryKind::history;
+            else if (kind == "get") q.kind = QueryKind::get;
+            else fail(Status::bad_field, "kind: must be 'history' or 'get'");
+        } else {
+            q.kind = cmd == Command::get ? QueryKind::get : QueryKind::history;
+        }
+        if (q.kind == QueryKind::history) {
+            q.conversation_id = m.str("conversation_id");
+            uint64_t limit = m.u64_or("limit", 50);
+            if (limit < 1 || limit > kMaxHistoryLimit)
+                fail(Status::bad_field, "limit: must be 1.." + std::to_string(kMaxHistoryLimit));
+            q.limit = static_cast<uint32_t>(limit);
+            if (const auto* a = m.find("after"); a && a->type != msgpack::type::NIL)
+                q.after = Map::as_id(*a, "after: ");
+        } else {
+            q.id = m.id("id");
+        }
+        return q;
+    });
+}
+
+Decoded<StatsRequest> decode_stats_request(std::string_view body) {
+    return decode_with<StatsRequest>(body, [](const Map& m) { return StatsRequest{m.u64_or("req", 0)}; });
+}
+
+Decoded<Ack> decode_ack(std::string_view body) {
+    return decode_with<Ack>(body, [](const Map& m) {
+        Ack a;
+        a.req = m.u64("req");
+        a.retry_after_ms = static_cast<uint32_t>(m.u64_or("retry_after_ms", 0));
+        a.results = read_outcomes(m.array("results"), "results");
+        return a;
+    });
+}
+
+Decoded<Reply> decode_reply(std::string_view body) {
+    return decode_with<Reply>(body, [](const Map& m) {
+        Reply r;
+        r.req = m.u64("req");
+        auto st = status_from_int(m.i64("status"));
+        if (!st) fail(Status::bad_field, "status: out of range 200..599");
+        r.status = *st;
+        r.reason = m.str_or("reason", "");
+        r.source = m.str_or("source", "");
+        if (const auto* v = m.find("messages"); v && v->type != msgpack::type::NIL) {
+            if (v->type != msgpack::type::ARRAY) fail(Status::bad_field, "messages: expected an array");
+            for (uint32_t i = 0; i < v->via.array.size; ++i)
+                r.messages.push_back(read_stored(Map(v->via.array.ptr[i], "messages[" + std::to_string(i) + "]")));
+        }
+        return r;
+    });
+}
+
+Decoded<Stats> decode_stats(std::string_view body) {
+    return decode_with<Stats>(body, [](const Map& m) {
+        Stats s;
+        s.req = m.u64_or("req", 0);
+        s.uptime_ms = m.i64_or("uptime_ms", 0);
+        const auto& lanes = m.array("lanes");
+        for (uint32_t i = 0; i < lanes.size && i < kPriorityCount; ++i) {
+            Map l(lanes.ptr[i], "lanes[" + std::to_string(i) + "]");
+            s.lanes[i] = {l.u64_or("depth", 0), l.u64_or("capacity", 0), l.u64_or("received", 0),
+                          l.u64_or("dispatched", 0), l.u64_or("busy", 0)};
+        }
+        s.persisted = m.u64_or("persisted", 0);
+        s.rejected = m.u64_or("rejected", 0);
+        s.redeliveries = m.u64_or("redeliveries", 0);
+        s.inflight_batches = m.u64_or("inflight_batches", 0);
+        s.client_connections = m.u64_or("client_connections", 0);
+        s.bad_frames = m.u64_or("bad_frames", 0);
+        s.unroutable = m.u64_or("unroutable", 0);
+        if (const auto* v = m.find("workers"); v && v->type == msgpack::type::ARRAY) {
+            for (uint32_t i = 0; i < v->via.array.size; ++i) {
+                Map w(v->via.array.ptr[i], "workers[" + std::to_string(i) + "]");
+                s.workers.push_back({w.str_or("id", ""), w.str_or("host", ""), w.i64_or("pid", 0),
+                                     w.u64_or("inflight_batches", 0), w.u64_or("credit", 0),
+                                     w.u64_or("batches_done", 0)});
+            }
+        }
+        return s;
+    });
+}
+
+Decoded<Error> decode_error(std::string_view body) {
+    return decode_with<Error>(body, [](const Map& m) {
+        Error e;
+        e.req = m.u64_or("req", 0);
+        auto st = status_from_int(m.i64("status"));
+        if (!st) fail(Status::bad_field, "status: out of range 200..599");
+        e.status = *st;
+        e.reason = m.str_or("reason", "");
+        return e;
+    });
+}
+
+Decoded<Ready> decode_ready(std::string_view body) {
+    return decode_with<Ready>(body, [](const Map& m) {
+        Ready r;
+        uint64_t credit = m.u64("credit");
+        if (credit < 1 || credit > 64) fail(Status::bad_field, "credit: must be 1..64");
+        r.credit = static_cast<uint32_t>(credit);
+        Map w(m.need("worker"), "worker");
+        r.worker.id = w.str("id");
+        if (r.worker.id.empty() || r.worker.id.size() > 256)
+            fail(Status::bad_field, "worker.id: must be 1..256 bytes");
+        r.worker.host = w.str_or("host", "");
+        r.worker.pid = w.i64_or("pid", 0);
+        return r;
+    });
+}
+
+Decoded<Batch> decode_batch(std::string_view body) {
+    return decode_with<Batch>(body, [](const Map& m) {
+        Batch b;
+        b.batch = m.u64("batch");
+        const auto& arr = m.array("msgs");
+        b.msgs.reserve(arr.size);
+        for (uint32_t i = 0; i < arr.size; ++i)
+            b.msgs.push_back(read_message(arr.ptr[i], "msgs[" + std::to_string(i) + "]"));
+        return b;
+    });
+}
+
+Decoded<Done> decode_done(std::string_view body) {
+    return decode_with<Done>(body, [](const Map& m) {
+        Done d;
+        d.batch = m.u64("batch");
+        d.results = read_outcomes(m.array("results"), "results");
+        return d;
+    });
+}
+
+Decoded<Heartbeat> decode_heartbeat(std::string_view body) {
+    return decode_with<Heartbeat>(body, [](const Map&) { return Heartbeat{}; });
+}
+
+Decoded<Disconnect> decode_disconnect(std::string_view body) {
+    return decode_with<Disconnect>(body, [](const Map& m) { return Disconnect{m.str_or("reason", "")}; });
+}
+
+std::string encode_stored(const StoredMessage& m) {
+    return build([&](Packer& p) { pack_stored(p, m); });
+}
+
+std::optional<StoredMessage> decode_stored(std::string_view data) {
+    auto d = decode_with<StoredMessage>(data, [](const Map& m) { return read_stored(m); });
+    if (auto* s = std::get_if<StoredMessage>(&d)) return std::move(*s);
+    return std::nullopt;
+}
+
+uint64_t peek_req(std::string_view body) {
+    try {
+        auto oh = unpack_body(body);
+        Map m(oh.get(), "");
+        const auto* v = m.find("req");
+        if (v && v->type == msgpack::type::POSITIVE_INTEGER) return v->via.u64;
+    } catch (...) {
+    }
+    return 0;
+}
+
+}  // namespace llmq::proto

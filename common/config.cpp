@@ -1,0 +1,67 @@
+// Shared CLI11 + spdlog set-up for llmq programs.
+#include "common/config.hpp"
+
+#include <cctype>
+#include <iostream>
+
+#include <spdlog/sinks/stdout_color_sinks.h>
+#include <spdlog/spdlog.h>
+
+#include "common/version.hpp"
+
+namespace llmq {
+
+void add_common_options(CLI::App& app, CommonOptions& opts) {
+    app.set_config("--config", "", "Read options from this TOML file (see configs/)");
+    app.set_version_flag("--version", std::string("llmq ") + LLMQ_VERSION);
+    app.add_option("--log-level", opts.log_level, "trace, debug, info, warn, error, critical or off")
+        ->capture_default_str()
+        ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "critical", "off"}));
+    app.add_option("--log-format", opts.log_format, "text, or json (one object per line, for log shippers)")
+        ->capture_default_str()
+        ->check(CLI::IsMember({"text", "json"}));
+}
+
+void bind_environment(CLI::App& app) {
+    for (CLI::Option* opt : app.get_options()) {
+        const std::string& name = opt->get_single_name();
+        if (opt->get_lnames().empty() || name == "help" || name == "version" || name == "config") continue;
+        if (!opt->get_envname().empty()) continue;
+        std::string env = "LLMQ_";
+        for (char c : opt->get_lnames().front()) env.push_back(c == '-' ? '_' : static_cast<char>(std::toupper(c)));
+        opt->envname(env);
+    }
+    for (CLI::App* sub : app.get_subcommands({})) bind_environment(*sub);
+}
+
+int parse_command_line(CLI::App& app, int argc, char** argv) {
+    try {
+        app.parse(argc, argv);
+    } catch (const CLI::ParseError& e) {
+        int rc = app.exit(e);
+        return rc == 0 ? 0 : 2;
+    }
+    return -1;
+}
+
+void setup_logging(const CommonOptions& opts, const std::string& program) {
+    auto logger = spdlog::stderr_color_mt(program);
+    spdlog::set_default_logger(logger);
+    auto level = spdlog::level::from_str(opts.log_level);
+    if (level == spdlog::level::off && opts.log_level != "off")
+        throw std::invalid_argument("unknown log level '" + opts.log_level + "'");
+    spdlog::set_level(level);
+    if (opts.log_format == "json")
+        spdlog::set_pattern(R"({"ts":"%Y-%m-%dT%H:%M:%S.%fZ","level":"%l","program":"%n","pid":%P,"msg":"%v"})",
+                            spdlog::pattern_time_type::utc);
+    else
+        spdlog::set_pattern("%Y-%m-%d %H:%M:%S.%e %n[%P] %^%l%$: %v");
+}
+
+void log_effective_config(const CLI::App& app) {
+    if (!spdlog::should_log(spdlog::level::debug)) return;
+    std::string cfg = app.config_to_str(true, false);
+    spdlog::debug("effective configuration:\n{}", cfg);
+}
+
+}  // namespace llmq

@@ -1,0 +1,226 @@
+// The llmq wire protocol: the one source of truth in code for frames, commands,
+// status codes and message bodies. docs/protocol.md describes the same for people.
+//
+// Every llmq message is a ZeroMQ multipart message of exactly three frames
+// (a ROUTER adds the peer's routing id in front, which is not part of the protocol):
+//   frame 0  signature and version: the ASCII bytes "LLMQ/1"
+//   frame 1  command: lower-case ASCII, e.g. "push"
+//   frame 2  body: one msgpack map (possibly empty) whose keys are strings
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <variant>
+#include <vector>
+
+#include "common/message.hpp"
+
+namespace llmq::proto {
+
+inline constexpr std::string_view kSignaturePrefix = "LLMQ/";
+inline constexpr int kVersion = 1;
+inline constexpr std::string_view kSignature = "LLMQ/1";
+
+enum class Command : uint8_t {
+    // client -> broker
+    push,
+    history,
+    get,
+    stats,
+    // broker -> client
+    ack,
+    reply,
+    error,
+    // worker <-> broker
+    ready,
+    batch,
+    done,
+    heartbeat,
+    query,
+    disconnect,
+};
+std::string_view command_name(Command c);
+std::optional<Command> parse_command(std::string_view name);
+
+// Status codes, grouped by range: 2xx success, 3xx retry later, 4xx the sender's
+// fault, 5xx ours.
+enum class Status : uint16_t {
+    ok = 200,            // persisted (also: a duplicate id that was already stored)
+    queued = 202,        // accepted into a lane (--ack queued)
+    busy = 300,          // lane full: retry after retry_after_ms
+    unavailable = 301,   // no worker to answer, broker draining, or query timed out
+    bad_frame = 400,     // wrong frame count, bad signature, undecodable body
+    bad_version = 401,   // "LLMQ/n" with an n this peer does not speak
+    unknown_command = 402,
+    bad_field = 403,     // a body field is missing or of the wrong type/range
+    not_found = 404,
+    expired = 408,       // the message's expires_at passed before dispatch
+    too_large = 413,
+    rejected = 422,      // a message failed validation; reason says why
+    internal = 500,
+    storage_error = 503, // PostgreSQL failed; the message was not stored
+};
+inline constexpr bool is_success(Status s) { return static_cast<int>(s) / 100 == 2; }
+inline constexpr bool is_retry(Status s) { return static_cast<int>(s) / 100 == 3; }
+std::string_view status_name(Status s);
+// Accepts any code in 200..599 (unknown codes keep their range's meaning).
+std::optional<Status> status_from_int(int64_t code);
+
+enum class AckMode : uint8_t { persisted, queued };
+
+// Outcome of one message: sent broker -> client in `ack`, worker -> broker in `done`.
+struct Outcome {
+    MessageId id{};
+    Status status = Status::ok;
+    std::string reason;  // empty on success; "code: detail" on rejection
+};
+
+// client -> broker
+struct Push {
+    uint64_t req = 0;
+    AckMode ack = AckMode::persisted;
+    std::vector<Message> msgs;
+};
+enum class QueryKind : uint8_t { history, get };
+struct Query {
+    uint64_t req = 0;  // client request id; broker -> worker: the broker's query id
+    QueryKind kind = QueryKind::history;
+    std::string conversation_id;       // history
+    std::optional<MessageId> after;    // history: ids strictly greater; none = most recent
+    uint32_t limit = 50;               // history: 1..kMaxHistoryLimit
+    MessageId id{};                    // get
+};
+inline constexpr uint32_t kMaxHistoryLimit = 1000;
+struct StatsRequest {
+    uint64_t req = 0;
+};
+
+// broker -> client
+struct Ack {
+    uint64_t req = 0;
+    uint32_t retry_after_ms = 0;  // set when some result is `busy`
+    std::vector<Outcome> results;
+};
+struct Reply {  // answer to a Query (client <- broker <- worker)
+    uint64_t req = 0;
+    Status status = Status::ok;
+    std::string reason;
+    std::string source;  // "cache" or "db"
+    std::vector<StoredMessage> messages;
+};
+struct LaneStats {
+    uint64_t depth = 0;
+    uint64_t capacity = 0;
+    uint64_t received = 0;
+    uint64_t dispatched = 0;
+    uint64_t busy = 0;
+};
+struct WorkerStats {
+    std::string id;
+    std::string host;
+    int64_t pid = 0;
+    uint64_t inflight_batches = 0;
+    uint64_t credit = 0;
+    uint64_t batches_done = 0;
+};
+struct Stats {
+    uint64_t req = 0;
+    int64_t uptime_ms = 0;
+    LaneStats lanes[kPriorityCount];
+    uint64_t persisted = 0;
+    uint64_t rejected = 0;
+    uint64_t redeliveries = 0;
+    uint64_t inflight_batches = 0;
+    uint64_t client_connections = 0;
+    uint64_t bad_frames = 0;
+    uint64_t unroutable = 0;  // replies whose peer had gone (ZMQ_ROUTER_MANDATORY refusals)
+    std::vector<WorkerStats> workers;
+};
+struct Error {
+    uint64_t req = 0;  // 0 when the request could not be read far enough
+    Status status = Status::bad_frame;
+    std::string reason;
+};
+
+// worker <-> broker
+struct WorkerInfo {
+    std::string id;  // unique per worker process, e.g. "host:pid:random"
+    std::string host;
+    int64_t pid = 0;
+};
+struct Ready {
+    uint32_t credit = 2;  // how many batches the worker may hold at once
+    WorkerInfo worker;
+};
+struct Batch {
+    uint64_t batch = 0;
+    std::vector<Message> msgs;
+};
+struct Done {
+    uint64_t batch = 0;
+    std::vector<Outcome> results;  // one per message, in batch order
+};
+struct Heartbeat {};
+struct Disconnect {
+    std::string reason;
+};
+
+// ---------------------------------------------------------------------------
+// Codec. encode() returns the msgpack body (frame 2). decode_*() never throws:
+// any malformed input becomes a DecodeError carrying the status to answer with.
+
+struct DecodeError {
+    Status status = Status::bad_frame;
+    std::string reason;
+};
+template <class T>
+using Decoded = std::variant<T, DecodeError>;
+
+std::string encode(const Push&);
+std::string encode(const Query&);
+std::string encode(const StatsRequest&);
+std::string encode(const Ack&);
+std::string encode(const Reply&);
+std::string encode(const Stats&);
+std::string encode(const Error&);
+std::string encode(const Ready&);
+std::string encode(const Batch&);
+// The same body as encode(Batch) from messages owned elsewhere (no copies).
+std::string encode_batch(uint64_t batch, const std::vector<const Message*>& msgs);
+std::string encode(const Done&);
+std::string encode(const Heartbeat&);
+std::string encode(const Disconnect&);
+
+Decoded<Push> decode_push(std::string_view body);
+Decoded<Query> decode_query(std::string_view body, Command cmd);  // history | get | query
+Decoded<StatsRequest> decode_stats_request(std::string_view body);
+Decoded<Ack> decode_ack(std::string_view body);
+Decoded<Reply> decode_reply(std::string_view body);
+Decoded<Stats> decode_stats(std::string_view body);
+Decoded<Error> decode_error(std::string_view body);
+Decoded<Ready> decode_ready(std::string_view body);
+Decoded<Batch> decode_batch(std::string_view body);
+Decoded<Done> decode_done(std::string_view body);
+Decoded<Heartbeat> decode_heartbeat(std::string_view body);
+Decoded<Disconnect> decode_disconnect(std::string_view body);
+
+// A stored message as one msgpack map (the same map as in Reply.messages); used
+// by the worker's cache as well.
+std::string encode_stored(const StoredMessage& m);
+std::optional<StoredMessage> decode_stored(std::string_view data);
+
+// Best effort: the `req` of a body that failed to decode, so the error reply can
+// name it (0 if not even that is readable).
+uint64_t peek_req(std::string_view body);
+
+// Frames 0 and 1 checked together. On success returns the command.
+Decoded<Command> parse_header(std::string_view signature, std::string_view command);
+
+// Limits on what a decoder accepts, so that a hostile frame cannot make a peer
+// allocate without bound.
+inline constexpr size_t kMaxMessagesPerFrame = 100000;
+inline constexpr size_t kMaxFrameBytes = 256u << 20;
+
+}  // namespace llmq::proto

@@ -1,0 +1,33 @@
+// ZeroMQ framing for the llmq protocol: receive and send whole 3-frame messages,
+// with or without a ROUTER's routing-id frame in front.
+#pragma once
+
+#include <string>
+#include <string_view>
+
+#include <zmq.hpp>
+
+#include "common/protocol.hpp"
+
+namespace llmq {
+
+struct Incoming {
+    std::string routing_id;  // set when received on a ROUTER
+    size_t frames = 0;       // protocol frames (routing id not counted)
+    zmq::message_t signature, command, body;
+    std::string_view sig() const { return signature.to_string_view(); }
+    std::string_view cmd() const { return command.to_string_view(); }
+    std::string_view data() const { return body.to_string_view(); }
+};
+
+// Receives one whole multipart message without blocking. Returns false when none
+// is waiting. Extra frames beyond 3 are drained and counted in `frames`.
+bool recv_message(zmq::socket_t& sock, bool router, Incoming& in);
+
+// Sends [routing_id,] signature, command, body. On a ROUTER with
+// ZMQ_ROUTER_MANDATORY, returns false if the peer is gone (EHOSTUNREACH) or its
+// queue is full (EAGAIN, with dontwait); other errors throw.
+bool send_message(zmq::socket_t& sock, const std::string* routing_id, proto::Command cmd,
+                  std::string_view body, bool dontwait = false);
+
+}  // namespace llmq

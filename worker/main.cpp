@@ -1,0 +1,59 @@
+// llmq-worker: parses options, connects PostgreSQL and Redis, applies migrations
+// and serves the broker until SIGINT/SIGTERM.
+#include <csignal>
+#include <thread>
+
+#include <spdlog/spdlog.h>
+
+#include "common/config.hpp"
+#include "worker/pg_store.hpp"
+#include "worker/redis_cache.hpp"
+#include "worker/worker.hpp"
+
+namespace {
+std::atomic<bool> g_stop{false};
+void on_signal(int) { g_stop.store(true); }
+}  // namespace
+
+int main(int argc, char** argv) {
+    CLI::App app{"llmq-worker: takes batches from an llmq-broker, validates, normalizes and token-counts\n"
+                 "each message, stores the batch in PostgreSQL in one transaction and caches each\n"
+                 "conversation's recent history in Redis; answers history/get queries.\n"
+                 "Options come from flags, --config FILE (TOML) or LLMQ_<OPTION> environment variables."};
+    llmq::CommonOptions common;
+    llmq::worker::WorkerConfig cfg;
+    llmq::add_common_options(app, common);
+    llmq::worker::add_worker_options(app, cfg);
+    llmq::bind_environment(app);
+    if (int rc = llmq::parse_command_line(app, argc, argv); rc >= 0) return rc;
+    try {
+        llmq::setup_logging(common, "llmq-worker");
+        llmq::log_effective_config(app);
+        std::signal(SIGINT, on_signal);
+        std::signal(SIGTERM, on_signal);
+        auto method = cfg.persist_method == "unnest" ? llmq::worker::PersistMethod::unnest
+                                                     : llmq::worker::PersistMethod::copy;
+        auto store = std::make_unique<llmq::worker::PgStore>(cfg.postgres, method);
+        // PostgreSQL may still be starting: keep trying, and say why.
+        for (int attempt = 1;; ++attempt) {
+            auto st = store->migrate();
+            if (st.ok) break;
+            if (g_stop) return 0;
+            spdlog::warn("PostgreSQL not ready ({}); retrying (attempt {})", st.error, attempt);
+            std::this_thread::sleep_for(std::chrono::seconds(1));
+        }
+        llmq::worker::RedisConfig rc;
+        rc.url = cfg.redis;
+        rc.prefix = cfg.redis_prefix;
+        rc.history_size = cfg.history_cache_size;
+        rc.history_ttl_s = cfg.history_ttl_s;
+        rc.message_ttl_s = cfg.message_ttl_s;
+        auto cache = std::make_unique<llmq::worker::RedisCache>(rc);
+        llmq::worker::Worker worker(cfg, std::move(store), std::move(cache));
+        worker.run(g_stop);
+    } catch (const std::exception& e) {
+        spdlog::critical("{}", e.what());
+        return 1;
+    }
+    return 0;
+}

@@ -1,0 +1,313 @@
+// PostgreSQL store: migrations, bulk idempotent persistence and history queries.
+#include "worker/pg_store.hpp"
+
+#include <algorithm>
+#include <charconv>
+
+#include <pqxx/pqxx>
+#include <pqxx/tablewriter>
+#include <spdlog/spdlog.h>
+
+#include "common/time.hpp"
+#include "common/uuid.hpp"
+
+namespace llmq::worker {
+namespace {
+
+// Versioned migrations, applied in order, each once, under an advisory lock so
+// that workers starting together do not race.
+struct Migration {
+    int version;
+    const char* sql;
+};
+constexpr Migration kMigrations[] = {
+    {1, R"sql(
+CREATE TABLE IF NOT EXISTS messages (
+  id              UUID PRIMARY KEY,
+  conversation_id TEXT        NOT NULL,
+  user_id         TEXT        NOT NULL,
+  content         TEXT        NOT NULL,
+  priority        SMALLINT    NOT NULL,
+  status          TEXT        NOT NULL DEFAULT 'pending',
+  token_count     INTEGER     NOT NULL,
+  content_hash    BIGINT      NOT NULL,
+  created_at      TIMESTAMPTZ NOT NULL,
+  persisted_at    TIMESTAMPTZ NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS messages_conversation_created_idx ON messages (conversation_id, created_at DESC);
+CREATE INDEX IF NOT EXISTS messages_pending_idx ON messages (priority, created_at) WHERE status = 'pending';
+)sql"},
+};
+constexpr long kMigrationLockKey = 0x6c6c6d71;  // "llmq"
+
+constexpr const char* kColumns =
+    "id, conversation_id, user_id, content, priority, status, token_count, content_hash, created_at, persisted_at";
+constexpr const char* kSelectColumns =
+    "id::text, conversation_id, user_id, content, priority, status, token_count, content_hash, "
+    "(extract(epoch from created_at) * 1000000)::bigint, (extract(epoch from persisted_at) * 1000000)::bigint";
+
+StoredMessage read_row(const pqxx::row& r) {
+    StoredMessage m;
+    auto id = uuid_from_string(r[0].c_str());
+    if (id) m.id = *id;
+    m.conversation_id = r[1].c_str();
+    m.user_id = r[2].c_str();
+    m.content = r[3].c_str();
+    m.priority = static_cast<Priority>(r[4].as<int>());
+    m.status = r[5].c_str();
+    m.token_count = r[6].as<int32_t>();
+    m.content_hash = r[7].as<int64_t>();
+    m.created_at_us = r[8].as<int64_t>();
+    m.persisted_at_us = r[9].as<int64_t>();
+    return m;
+}
+
+void append_int(std::string& out, int64_t v) {
+    char buf[24];
+    auto [p, ec] = std::to_chars(buf, buf + sizeof buf, v);
+    out.append(buf, p);
+}
+
+void append_uuid(std::string& out, const MessageId& id) { out += uuid_to_string(id); }
+
+// inserted[i] = rows[i]'s id is among those RETURNING reported (the first row
+// of a repeated id within one batch is the one marked).
+void mark_inserted(const pqxx::result& res, const std::vector<const StoredMessage*>& rows,
+                   std::vector<bool>& inserted) {
+    inserted.assign(rows.size(), false);
+    std::vector<MessageId> ids;
+    ids.reserve(res.size());
+    for (const auto& r : res)
+        if (auto id = uuid_from_string(r[0].c_str())) ids.push_back(*id);
+    std::sort(ids.begin(), ids.end());
+    for (size_t i = 0; i < rows.size(); ++i) {
+        auto it = std::lower_bound(ids.begin(), ids.end(), rows[i]->id);
+        if (it != ids.end() && *it == rows[i]->id) {
+            inserted[i] = true;
+            ids.erase(it);
+        }
+    }
+}
+
+}  // namespace
+
+void copy_escape(std::string& out, std::string_view s) {
+    for (char c : s) {
+        switch (c) {
+            case '\\': out += "\\\\"; break;
+            case '\t': out += "\\t"; break;
+            case '\n': out += "\\n"; break;
+            case '\r': out += "\\r"; break;
+            default: out.push_back(c);
+        }
+    }
+}
+
+void array_quote(std::string& out, std::string_view s) {
+    out.push_back('"');
+    for (char c : s) {
+        if (c == '"' || c == '\\') out.push_back('\\');
+        out.push_back(c);
+    }
+    out.push_back('"');
+}
+
+PgStore::PgStore(std::string url, PersistMethod method) : url_(std::move(url)), method_(method) {}
+PgStore::~PgStore() = default;
+
+pqxx::connection& PgStore::conn() {
+    if (!conn_ || !conn_->is_open()) {
+        conn_.reset();
+        conn_ = std::make_unique<pqxx::connection>(url_);
+        // Durable commits are the contract (ack after commit): never turn this off.
+        pqxx::nontransaction(*conn_).exec("SET synchronous_commit = on");
+    }
+    return *conn_;
+}
+
+template <class F>
+StoreStatus PgStore::guarded(const char* what, F&& body) {
+    try {
+        body();
+        return {};
+    } catch (const pqxx::broken_connection& e) {
+        conn_.reset();  // reconnect on the next call
+        return {false, std::string(what) + ": connection to PostgreSQL lost: " + e.what()};
+    } catch (const std::exception& e) {
+        std::string msg = e.what();
+        while (!msg.empty() && (msg.back() == '\n' || msg.back() == ' ')) msg.pop_back();
+        if (conn_ && !conn_->is_open()) conn_.reset();
+        return {false, std::string(what) + ": " + msg};
+    }
+}
+
+StoreStatus PgStore::migrate() {
+    return guarded("migrate", [&] {
+        pqxx::work txn(conn());
+        txn.exec("SELECT pg_advisory_xact_lock(" + std::to_string(kMigrationLockKey) + ")");
+        txn.exec("CREATE TABLE IF NOT EXISTS llmq_schema_migrations ("
+                 " version INTEGER PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())");
+        int current = txn.exec("SELECT coalesce(max(version), 0) FROM llmq_schema_migrations")[0][0].as<int>();
+        for (const auto& m : kMigrations) {
+            if (m.version <= current) continue;
+            txn.exec(m.sql);
+            txn.exec("INSERT INTO llmq_schema_migrations (version) VALUES (" + std::to_string(m.version) + ")");
+            spdlog::info("applied schema migration {}", m.version);
+        }
+        txn.commit();
+    });
+}
+
+void PgStore::persist_copy(const std::vector<const StoredMessage*>& rows, bool staged, std::vector<bool>& inserted) {
+    pqxx::work txn(conn());
+    std::string table = "messages";
+    if (staged) {
+        // Duplicate-tolerant path: stage, then insert what is new.
+        txn.exec("CREATE TEMP TABLE IF NOT EXISTS llmq_stage (LIKE messages INCLUDING DEFAULTS) ON COMMIT DELETE ROWS");
+        table = "llmq_stage";
+    }
+    const char* cols[] = {"id",          "conversation_id", "user_id",    "content",   "priority",
+                          "status",      "token_count",     "content_hash", "created_at", "persisted_at"};
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
+    // tablewriter::write_raw_line lets us encode rows ourselves into one reused
+    // buffer; stream_to in libpqxx 6.4 offers no raw-line access.
+    pqxx::tablewriter writer(txn, table, std::begin(cols), std::end(cols));
+#pragma GCC diagnostic pop
+    for (const StoredMessage* m : rows) {
+        line_.clear();
+        append_uuid(line_, m->id);
+        line_.push_back('\t');
+        copy_escape(line_, m->conversation_id);
+        line_.push_back('\t');
+        copy_escape(line_, m->user_id);
+        line_.push_back('\t');
+        copy_escape(line_, m->content);
+        line_.push_back('\t');
+        append_int(line_, static_cast<int>(m->priority));
+        line_.push_back('\t');
+        copy_escape(line_, m->status);
+        line_.push_back('\t');
+        append_int(line_, m->token_count);
+        line_.push_back('\t');
+        append_int(line_, m->content_hash);
+        line_.push_back('\t');
+        append_timestamp(line_, m->created_at_us, TimeFormat::postgres);
+        line_.push_back('\t');
+        append_timestamp(line_, m->persisted_at_us, TimeFormat::postgres);
+        writer.write_raw_line(line_);
+    }
+    writer.complete();
+    if (staged) {
+        auto res = txn.exec(std::string("INSERT INTO messages (") + kColumns + ") SELECT " + kColumns +
+                            " FROM llmq_stage ON CONFLICT (id) DO NOTHING RETURNING id::text");
+        mark_inserted(res, rows, inserted);
+    } else {
+        inserted.assign(rows.size(), true);
+    }
+    txn.commit();
+}
+
+void PgStore::persist_unnest(const std::vector<const StoredMessage*>& rows, std::vector<bool>& inserted) {
+    std::string a[10];
+    for (auto& s : a) s = "{";
+    for (size_t i = 0; i < rows.size(); ++i) {
+        const StoredMessage* m = rows[i];
+        if (i)
+            for (auto& s : a) s.push_back(',');
+        a[0] += uuid_to_string(m->id);
+        array_quote(a[1], m->conversation_id);
+        array_quote(a[2], m->user_id);
+        array_quote(a[3], m->content);
+        append_int(a[4], static_cast<int>(m->priority));
+        array_quote(a[5], m->status);
+        append_int(a[6], m->token_count);
+        append_int(a[7], m->content_hash);
+        a[8].push_back('"');
+        append_timestamp(a[8], m->created_at_us, TimeFormat::postgres);
+        a[8].push_back('"');
+        a[9].push_back('"');
+        append_timestamp(a[9], m->persisted_at_us, TimeFormat::postgres);
+        a[9].push_back('"');
+    }
+    for (auto& s : a) s.push_back('}');
+    pqxx::work txn(conn());
+    auto res = txn.exec_params(std::string("INSERT INTO messages (") + kColumns +
+                        ") SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::smallint[], "
+                        "$6::text[], $7::int[], $8::bigint[], $9::timestamptz[], $10::timestamptz[]) "
+                        "ON CONFLICT (id) DO NOTHING RETURNING id::text",
+                    a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9]);
+    mark_inserted(res, rows, inserted);
+    txn.commit();
+}
+
+StoreStatus PgStore::persist(const std::vector<const StoredMessage*>& rows, std::vector<bool>& inserted) {
+    inserted.assign(rows.size(), false);
+    if (rows.empty()) return {};
+    if (method_ == PersistMethod::unnest) return guarded("persist", [&] { persist_unnest(rows, inserted); });
+    // Fast path: COPY straight into the table. A batch holding an id that is
+    // already stored (a retry or redelivery) fails with unique_violation; it is
+    // then redone through a staging table with ON CONFLICT DO NOTHING.
+    try {
+        persist_copy(rows, false, inserted);
+        return {};
+    } catch (const pqxx::unique_violation&) {
+        ++conflict_fallbacks_;
+    } catch (const pqxx::broken_connection& e) {
+        conn_.reset();
+        return {false, std::string("persist: connection to PostgreSQL lost: ") + e.what()};
+    } catch (const std::exception& e) {
+        if (conn_ && !conn_->is_open()) conn_.reset();
+        return {false, std::string("persist: ") + e.what()};
+    }
+    return guarded("persist", [&] { persist_copy(rows, true, inserted); });
+}
+
+StoreStatus PgStore::count_by_conversation(const std::vector<std::string_view>& conversations,
+                                           std::vector<std::pair<std::string, int64_t>>& out) {
+    out.clear();
+    if (conversations.empty()) return {};
+    return guarded("count", [&] {
+        std::string arr = "{";
+        for (size_t i = 0; i < conversations.size(); ++i) {
+            if (i) arr.push_back(',');
+            array_quote(arr, conversations[i]);
+        }
+        arr.push_back('}');
+        pqxx::read_transaction txn(conn());
+        auto res = txn.exec_params(
+            "SELECT conversation_id, count(*) FROM messages WHERE conversation_id = ANY($1::text[]) GROUP BY 1", arr);
+        for (const auto& r : res) out.emplace_back(r[0].c_str(), r[1].as<int64_t>());
+    });
+}
+
+StoreStatus PgStore::history(const std::string& conversation, const std::optional<MessageId>& after, uint32_t limit,
+                             std::vector<StoredMessage>& out) {
+    out.clear();
+    return guarded("history", [&] {
+        pqxx::read_transaction txn(conn());
+        pqxx::result res;
+        if (after)
+            res = txn.exec_params(std::string("SELECT ") + kSelectColumns +
+                                      " FROM messages WHERE conversation_id = $1 AND id > $2::uuid ORDER BY id LIMIT $3",
+                                  conversation, uuid_to_string(*after), limit);
+        else
+            res = txn.exec_params(std::string("SELECT * FROM (SELECT ") + kSelectColumns +
+                                      " FROM messages WHERE conversation_id = $1 ORDER BY id DESC LIMIT $2) t ORDER BY 1",
+                                  conversation, limit);
+        out.reserve(res.size());
+        for (const auto& r : res) out.push_back(read_row(r));
+    });
+}
+
+StoreStatus PgStore::get(const MessageId& id, std::optional<StoredMessage>& out) {
+    out.reset();
+    return guarded("get", [&] {
+        pqxx::read_transaction txn(conn());
+        auto res = txn.exec_params(std::string("SELECT ") + kSelectColumns + " FROM messages WHERE id = $1::uuid",
+                                   uuid_to_string(id));
+        if (!res.empty()) out = read_row(res[0]);
+    });
+}
+
+}  // namespace llmq::worker

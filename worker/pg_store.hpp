@@ -1,0 +1,53 @@
+// PostgreSQL implementation of the worker's Store, with libpqxx: versioned
+// migrations, bulk idempotent persistence (COPY, or INSERT … unnest), queries.
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "worker/store.hpp"
+
+#include <pqxx/connection>
+
+namespace llmq::worker {
+
+enum class PersistMethod { copy, unnest };
+
+class PgStore final : public Store {
+public:
+    PgStore(std::string url, PersistMethod method);
+    ~PgStore() override;
+
+    StoreStatus migrate() override;
+    StoreStatus persist(const std::vector<const StoredMessage*>& rows, std::vector<bool>& inserted) override;
+    StoreStatus count_by_conversation(const std::vector<std::string_view>& conversations,
+                                      std::vector<std::pair<std::string, int64_t>>& out) override;
+    StoreStatus history(const std::string& conversation, const std::optional<MessageId>& after, uint32_t limit,
+                        std::vector<StoredMessage>& out) override;
+    StoreStatus get(const MessageId& id, std::optional<StoredMessage>& out) override;
+
+    // How many batches took the slower duplicate-tolerant path (for tests/metrics).
+    uint64_t conflict_fallbacks() const { return conflict_fallbacks_; }
+
+private:
+    pqxx::connection& conn();  // connects (again) when needed; throws on failure
+    template <class F>
+    StoreStatus guarded(const char* what, F&& body);
+    // Both fill `inserted`; copy with staged=false inserts all or throws unique_violation.
+    void persist_copy(const std::vector<const StoredMessage*>& rows, bool staged, std::vector<bool>& inserted);
+    void persist_unnest(const std::vector<const StoredMessage*>& rows, std::vector<bool>& inserted);
+
+    std::string url_;
+    PersistMethod method_;
+    std::unique_ptr<pqxx::connection> conn_;
+    uint64_t conflict_fallbacks_ = 0;
+    std::string line_;  // reused COPY line buffer
+};
+
+// Helpers shared with tests and benchmarks.
+// Appends `s` escaped for COPY's text format.
+void copy_escape(std::string& out, std::string_view s);
+// Appends `s` as a quoted element of a PostgreSQL array literal.
+void array_quote(std::string& out, std::string_view s);
+
+}  // namespace llmq::worker

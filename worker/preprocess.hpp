@@ -1,0 +1,52 @@
+// Worker preprocessing: validate, normalize, count tokens and hash a message before it is stored.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+
+#include "common/message.hpp"
+
+namespace llmq {
+
+struct PreprocessLimits {
+    size_t max_content_bytes = kDefaultMaxContentBytes;
+};
+
+// Why a message was refused. `code` is a short stable snake_case identifier (also a
+// metrics label) pointing at static storage: nil_id, conversation_id_length,
+// conversation_id_invalid, user_id_length, user_id_invalid, content_too_large,
+// content_invalid_utf8, content_empty, bad_priority, bad_created_at.
+// `detail` is a sentence for people saying what is wrong and where.
+struct Rejection {
+    std::string_view code;
+    std::string detail;
+};
+
+// Strict UTF-8 (RFC 3629): no overlong forms, no surrogates, nothing above U+10FFFF.
+// On failure, *error_offset (if given) is the byte offset where the ill-formed
+// sequence starts.
+bool is_valid_utf8(std::string_view s, size_t* error_offset = nullptr);
+
+// Assumes valid UTF-8. In order: CRLF and lone CR become LF; control characters
+// (category Cc: U+0000..U+001F, U+007F..U+009F) other than \n and \t are removed
+// (U+2028/U+2029 are not Cc and are kept); Unicode NFC; leading and trailing
+// Unicode White_Space is trimmed (this includes U+2028/U+2029 at the very ends).
+std::string normalize_content(std::string_view utf8);
+
+// Token estimate for normalized UTF-8; see the rule in preprocess.cpp. One pass, no allocation.
+int32_t estimate_tokens(std::string_view normalized_utf8);
+
+// XXH3_64bits of the normalized bytes, bit-cast to int64 (PostgreSQL BIGINT).
+int64_t content_hash(std::string_view normalized_utf8);
+
+// Validate, normalize, count and hash. On success fills `out` (status "pending",
+// persisted_at_us 0) and returns nullopt. On rejection returns the reason; `out`
+// may then be partly written and must not be used. Reusing one `out` across calls
+// reuses its string capacity.
+std::optional<Rejection> preprocess(const Message& in, const PreprocessLimits& limits,
+                                    StoredMessage& out);
+
+}  // namespace llmq

@@ -1,0 +1,40 @@
+// The worker's durable store: an interface so logic can be tested, with the
+// PostgreSQL implementation in pg_store.{hpp,cpp}.
+#pragma once
+
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "common/message.hpp"
+
+namespace llmq::worker {
+
+// Errors from the database are caught in the adapter and returned as values.
+struct StoreStatus {
+    bool ok = true;
+    std::string error;  // what failed, for logs and for the client's reason
+};
+
+class Store {
+public:
+    virtual ~Store() = default;
+    // Applies the versioned schema migrations (idempotent).
+    virtual StoreStatus migrate() = 0;
+    // Stores the rows in one transaction, idempotent on id: rows whose id is
+    // already stored are left as they are (and count as persisted).
+    // inserted[i] tells whether rows[i] was new (false: it was already stored).
+    virtual StoreStatus persist(const std::vector<const StoredMessage*>& rows, std::vector<bool>& inserted) = 0;
+    // For each conversation, how many messages are stored (conversations with
+    // none are absent). Used to tell whether a cache holds a full history.
+    virtual StoreStatus count_by_conversation(const std::vector<std::string_view>& conversations,
+                                              std::vector<std::pair<std::string, int64_t>>& out) = 0;
+    // History in ascending id order: ids > *after (first `limit`), or when after is
+    // empty the most recent `limit` messages.
+    virtual StoreStatus history(const std::string& conversation, const std::optional<MessageId>& after,
+                                uint32_t limit, std::vector<StoredMessage>& out) = 0;
+    virtual StoreStatus get(const MessageId& id, std::optional<StoredMessage>& out) = 0;
+};
+
+}  // namespace llmq::worker

@@ -1,0 +1,313 @@
+// Worker loop and batch pipeline: preprocess → one transaction → cache → done.
+#include "worker/worker.hpp"
+
+#include <unistd.h>
+
+#include <chrono>
+#include <random>
+#include <thread>
+#include <unordered_map>
+
+#include <spdlog/spdlog.h>
+
+#include "common/time.hpp"
+#include "common/transport.hpp"
+#include "common/uuid.hpp"
+
+namespace llmq::worker {
+namespace {
+
+using proto::Command;
+using proto::Status;
+
+constexpr int64_t kMs = 1'000'000;
+
+std::string hostname() {
+    char buf[256] = {};
+    if (gethostname(buf, sizeof buf - 1) != 0) return "unknown";
+    return buf;
+}
+
+}  // namespace
+
+void add_worker_options(CLI::App& app, WorkerConfig& c) {
+    app.add_option("--broker", c.broker, "Broker backend endpoint to connect to")->capture_default_str();
+    app.add_option("--postgres", c.postgres, "PostgreSQL connection URL")->capture_default_str();
+    app.add_option("--redis", c.redis, "Redis URL: redis://host[:port][/db]")->capture_default_str();
+    app.add_option("--redis-prefix", c.redis_prefix, "Prefix of every Redis key llmq writes")->capture_default_str();
+    app.add_option("--persist-method", c.persist_method,
+                   "copy: COPY into the table, falling back to a staged INSERT … ON CONFLICT when a batch "
+                   "holds a stored id; unnest: always INSERT … SELECT FROM unnest(…) ON CONFLICT")
+        ->capture_default_str()->check(CLI::IsMember({"copy", "unnest"}));
+    app.add_option("--worker-id", c.id, "Name of this worker in metrics and logs (default host:pid:random)");
+    app.add_option("--credit", c.credit, "Batches this worker may hold at once (2+ keeps one in hand while persisting)")
+        ->capture_default_str()->check(CLI::Range(1, 64));
+    app.add_option("--max-content-bytes", c.max_content_bytes, "Largest content accepted, in bytes")
+        ->capture_default_str()->check(CLI::Range(size_t{1}, size_t{64} << 20));
+    app.add_option("--history-cache-size", c.history_cache_size, "Most recent messages cached per conversation")
+        ->capture_default_str()->check(CLI::Range(1, 100'000));
+    app.add_option("--history-ttl-s", c.history_ttl_s, "Seconds an idle conversation stays cached")
+        ->capture_default_str()->check(CLI::Range(1, 30 * 86400));
+    app.add_option("--message-ttl-s", c.message_ttl_s, "Seconds a message stays cached by id")
+        ->capture_default_str()->check(CLI::Range(1, 30 * 86400));
+    app.add_option("--heartbeat-ms", c.heartbeat_ms, "Heartbeat interval to the broker")
+        ->capture_default_str()->check(CLI::Range(10, 60'000));
+    app.add_option("--liveness", c.liveness, "Missed broker heartbeats before reconnecting")
+        ->capture_default_str()->check(CLI::Range(1, 100));
+    app.add_option("--reconnect-max-ms", c.reconnect_max_ms, "Cap of the exponential reconnect back-off")
+        ->capture_default_str()->check(CLI::Range(10, 600'000));
+}
+
+Worker::Worker(WorkerConfig cfg, std::unique_ptr<Store> store, std::unique_ptr<Cache> cache, zmq::context_t* ctx)
+    : cfg_(std::move(cfg)),
+      store_(std::move(store)),
+      cache_(std::move(cache)),
+      own_ctx_(ctx ? nullptr : std::make_unique<zmq::context_t>(1)),
+      ctx_(ctx ? ctx : own_ctx_.get()) {
+    info_.host = hostname();
+    info_.pid = getpid();
+    if (cfg_.id.empty()) {
+        std::mt19937 rng{std::random_device{}()};
+        char suffix[8];
+        std::snprintf(suffix, sizeof suffix, "%04x", static_cast<unsigned>(rng() & 0xffff));
+        cfg_.id = info_.host + ":" + std::to_string(info_.pid) + ":" + suffix;
+    }
+    info_.id = cfg_.id;
+    limits_.max_content_bytes = cfg_.max_content_bytes;
+}
+
+Worker::~Worker() = default;
+
+proto::Done Worker::process_batch(const proto::Batch& batch) {
+    proto::Done done;
+    done.batch = batch.batch;
+    done.results.resize(batch.msgs.size());
+    rows_buf_.resize(batch.msgs.size());
+    std::vector<size_t> valid;  // indexes into batch.msgs / rows_buf_
+    valid.reserve(batch.msgs.size());
+    int64_t now_us = wall_now_us();
+    for (size_t i = 0; i < batch.msgs.size(); ++i) {
+        done.results[i].id = batch.msgs[i].id;
+        if (auto rej = preprocess(batch.msgs[i], limits_, rows_buf_[i])) {
+            done.results[i].status = Status::rejected;
+            done.results[i].reason = std::string(rej->code) + ": " + rej->detail;
+            ++counters_.rejected;
+            continue;
+        }
+        rows_buf_[i].persisted_at_us = now_us;
+        valid.push_back(i);
+    }
+    ++counters_.batches;
+    if (valid.empty()) return done;
+
+    // Group by conversation for the cache (one script call per conversation).
+    std::vector<const StoredMessage*> rows;
+    rows.reserve(valid.size());
+    std::unordered_map<std::string_view, size_t> conv_index;
+    std::vector<std::string_view> convs;
+    std::vector<size_t> conv_of(valid.size());
+    for (size_t k = 0; k < valid.size(); ++k) {
+        const StoredMessage& m = rows_buf_[valid[k]];
+        rows.push_back(&m);
+        auto [it, added] = conv_index.try_emplace(m.conversation_id, convs.size());
+        if (added) convs.push_back(m.conversation_id);
+        conv_of[k] = it->second;
+    }
+
+    std::vector<bool> known;
+    bool marked = cache_->before_commit(convs, known);
+    std::vector<bool> inserted;
+    StoreStatus st = store_->persist(rows, inserted);
+    if (!st.ok) {
+        spdlog::error("batch {}: {} messages not stored: {}", batch.batch, rows.size(), st.error);
+        if (marked) cache_->abandon(convs);
+        for (size_t i : valid) {
+            done.results[i].status = Status::storage_error;
+            done.results[i].reason = st.error;
+        }
+        counters_.failed += valid.size();
+        return done;
+    }
+    for (size_t k = 0; k < valid.size(); ++k) {
+        if (!inserted[k]) ++counters_.duplicates;
+        done.results[valid[k]].status = Status::ok;
+    }
+    counters_.persisted += valid.size();
+
+    if (marked) {
+        // Only rows this batch inserted go to the cache: a row already stored was
+        // cached by the batch that stored it (or its conversation is marked busy).
+        std::vector<std::vector<const StoredMessage*>> per_conv(convs.size());
+        std::vector<int64_t> new_in_batch(convs.size(), 0);
+        for (size_t k = 0; k < valid.size(); ++k) {
+            if (!inserted[k]) continue;
+            per_conv[conv_of[k]].push_back(rows[k]);
+            ++new_in_batch[conv_of[k]];
+        }
+        // A conversation the cache did not know is complete from its start if
+        // everything PostgreSQL holds for it came in this batch.
+        std::vector<bool> complete(convs.size(), false);
+        std::vector<std::string_view> unknown;
+        for (size_t c = 0; c < convs.size(); ++c)
+            if (!known[c] && new_in_batch[c] > 0) unknown.push_back(convs[c]);
+        if (!unknown.empty()) {
+            std::vector<std::pair<std::string, int64_t>> counts;
+            if (store_->count_by_conversation(unknown, counts).ok)
+                for (const auto& [conv, n] : counts) {
+                    size_t c = conv_index.at(conv);
+                    complete[c] = n == new_in_batch[c];
+                }
+        }
+        cache_->after_commit(convs, complete, per_conv);
+    }
+    return done;
+}
+
+proto::Reply Worker::answer_query(const proto::Query& q) {
+    ++counters_.queries;
+    proto::Reply r;
+    r.req = q.req;
+    if (q.kind == proto::QueryKind::history) {
+        if (auto hit = cache_->history(q.conversation_id, q.after, q.limit)) {
+            ++counters_.cache_hits;
+            r.source = "cache";
+            r.messages = std::move(*hit);
+            return r;
+        }
+        ++counters_.cache_misses;
+        r.source = "db";
+        auto st = store_->history(q.conversation_id, q.after, q.limit, r.messages);
+        if (!st.ok) {
+            r.status = Status::storage_error;
+            r.reason = st.error;
+        }
+        return r;
+    }
+    if (auto hit = cache_->get(q.id)) {
+        ++counters_.cache_hits;
+        r.source = "cache";
+        r.messages.push_back(std::move(*hit));
+        return r;
+    }
+    ++counters_.cache_misses;
+    r.source = "db";
+    std::optional<StoredMessage> found;
+    auto st = store_->get(q.id, found);
+    if (!st.ok) {
+        r.status = Status::storage_error;
+        r.reason = st.error;
+    } else if (!found) {
+        r.status = Status::not_found;
+        r.reason = "no message with id " + uuid_to_string(q.id);
+    } else {
+        r.messages.push_back(std::move(*found));
+    }
+    return r;
+}
+
+void Worker::connect() {
+    sock_ = std::make_unique<zmq::socket_t>(*ctx_, zmq::socket_type::dealer);
+    sock_->set(zmq::sockopt::linger, 2000);  // let `done`/`disconnect` reach the broker on exit
+    sock_->set(zmq::sockopt::rcvhwm, 1000);
+    sock_->set(zmq::sockopt::maxmsgsize, static_cast<int64_t>(proto::kMaxFrameBytes));
+    sock_->connect(cfg_.broker);
+    backlog_.clear();  // a new connection: the broker redelivers what we held
+    send(Command::ready, proto::encode(proto::Ready{cfg_.credit, info_}));
+    last_heard_ns_ = steady_now_ns();
+}
+
+void Worker::send(Command cmd, const std::string& body) { send_message(*sock_, nullptr, cmd, body); }
+
+void Worker::handle(Incoming& in) {
+    if (in.frames != 3) {
+        spdlog::warn("ignoring a {}-frame message from the broker", in.frames);
+        return;
+    }
+    auto hdr = proto::parse_header(in.sig(), in.cmd());
+    if (auto* err = std::get_if<proto::DecodeError>(&hdr)) {
+        spdlog::warn("ignoring a message from the broker: {}", err->reason);
+        return;
+    }
+    switch (std::get<Command>(hdr)) {
+        case Command::batch: {
+            auto b = proto::decode_batch(in.data());
+            if (auto* err = std::get_if<proto::DecodeError>(&b)) {
+                spdlog::error("undecodable batch from the broker: {}", err->reason);
+                return;  // the broker redelivers it when we leave or die
+            }
+            backlog_.push_back(std::move(std::get<proto::Batch>(b)));
+            break;
+        }
+        case Command::query: {
+            auto q = proto::decode_query(in.data(), Command::query);
+            if (auto* err = std::get_if<proto::DecodeError>(&q)) {
+                spdlog::warn("undecodable query: {}", err->reason);
+                return;
+            }
+            send(Command::reply, proto::encode(answer_query(std::get<proto::Query>(q))));
+            break;
+        }
+        case Command::heartbeat: break;
+        case Command::disconnect:
+            spdlog::info("broker asked us to register again");
+            backlog_.clear();
+            send(Command::ready, proto::encode(proto::Ready{cfg_.credit, info_}));
+            break;
+        case Command::error: {
+            auto e = proto::decode_error(in.data());
+            if (auto* ok = std::get_if<proto::Error>(&e)) spdlog::warn("broker says: {} {}", static_cast<int>(ok->status), ok->reason);
+            break;
+        }
+        default: spdlog::warn("unexpected command '{}' from the broker", in.cmd());
+    }
+}
+
+void Worker::run(const std::atomic<bool>& stop) {
+    connect();
+    spdlog::info("worker {} connected to {} with credit {}", info_.id, cfg_.broker, cfg_.credit);
+    const std::string hb = proto::encode(proto::Heartbeat{});
+    int64_t next_hb = steady_now_ns() + int64_t{cfg_.heartbeat_ms} * kMs;
+    int backoff_ms = 100;
+    Incoming in;
+    while (!stop.load(std::memory_order_relaxed)) {
+        // Read everything waiting: queries and heartbeats are answered at once,
+        // batches are queued, so a query never waits behind more than one batch.
+        zmq::pollitem_t item{sock_->handle(), 0, ZMQ_POLLIN, 0};
+        long wait = backlog_.empty() ? std::max<int64_t>(0, (next_hb - steady_now_ns()) / kMs) : 0;
+        try {
+            zmq::poll(&item, 1, std::chrono::milliseconds(std::min<long>(wait, 100)));
+        } catch (const zmq::error_t& e) {
+            if (e.num() != EINTR) throw;
+        }
+        while (recv_message(*sock_, false, in)) {
+            last_heard_ns_ = steady_now_ns();
+            backoff_ms = 100;
+            handle(in);
+        }
+        if (!backlog_.empty()) {
+            proto::Batch batch = std::move(backlog_.front());
+            backlog_.pop_front();
+            send(Command::done, proto::encode(process_batch(batch)));
+        }
+        int64_t now = steady_now_ns();
+        if (now >= next_hb) {
+            send(Command::heartbeat, hb);
+            next_hb = now + int64_t{cfg_.heartbeat_ms} * kMs;
+        }
+        if (now - last_heard_ns_ > int64_t{cfg_.heartbeat_ms} * cfg_.liveness * kMs) {
+            spdlog::warn("broker silent for {} ms; reconnecting in {} ms", (now - last_heard_ns_) / kMs, backoff_ms);
+            sock_->set(zmq::sockopt::linger, 0);
+            sock_.reset();
+            for (int slept = 0; slept < backoff_ms && !stop.load(); slept += 50)
+                std::this_thread::sleep_for(std::chrono::milliseconds(50));
+            backoff_ms = std::min(backoff_ms * 2, cfg_.reconnect_max_ms);
+            connect();
+        }
+    }
+    // Stop: finish nothing new; the broker redelivers what we still hold.
+    spdlog::info("worker {} leaving: {} batches, {} persisted, {} rejected", info_.id, counters_.batches,
+                 counters_.persisted, counters_.rejected);
+    send(Command::disconnect, proto::encode(proto::Disconnect{"shutting down"}));
+}
+
+}  // namespace llmq::worker

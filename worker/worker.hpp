@@ -1,0 +1,83 @@
+// The llmq worker: a DEALER that grants the broker credit, preprocesses each
+// batch, persists it to the Store in one transaction, writes the Cache after
+// commit, reports one outcome per message, and answers history/get queries.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <string>
+
+#include <CLI/CLI.hpp>
+#include <zmq.hpp>
+
+#include "common/protocol.hpp"
+#include "common/transport.hpp"
+#include "worker/cache.hpp"
+#include "worker/preprocess.hpp"
+#include "worker/store.hpp"
+
+namespace llmq::worker {
+
+struct WorkerConfig {
+    std::string broker = "tcp://127.0.0.1:5556";
+    std::string postgres = "postgresql://llmq@127.0.0.1:5432/llmq";
+    std::string redis = "redis://127.0.0.1:6379/0";
+    std::string redis_prefix = "llmq:";
+    std::string persist_method = "copy";
+    std::string id;  // default: host:pid:random
+    uint32_t credit = 2;
+    size_t max_content_bytes = kDefaultMaxContentBytes;
+    uint32_t history_cache_size = 100;
+    uint32_t history_ttl_s = 86400;
+    uint32_t message_ttl_s = 3600;
+    int heartbeat_ms = 1000;
+    int liveness = 3;
+    int reconnect_max_ms = 10000;
+};
+
+// Declares every worker option (name, description, default, bounds) on `app`.
+void add_worker_options(CLI::App& app, WorkerConfig& cfg);
+
+struct WorkerCounters {
+    uint64_t batches = 0, persisted = 0, rejected = 0, failed = 0, duplicates = 0;
+    uint64_t cache_hits = 0, cache_misses = 0, queries = 0;
+};
+
+class Worker {
+public:
+    Worker(WorkerConfig cfg, std::unique_ptr<Store> store, std::unique_ptr<Cache> cache,
+           zmq::context_t* ctx = nullptr);
+    ~Worker();
+
+    // Serves the broker until `stop`; then finishes the batch in hand, tells the
+    // broker it leaves (so anything else it holds is redelivered) and returns.
+    void run(const std::atomic<bool>& stop);
+
+    // The logic of one batch and one query, without sockets (tests use these).
+    proto::Done process_batch(const proto::Batch& batch);
+    proto::Reply answer_query(const proto::Query& q);
+
+    const WorkerCounters& counters() const { return counters_; }
+
+private:
+    void connect();
+    void send(proto::Command cmd, const std::string& body);
+    void handle(Incoming& in);
+
+    WorkerConfig cfg_;
+    std::unique_ptr<Store> store_;
+    std::unique_ptr<Cache> cache_;
+    std::unique_ptr<zmq::context_t> own_ctx_;
+    zmq::context_t* ctx_;
+    std::unique_ptr<zmq::socket_t> sock_;
+    proto::WorkerInfo info_;
+    PreprocessLimits limits_;
+    std::deque<proto::Batch> backlog_;  // batches received, not yet processed
+    int64_t last_heard_ns_ = 0;
+    WorkerCounters counters_;
+    std::vector<StoredMessage> rows_buf_;  // reused across batches
+};
+
+}  // namespace llmq::worker
