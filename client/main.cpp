@@ -41,10 +41,18 @@ json to_json(const StoredMessage& m) {
                 {"persisted_at", format_rfc3339(m.persisted_at_us)}};
 }
 
+// One line per message: newlines and tabs in the content are shown escaped.
 void print_text(const StoredMessage& m) {
+    std::string content;
+    content.reserve(m.content.size());
+    for (char c : m.content) {
+        if (c == '\n') content += "\\n";
+        else if (c == '\t') content += "\\t";
+        else content.push_back(c);
+    }
     std::printf("%s  %s  %-8s %-6s %4d tok  %s\n", format_rfc3339(m.created_at_us).c_str(),
                 uuid_to_string(m.id).c_str(), m.user_id.c_str(), std::string(priority_name(m.priority)).c_str(),
-                m.token_count, m.content.c_str());
+                m.token_count, content.c_str());
 }
 
 // Prints a failed request and returns the exit code for it.

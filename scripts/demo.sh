@@ -1,0 +1,125 @@
+#!/usr/bin/env bash
+# A local llmq cluster taking real traffic: installs what is missing, builds,
+# starts a private PostgreSQL and Redis (under .run/), a broker and two workers,
+# pushes a generated workload, shows the summary, one conversation's history and
+# the row count, and stops everything it started (also on Ctrl-C).
+#
+# Usage: scripts/demo.sh [--count N] [--workers N] [--keep]
+#   --count N    messages to push (default 100000)
+#   --workers N  worker processes (default 2)
+#   --keep       leave the cluster running at the end (stop it with Ctrl-C)
+set -euo pipefail
+
+REPO_DIR=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd -P)
+cd -- "$REPO_DIR"
+COUNT=100000
+WORKERS=2
+KEEP=0
+while (($#)); do
+  case "$1" in
+    --count) COUNT=${2:?--count needs a number}; shift 2 ;;
+    --workers) WORKERS=${2:?--workers needs a number}; shift 2 ;;
+    --keep) KEEP=1; shift ;;
+    -h|--help) sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "demo.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
+  esac
+done
+[[ $COUNT =~ ^[0-9]+$ && $WORKERS =~ ^[0-9]+$ && $WORKERS -ge 1 ]] || { echo "demo.sh: --count and --workers take positive numbers" >&2; exit 2; }
+
+BUILD_DIR=${LLMQ_BUILD_DIR:-build}
+RUN_DIR=${LLMQ_RUN_DIR:-$REPO_DIR/.run}
+DEMO_DIR="$RUN_DIR/demo"
+section() { printf '\n==== %s ====\n' "$*"; }
+
+pids=()
+started_services=0
+cleanup() {
+  local rc=$?
+  trap - EXIT INT TERM
+  if ((${#pids[@]})); then
+    section "Stopping the broker and workers"
+    kill -TERM "${pids[@]}" 2>/dev/null || true
+    for p in "${pids[@]}"; do
+      for _ in $(seq 100); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+      kill -KILL "$p" 2>/dev/null || true
+    done
+  fi
+  if ((started_services)); then
+    section "Stopping PostgreSQL and Redis"
+    bash scripts/services.sh stop || true
+  fi
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'echo; echo "demo.sh: interrupted" >&2; exit 130' INT
+trap 'exit 143' TERM
+
+section "Dependencies"
+bash scripts/deps.sh
+echo "all packages present"
+
+section "Build"
+cmake -S . -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+cmake --build "$BUILD_DIR" -j"${LLMQ_JOBS:-2}" --target llmq-broker llmq-worker llmq llmq-gen
+
+section "PostgreSQL and Redis"
+bash scripts/services.sh status >/dev/null 2>&1 || started_services=1
+bash scripts/services.sh start
+# shellcheck disable=SC1091
+source "$RUN_DIR/env"
+# A fresh database and Redis database for the demo, so the counts below are its own.
+DEMO_DB=llmq_demo
+psql -q "$LLMQ_TEST_POSTGRES" -c "DROP DATABASE IF EXISTS $DEMO_DB WITH (FORCE)" -c "CREATE DATABASE $DEMO_DB"
+PG_URL="${LLMQ_TEST_POSTGRES%/*}/$DEMO_DB"
+REDIS_URL="${LLMQ_TEST_REDIS%/*}/1"
+redis-cli -u "$REDIS_URL" FLUSHDB >/dev/null
+
+mkdir -p "$DEMO_DIR"
+section "Broker and $WORKERS workers (logs in $DEMO_DIR)"
+rm -f "$DEMO_DIR/endpoints"
+"$BUILD_DIR/llmq-broker" --frontend 'tcp://127.0.0.1:*' --backend 'tcp://127.0.0.1:*' --metrics 'tcp://127.0.0.1:*' \
+  --endpoints-file "$DEMO_DIR/endpoints" >"$DEMO_DIR/broker.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 100); do [[ -s $DEMO_DIR/endpoints ]] && break; sleep 0.1; done
+[[ -s $DEMO_DIR/endpoints ]] || { echo "demo.sh: the broker did not start; see $DEMO_DIR/broker.log" >&2; exit 1; }
+FRONTEND=$(sed -n 's/^frontend=//p' "$DEMO_DIR/endpoints")
+BACKEND=$(sed -n 's/^backend=//p' "$DEMO_DIR/endpoints")
+echo "broker: clients $FRONTEND, workers $BACKEND"
+for i in $(seq "$WORKERS"); do
+  "$BUILD_DIR/llmq-worker" --broker "$BACKEND" --postgres "$PG_URL" --redis "$REDIS_URL" \
+    --worker-id "demo-worker-$i" >"$DEMO_DIR/worker$i.log" 2>&1 &
+  pids+=($!)
+done
+for _ in $(seq 200); do
+  n=$("$BUILD_DIR/llmq" --broker "$FRONTEND" --timeout-ms 500 stats --json 2>/dev/null |
+    python3 -c 'import json,sys; print(len(json.load(sys.stdin)["workers"]))' 2>/dev/null || echo 0)
+  ((n >= WORKERS)) && break
+  sleep 0.1
+done
+echo "$n workers connected"
+
+section "Workload: $COUNT messages (5,000 conversations, mixed priorities, English, Chinese, emoji, 1 in 1,000 lines invalid)"
+"$BUILD_DIR/llmq-gen" --count "$COUNT" --conversations 5000 --users 500 --invalid-every 1000 --seed 7 -o "$DEMO_DIR/workload.jsonl"
+
+section "llmq push --file $DEMO_DIR/workload.jsonl"
+set +e
+"$BUILD_DIR/llmq" --broker "$FRONTEND" push --file "$DEMO_DIR/workload.jsonl" --show-rejects 5
+push_rc=$?
+set -e
+echo "(exit code $push_rc: 0 all persisted, 1 some rejected — expected here, the workload has invalid lines)"
+((push_rc <= 1)) || { echo "demo.sh: push failed" >&2; exit 1; }
+
+section "History of conv_42 (the 5 most recent)"
+"$BUILD_DIR/llmq" --broker "$FRONTEND" history conv_42 --limit 5 | cut -c1-160
+
+section "Rows in PostgreSQL"
+psql -q "$PG_URL" -c "SELECT priority, count(*) AS rows, sum(token_count) AS tokens FROM messages GROUP BY 1 ORDER BY 1" \
+  -c "SELECT count(*) AS total_rows, count(DISTINCT conversation_id) AS conversations FROM messages"
+
+section "llmq stats"
+"$BUILD_DIR/llmq" --broker "$FRONTEND" stats
+
+if ((KEEP)); then
+  section "Cluster left running: llmq --broker $FRONTEND ...; Ctrl-C to stop"
+  while true; do sleep 3600; done
+fi

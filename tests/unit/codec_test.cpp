@@ -1,0 +1,739 @@
+// Unit tests for the wire protocol codec (common/protocol.hpp, common/codec.cpp): round trips, headers, malformed input.
+#include "common/protocol.hpp"
+
+#include <gtest/gtest.h>
+#include <msgpack.hpp>
+
+#include <cstdint>
+#include <functional>
+#include <random>
+#include <string>
+#include <tuple>
+#include <vector>
+
+namespace llmq::proto {
+namespace {
+
+using namespace std::string_literals;
+using namespace std::string_view_literals;
+
+MessageId id_of(uint8_t seed) {
+    MessageId id{};
+    for (size_t i = 0; i < id.size(); ++i) id[i] = static_cast<uint8_t>(seed * 17 + i * 31 + 1);
+    id[6] = static_cast<uint8_t>(0x70 | (id[6] & 0x0f));
+    return id;
+}
+
+Message message_of(uint8_t seed) {
+    Message m;
+    m.id = id_of(seed);
+    m.conversation_id = "conv_" + std::to_string(seed);
+    m.user_id = "user_" + std::to_string(seed);
+    m.content = "hello " + std::to_string(seed);
+    m.priority = static_cast<Priority>(seed % kPriorityCount);
+    m.created_at_us = 1'790'000'000'000'000 + seed;
+    return m;
+}
+
+StoredMessage stored_of(uint8_t seed) {
+    StoredMessage s;
+    s.id = id_of(seed);
+    s.conversation_id = "conv_" + std::to_string(seed);
+    s.user_id = "user_" + std::to_string(seed);
+    s.content = "stored 你好 👋 " + std::to_string(seed);
+    s.priority = static_cast<Priority>(seed % kPriorityCount);
+    s.status = seed % 2 ? "pending" : "done";
+    s.token_count = 12 + seed;
+    s.content_hash = -1234567890123456789LL + seed;
+    s.created_at_us = 1'790'000'000'000'000 + seed;
+    s.persisted_at_us = 1'790'000'000'500'000 + seed;
+    return s;
+}
+
+auto fields(const Message& m) {
+    return std::tie(m.id, m.conversation_id, m.user_id, m.content, m.priority, m.created_at_us, m.expires_at_us);
+}
+auto fields(const StoredMessage& s) {
+    return std::tie(s.id, s.conversation_id, s.user_id, s.content, s.priority, s.status, s.token_count,
+                    s.content_hash, s.created_at_us, s.persisted_at_us);
+}
+auto fields(const Outcome& o) { return std::tie(o.id, o.status, o.reason); }
+
+template <class T>
+T must(Decoded<T> d) {
+    if (auto* e = std::get_if<DecodeError>(&d)) {
+        ADD_FAILURE() << "unexpected DecodeError " << static_cast<int>(e->status) << ": " << e->reason;
+        return T{};
+    }
+    return std::get<T>(std::move(d));
+}
+
+template <class T>
+DecodeError must_fail(Decoded<T> d) {
+    if (auto* e = std::get_if<DecodeError>(&d)) return *e;
+    ADD_FAILURE() << "expected a DecodeError, the body decoded";
+    return DecodeError{Status::ok, "decoded"};
+}
+
+// Builds a msgpack body by hand (for malformed-on-purpose input).
+template <class F>
+std::string pack(F&& fill) {
+    msgpack::sbuffer buf;
+    msgpack::packer<msgpack::sbuffer> p(buf);
+    fill(p);
+    return std::string(buf.data(), buf.size());
+}
+using P = msgpack::packer<msgpack::sbuffer>;
+void str(P& p, std::string_view s) {
+    p.pack_str(static_cast<uint32_t>(s.size()));
+    p.pack_str_body(s.data(), static_cast<uint32_t>(s.size()));
+}
+void bin(P& p, std::string_view s) {
+    p.pack_bin(static_cast<uint32_t>(s.size()));
+    p.pack_bin_body(s.data(), static_cast<uint32_t>(s.size()));
+}
+
+// A push message map with the fields given; `skip` omits one of them.
+void pack_msg(P& p, std::string_view skip = "", const std::string& id_bytes = std::string(16, '\x07'),
+              uint64_t priority = 1) {
+    int n = 6 - (skip.empty() ? 0 : 1);
+    p.pack_map(static_cast<uint32_t>(n));
+    if (skip != "id") str(p, "id"), bin(p, id_bytes);
+    if (skip != "conversation_id") str(p, "conversation_id"), str(p, "c");
+    if (skip != "user_id") str(p, "user_id"), str(p, "u");
+    if (skip != "content") str(p, "content"), str(p, "x");
+    if (skip != "priority") str(p, "priority"), p.pack(priority);
+    if (skip != "created_at") str(p, "created_at"), p.pack(int64_t{5});
+}
+
+std::string push_body(const std::function<void(P&)>& msg, int64_t req = 1) {
+    return pack([&](P& p) {
+        p.pack_map(2);
+        str(p, "req");
+        if (req < 0) p.pack(req);
+        else p.pack(static_cast<uint64_t>(req));
+        str(p, "msgs"), p.pack_array(1);
+        msg(p);
+    });
+}
+
+Push sample_push() {
+    Push push;
+    push.req = 0xfeedfacecafeULL;
+    push.ack = AckMode::queued;
+    push.msgs = {message_of(1), message_of(2), message_of(3)};
+    push.msgs[0].content = "binary-ish \0\x01\xff\xfe\n\t\r end"s;
+    push.msgs[1].content = "中文 and emoji 🎉";
+    push.msgs[1].expires_at_us = 1'790'000'100'000'000;
+    push.msgs[2].priority = Priority::low;
+    push.msgs[2].created_at_us = -5;  // before 1970 is still a valid integer
+    return push;
+}
+
+// ---- round trips ---------------------------------------------------------------
+
+TEST(CodecRoundTrip, PushWithSeveralMessagesBinaryContentAndExpiry) {
+    Push in = sample_push();
+    Push out = must(decode_push(encode(in)));
+    EXPECT_EQ(out.req, in.req);
+    EXPECT_EQ(out.ack, AckMode::queued);
+    ASSERT_EQ(out.msgs.size(), in.msgs.size());
+    for (size_t i = 0; i < in.msgs.size(); ++i) EXPECT_EQ(fields(out.msgs[i]), fields(in.msgs[i])) << "message " << i;
+    EXPECT_EQ(out.msgs[0].content.size(), in.msgs[0].content.size());
+    EXPECT_EQ(out.msgs[1].expires_at_us, 1'790'000'100'000'000);
+    EXPECT_EQ(out.msgs[0].expires_at_us, 0);
+}
+
+TEST(CodecRoundTrip, PushDefaultAckModeIsPersisted) {
+    Push in = sample_push();
+    in.ack = AckMode::persisted;
+    EXPECT_EQ(must(decode_push(encode(in))).ack, AckMode::persisted);
+}
+
+TEST(CodecRoundTrip, QueryHistoryWithoutAfterAsHistoryAndAsWorkerQuery) {
+    Query in;
+    in.req = 77;
+    in.kind = QueryKind::history;
+    in.conversation_id = "conv_x";
+    in.limit = 1000;
+    for (Command cmd : {Command::history, Command::query}) {
+        Query out = must(decode_query(encode(in), cmd));
+        EXPECT_EQ(out.req, 77u);
+        EXPECT_EQ(out.kind, QueryKind::history);
+        EXPECT_EQ(out.conversation_id, "conv_x");
+        EXPECT_EQ(out.limit, 1000u);
+        EXPECT_FALSE(out.after.has_value());
+    }
+}
+
+TEST(CodecRoundTrip, QueryHistoryWithAfterKeepsCursor) {
+    Query in;
+    in.req = 3;
+    in.conversation_id = "c";
+    in.limit = 1;
+    in.after = id_of(9);
+    Query out = must(decode_query(encode(in), Command::query));
+    ASSERT_TRUE(out.after.has_value());
+    EXPECT_EQ(*out.after, id_of(9));
+    EXPECT_EQ(out.limit, 1u);
+}
+
+TEST(CodecRoundTrip, QueryGetKeepsId) {
+    Query in;
+    in.req = 4;
+    in.kind = QueryKind::get;
+    in.id = id_of(42);
+    for (Command cmd : {Command::get, Command::query}) {
+        Query out = must(decode_query(encode(in), cmd));
+        EXPECT_EQ(out.kind, QueryKind::get);
+        EXPECT_EQ(out.id, id_of(42));
+        EXPECT_EQ(out.req, 4u);
+    }
+}
+
+TEST(CodecRoundTrip, StatsRequest) {
+    EXPECT_EQ(must(decode_stats_request(encode(StatsRequest{991}))).req, 991u);
+}
+
+TEST(CodecRoundTrip, AckWithEveryKindOfOutcome) {
+    Ack in;
+    in.req = UINT64_MAX;
+    in.retry_after_ms = 250;
+    in.results = {{id_of(1), Status::ok, ""},
+                  {id_of(2), Status::queued, ""},
+                  {id_of(3), Status::busy, ""},
+                  {id_of(4), Status::rejected, "invalid_utf8: byte 3"},
+                  {id_of(5), Status::expired, "expired"},
+                  {id_of(6), Status::storage_error, "db down"}};
+    Ack out = must(decode_ack(encode(in)));
+    EXPECT_EQ(out.req, UINT64_MAX);
+    EXPECT_EQ(out.retry_after_ms, 250u);
+    ASSERT_EQ(out.results.size(), in.results.size());
+    for (size_t i = 0; i < in.results.size(); ++i) EXPECT_EQ(fields(out.results[i]), fields(in.results[i]));
+}
+
+TEST(CodecRoundTrip, ReplyWithStoredMessages) {
+    Reply in;
+    in.req = 12;
+    in.status = Status::ok;
+    in.source = "cache";
+    in.messages = {stored_of(1), stored_of(2)};
+    Reply out = must(decode_reply(encode(in)));
+    EXPECT_EQ(out.req, 12u);
+    EXPECT_EQ(out.status, Status::ok);
+    EXPECT_EQ(out.source, "cache");
+    EXPECT_EQ(out.reason, "");
+    ASSERT_EQ(out.messages.size(), 2u);
+    for (size_t i = 0; i < 2; ++i) EXPECT_EQ(fields(out.messages[i]), fields(in.messages[i]));
+}
+
+TEST(CodecRoundTrip, ReplyNotFoundWithReason) {
+    Reply in;
+    in.req = 13;
+    in.status = Status::not_found;
+    in.reason = "no such id";
+    in.source = "db";
+    Reply out = must(decode_reply(encode(in)));
+    EXPECT_EQ(out.status, Status::not_found);
+    EXPECT_EQ(out.reason, "no such id");
+    EXPECT_TRUE(out.messages.empty());
+}
+
+TEST(CodecRoundTrip, StatsWithLanesAndWorkers) {
+    Stats in;
+    in.req = 5;
+    in.uptime_ms = 123456;
+    for (int i = 0; i < kPriorityCount; ++i) {
+        auto u = static_cast<uint64_t>(i);
+        in.lanes[i] = {10 + u, 100000, 1000 + u, 900 + u, 7 * u};
+    }
+    in.persisted = 1;
+    in.rejected = 2;
+    in.redeliveries = 3;
+    in.inflight_batches = 4;
+    in.client_connections = 5;
+    in.bad_frames = 6;
+    in.unroutable = 7;
+    in.workers = {{"w1", "host-a", 111, 2, 1, 99}, {"w2", "host-b", 222, 0, 2, 0}};
+    Stats out = must(decode_stats(encode(in)));
+    EXPECT_EQ(out.req, 5u);
+    EXPECT_EQ(out.uptime_ms, 123456);
+    for (int i = 0; i < kPriorityCount; ++i) {
+        EXPECT_EQ(out.lanes[i].depth, in.lanes[i].depth);
+        EXPECT_EQ(out.lanes[i].capacity, in.lanes[i].capacity);
+        EXPECT_EQ(out.lanes[i].received, in.lanes[i].received);
+        EXPECT_EQ(out.lanes[i].dispatched, in.lanes[i].dispatched);
+        EXPECT_EQ(out.lanes[i].busy, in.lanes[i].busy);
+    }
+    EXPECT_EQ(std::tie(out.persisted, out.rejected, out.redeliveries, out.inflight_batches, out.client_connections,
+                       out.bad_frames, out.unroutable),
+              std::tie(in.persisted, in.rejected, in.redeliveries, in.inflight_batches, in.client_connections,
+                       in.bad_frames, in.unroutable));
+    ASSERT_EQ(out.workers.size(), 2u);
+    for (size_t i = 0; i < 2; ++i) {
+        const auto &a = out.workers[i], &b = in.workers[i];
+        EXPECT_EQ(std::tie(a.id, a.host, a.pid, a.inflight_batches, a.credit, a.batches_done),
+                  std::tie(b.id, b.host, b.pid, b.inflight_batches, b.credit, b.batches_done));
+    }
+}
+
+TEST(CodecRoundTrip, Error) {
+    Error out = must(decode_error(encode(Error{31, Status::unknown_command, "unknown command 'x'"})));
+    EXPECT_EQ(out.req, 31u);
+    EXPECT_EQ(out.status, Status::unknown_command);
+    EXPECT_EQ(out.reason, "unknown command 'x'");
+}
+
+TEST(CodecRoundTrip, Ready) {
+    Ready in{7, {"host:1:abc", "host", 4242}};
+    Ready out = must(decode_ready(encode(in)));
+    EXPECT_EQ(out.credit, 7u);
+    EXPECT_EQ(out.worker.id, "host:1:abc");
+    EXPECT_EQ(out.worker.host, "host");
+    EXPECT_EQ(out.worker.pid, 4242);
+}
+
+TEST(CodecRoundTrip, Batch) {
+    Batch in{88, sample_push().msgs};
+    Batch out = must(decode_batch(encode(in)));
+    EXPECT_EQ(out.batch, 88u);
+    ASSERT_EQ(out.msgs.size(), in.msgs.size());
+    for (size_t i = 0; i < in.msgs.size(); ++i) EXPECT_EQ(fields(out.msgs[i]), fields(in.msgs[i]));
+}
+
+TEST(CodecRoundTrip, EncodeBatchFromPointersEqualsEncodeBatch) {
+    Batch in{1234, sample_push().msgs};
+    std::vector<const Message*> ptrs;
+    for (const auto& m : in.msgs) ptrs.push_back(&m);
+    EXPECT_EQ(encode_batch(in.batch, ptrs), encode(in));
+    EXPECT_EQ(encode_batch(5, {}), encode(Batch{5, {}}));
+}
+
+TEST(CodecRoundTrip, Done) {
+    Done in{99, {{id_of(1), Status::ok, ""}, {id_of(2), Status::rejected, "empty_content: empty after normalization"}}};
+    Done out = must(decode_done(encode(in)));
+    EXPECT_EQ(out.batch, 99u);
+    ASSERT_EQ(out.results.size(), 2u);
+    for (size_t i = 0; i < 2; ++i) EXPECT_EQ(fields(out.results[i]), fields(in.results[i]));
+}
+
+TEST(CodecRoundTrip, HeartbeatIsAnEmptyMap) {
+    std::string body = encode(Heartbeat{});
+    EXPECT_EQ(body, "\x80"s);
+    EXPECT_TRUE(std::holds_alternative<Heartbeat>(decode_heartbeat(body)));
+}
+
+TEST(CodecRoundTrip, Disconnect) {
+    EXPECT_EQ(must(decode_disconnect(encode(Disconnect{"shutting down"}))).reason, "shutting down");
+}
+
+TEST(CodecRoundTrip, StoredMessage) {
+    StoredMessage in = stored_of(7);
+    auto out = decode_stored(encode_stored(in));
+    ASSERT_TRUE(out.has_value());
+    EXPECT_EQ(fields(*out), fields(in));
+    EXPECT_FALSE(decode_stored("").has_value());
+    EXPECT_FALSE(decode_stored("\xc1garbage").has_value());
+    EXPECT_FALSE(decode_stored(encode(Heartbeat{})).has_value());
+}
+
+TEST(CodecRoundTrip, CommandNamesParseBack) {
+    for (int c = 0; c <= static_cast<int>(Command::disconnect); ++c) {
+        auto cmd = static_cast<Command>(c);
+        auto parsed = parse_command(command_name(cmd));
+        ASSERT_TRUE(parsed.has_value()) << command_name(cmd);
+        EXPECT_EQ(*parsed, cmd);
+    }
+    EXPECT_FALSE(parse_command("PUSH").has_value());
+    EXPECT_FALSE(parse_command("").has_value());
+}
+
+// ---- malformed input -------------------------------------------------------------
+
+// Runs every decoder on `body`; none may throw. Returns how many decoded successfully.
+int decode_all(std::string_view body, bool expect_required_fields_to_fail) {
+    int ok = 0;
+    auto check = [&](auto&& d, bool has_required) {
+        bool failed = std::holds_alternative<DecodeError>(d);
+        if (failed) {
+            const auto& e = std::get<DecodeError>(d);
+            int code = static_cast<int>(e.status);
+            EXPECT_TRUE(code >= 400 && code < 500) << code;
+            EXPECT_FALSE(e.reason.empty());
+        } else {
+            ++ok;
+        }
+        if (expect_required_fields_to_fail && has_required) {
+            EXPECT_TRUE(failed);
+        }
+    };
+    auto run = [&] {
+        check(decode_push(body), true);
+        check(decode_query(body, Command::history), true);
+        check(decode_query(body, Command::get), true);
+        check(decode_query(body, Command::query), true);
+        check(decode_stats_request(body), false);
+        check(decode_ack(body), true);
+        check(decode_reply(body), true);
+        check(decode_stats(body), true);
+        check(decode_error(body), true);
+        check(decode_ready(body), true);
+        check(decode_batch(body), true);
+        check(decode_done(body), true);
+        check(decode_heartbeat(body), false);
+        check(decode_disconnect(body), false);
+        auto stored = decode_stored(body);
+        if (expect_required_fields_to_fail) {
+            EXPECT_FALSE(stored.has_value());
+        }
+        (void)peek_req(body);
+    };
+    EXPECT_NO_THROW(run());
+    return ok;
+}
+
+TEST(CodecMalformed, EmptyBodyIsBadFrameForEveryDecoder) {
+    EXPECT_EQ(decode_all("", true), 0);
+    EXPECT_EQ(must_fail(decode_push("")).status, Status::bad_frame);
+    EXPECT_EQ(must_fail(decode_heartbeat("")).status, Status::bad_frame);
+    EXPECT_EQ(must_fail(decode_stats_request("")).status, Status::bad_frame);
+    EXPECT_EQ(peek_req(""), 0u);
+}
+
+TEST(CodecMalformed, ThousandsOfSeededRandomBuffersNeverThrowAndFailToDecode) {
+    std::mt19937_64 rng(20260101);
+    for (int i = 0; i < 4000; ++i) {
+        std::string buf(rng() % 96, '\0');
+        for (char& c : buf) c = static_cast<char>(rng() & 0xff);
+        SCOPED_TRACE("buffer " + std::to_string(i));
+        decode_all(buf, true);
+        if (HasFailure()) return;  // one report is enough
+    }
+}
+
+TEST(CodecMalformed, RandomlyMutatedValidBodiesNeverThrow) {
+    std::mt19937_64 rng(7);
+    std::vector<std::string> seeds = {encode(sample_push()), encode(Batch{3, sample_push().msgs}),
+                                      encode(Reply{1, Status::ok, "", "db", {stored_of(1)}}),
+                                      encode(Done{2, {{id_of(1), Status::ok, ""}}})};
+    for (int i = 0; i < 3000; ++i) {
+        std::string body = seeds[static_cast<size_t>(i) % seeds.size()];
+        int flips = 1 + static_cast<int>(rng() % 4);
+        for (int f = 0; f < flips; ++f) body[rng() % body.size()] = static_cast<char>(rng() & 0xff);
+        SCOPED_TRACE("mutation " + std::to_string(i));
+        decode_all(body, false);
+        // Whatever decodes must still satisfy the model's invariants.
+        auto decoded = decode_push(body);
+        if (auto* p = std::get_if<Push>(&decoded)) {
+            for (const auto& m : p->msgs) EXPECT_LT(static_cast<int>(m.priority), kPriorityCount);
+        }
+        if (HasFailure()) return;
+    }
+}
+
+TEST(CodecMalformed, EveryStrictPrefixOfAValidPushIsBadFrame) {
+    std::string body = encode(sample_push());
+    for (size_t n = 0; n < body.size(); ++n) {
+        auto d = decode_push(std::string_view(body).substr(0, n));
+        ASSERT_TRUE(std::holds_alternative<DecodeError>(d)) << "prefix of " << n << " bytes decoded";
+        EXPECT_EQ(std::get<DecodeError>(d).status, Status::bad_frame) << n;
+    }
+    EXPECT_TRUE(std::holds_alternative<Push>(decode_push(body)));
+}
+
+TEST(CodecMalformed, ArrayInsteadOfMapIsBadFrame) {
+    std::string body = pack([](P& p) {
+        p.pack_array(2);
+        p.pack(1);
+        str(p, "msgs");
+    });
+    auto e = must_fail(decode_push(body));
+    EXPECT_EQ(e.status, Status::bad_frame);
+    EXPECT_NE(e.reason.find("map"), std::string::npos) << e.reason;
+    EXPECT_EQ(must_fail(decode_heartbeat(body)).status, Status::bad_frame);
+    EXPECT_EQ(must_fail(decode_heartbeat("\x01")).status, Status::bad_frame);  // a bare integer
+}
+
+TEST(CodecMalformed, TrailingBytesAfterTheBodyAreBadFrame) {
+    std::string body = encode(sample_push());
+    for (std::string tail : {"\xc0"s, "\x00"s, "\x80"s, "junk"s}) {
+        auto e = must_fail(decode_push(body + tail));
+        EXPECT_EQ(e.status, Status::bad_frame);
+        EXPECT_NE(e.reason.find("trailing"), std::string::npos) << e.reason;
+    }
+    EXPECT_EQ(must_fail(decode_heartbeat("\x80\x80")).status, Status::bad_frame);
+}
+
+TEST(CodecMalformed, PushMissingReqOrMsgsIsBadField) {
+    std::string no_req = pack([](P& p) {
+        p.pack_map(1);
+        str(p, "msgs"), p.pack_array(1);
+        pack_msg(p);
+    });
+    std::string no_msgs = pack([](P& p) {
+        p.pack_map(1);
+        str(p, "req"), p.pack(1);
+    });
+    std::string empty_msgs = pack([](P& p) {
+        p.pack_map(2);
+        str(p, "req"), p.pack(1);
+        str(p, "msgs"), p.pack_array(0);
+    });
+    EXPECT_EQ(must_fail(decode_push(no_req)).status, Status::bad_field);
+    EXPECT_EQ(must_fail(decode_push(no_msgs)).status, Status::bad_field);
+    EXPECT_EQ(must_fail(decode_push(empty_msgs)).status, Status::bad_field);
+    // Sanity: the well-formed version of the same hand-built body decodes.
+    EXPECT_TRUE(std::holds_alternative<Push>(decode_push(push_body([](P& p) { pack_msg(p); }))));
+}
+
+TEST(CodecMalformed, PushMessageMissingEachRequiredFieldIsBadFieldNamingIt) {
+    for (std::string f : {"id", "conversation_id", "user_id", "content", "created_at"}) {
+        auto e = must_fail(decode_push(push_body([&](P& p) { pack_msg(p, f); })));
+        EXPECT_EQ(e.status, Status::bad_field) << f;
+        EXPECT_NE(e.reason.find(f), std::string::npos) << e.reason;
+        EXPECT_NE(e.reason.find("msgs[0]"), std::string::npos) << e.reason;
+    }
+    // priority is optional and defaults to normal
+    Push p = must(decode_push(push_body([](P& pk) { pack_msg(pk, "priority"); })));
+    ASSERT_EQ(p.msgs.size(), 1u);
+    EXPECT_EQ(p.msgs[0].priority, Priority::normal);
+}
+
+TEST(CodecMalformed, IdOfFifteenOrSeventeenBytesIsBadField) {
+    for (size_t n : {size_t{0}, size_t{15}, size_t{17}}) {
+        auto e = must_fail(decode_push(push_body([&](P& p) { pack_msg(p, "", std::string(n, 'a')); })));
+        EXPECT_EQ(e.status, Status::bad_field) << n;
+    }
+}
+
+TEST(CodecMalformed, PriorityFourIsBadField) {
+    auto e = must_fail(decode_push(push_body([](P& p) { pack_msg(p, "", std::string(16, '\x07'), 4); })));
+    EXPECT_EQ(e.status, Status::bad_field);
+    EXPECT_NE(e.reason.find("priority"), std::string::npos) << e.reason;
+    EXPECT_TRUE(std::holds_alternative<Push>(
+        decode_push(push_body([](P& p) { pack_msg(p, "", std::string(16, '\x07'), 3); }))));
+}
+
+TEST(CodecMalformed, NegativeReqIsBadField) {
+    auto e = must_fail(decode_push(push_body([](P& p) { pack_msg(p); }, -1)));
+    EXPECT_EQ(e.status, Status::bad_field);
+    EXPECT_NE(e.reason.find("req"), std::string::npos) << e.reason;
+}
+
+TEST(CodecMalformed, WrongTypesAreBadField) {
+    // content as an integer
+    std::string content_int = push_body([](P& p) {
+        p.pack_map(6);
+        str(p, "id"), bin(p, std::string(16, '\x01'));
+        str(p, "conversation_id"), str(p, "c");
+        str(p, "user_id"), str(p, "u");
+        str(p, "content"), p.pack(12);
+        str(p, "priority"), p.pack(0);
+        str(p, "created_at"), p.pack(1);
+    });
+    EXPECT_EQ(must_fail(decode_push(content_int)).status, Status::bad_field);
+    // msgs as a map, a message as an array
+    std::string msgs_map = pack([](P& p) {
+        p.pack_map(2);
+        str(p, "req"), p.pack(1);
+        str(p, "msgs"), p.pack_map(0);
+    });
+    EXPECT_EQ(must_fail(decode_push(msgs_map)).status, Status::bad_field);
+    EXPECT_EQ(must_fail(decode_push(push_body([](P& p) { p.pack_array(0); }))).status, Status::bad_field);
+    // ack mode other than persisted/queued
+    std::string bad_ack = pack([](P& p) {
+        p.pack_map(3);
+        str(p, "req"), p.pack(1);
+        str(p, "ack"), str(p, "maybe");
+        str(p, "msgs"), p.pack_array(1);
+        pack_msg(p);
+    });
+    EXPECT_EQ(must_fail(decode_push(bad_ack)).status, Status::bad_field);
+}
+
+TEST(CodecMalformed, QueryLimitOutOfRangeOrUnknownKindIsBadField) {
+    for (uint64_t limit : {uint64_t{0}, uint64_t{kMaxHistoryLimit + 1}}) {
+        std::string body = pack([&](P& p) {
+            p.pack_map(3);
+            str(p, "req"), p.pack(1);
+            str(p, "conversation_id"), str(p, "c");
+            str(p, "limit"), p.pack(limit);
+        });
+        EXPECT_EQ(must_fail(decode_query(body, Command::history)).status, Status::bad_field) << limit;
+    }
+    std::string kind = pack([](P& p) {
+        p.pack_map(3);
+        str(p, "req"), p.pack(1);
+        str(p, "kind"), str(p, "delete");
+        str(p, "conversation_id"), str(p, "c");
+    });
+    EXPECT_EQ(must_fail(decode_query(kind, Command::query)).status, Status::bad_field);
+    std::string get_no_id = pack([](P& p) {
+        p.pack_map(1);
+        str(p, "req"), p.pack(1);
+    });
+    EXPECT_EQ(must_fail(decode_query(get_no_id, Command::get)).status, Status::bad_field);
+}
+
+TEST(CodecMalformed, ReadyCreditAndWorkerIdAreRangeChecked) {
+    auto ready = [](uint64_t credit, std::string id) {
+        return pack([&](P& p) {
+            p.pack_map(2);
+            str(p, "credit"), p.pack(credit);
+            str(p, "worker"), p.pack_map(1);
+            str(p, "id"), str(p, id);
+        });
+    };
+    EXPECT_TRUE(std::holds_alternative<Ready>(decode_ready(ready(1, "w"))));
+    EXPECT_EQ(must_fail(decode_ready(ready(0, "w"))).status, Status::bad_field);
+    EXPECT_EQ(must_fail(decode_ready(ready(65, "w"))).status, Status::bad_field);
+    EXPECT_EQ(must_fail(decode_ready(ready(2, ""))).status, Status::bad_field);
+    EXPECT_EQ(must_fail(decode_ready(ready(2, std::string(257, 'w')))).status, Status::bad_field);
+}
+
+TEST(CodecMalformed, OutcomeStatusOutsideTwoHundredToFiveNinetyNineIsBadField) {
+    for (int64_t st : {int64_t{0}, int64_t{199}, int64_t{600}, int64_t{-200}}) {
+        std::string body = pack([&](P& p) {
+            p.pack_map(2);
+            str(p, "batch"), p.pack(1);
+            str(p, "results"), p.pack_array(1);
+            p.pack_array(3);
+            bin(p, std::string(16, '\x02'));
+            p.pack(st);
+            str(p, "");
+        });
+        EXPECT_EQ(must_fail(decode_done(body)).status, Status::bad_field) << st;
+    }
+    // A two-element outcome (no reason) is accepted.
+    std::string two = pack([](P& p) {
+        p.pack_map(2);
+        str(p, "batch"), p.pack(1);
+        str(p, "results"), p.pack_array(1);
+        p.pack_array(2);
+        bin(p, std::string(16, '\x02'));
+        p.pack(200);
+    });
+    Done d = must(decode_done(two));
+    ASSERT_EQ(d.results.size(), 1u);
+    EXPECT_EQ(d.results[0].status, Status::ok);
+    EXPECT_TRUE(d.results[0].reason.empty());
+}
+
+TEST(CodecMalformed, HugeLengthHeadersInTinyBuffersFailWithoutAllocating) {
+    const std::vector<std::string> bombs = {
+        "\xdd\xff\xff\xff\xff"s,                        // array32 of 4,294,967,295 elements, top level
+        "\xdf\xff\xff\xff\xff"s,                        // map32 of 4 billion pairs
+        "\xdb\xff\xff\xff\xff"s + "abc",                // str32 of 4 GiB
+        "\xc6\xff\xff\xff\xff"s + "abc",                // bin32 of 4 GiB
+        "\xc9\xff\xff\xff\xff\x01"s + "abc",            // ext32 of 4 GiB
+        "\x82\xa3req\x01\xa4msgs\xdd\xff\xff\xff\xff"s,  // push whose msgs claims 4 billion messages
+        "\x82\xa3req\x01\xa4msgs\xdd\x00\x01\x86\xa0"s,  // 100,000 messages claimed, none present
+    };
+    for (const auto& b : bombs) {
+        auto e = must_fail(decode_push(b));
+        EXPECT_EQ(e.status, Status::bad_frame) << e.reason;
+        decode_all(b, true);
+    }
+}
+
+TEST(CodecMalformed, DeeplyNestedArraysAreRefused) {
+    std::string body = "\x81\xa3req"s + std::string(10000, '\x91') + "\x01";
+    auto e = must_fail(decode_push(body));
+    EXPECT_EQ(e.status, Status::bad_frame);
+}
+
+TEST(CodecMalformed, PeekReqReadsReqFromAnOtherwiseInvalidBody) {
+    std::string body = pack([](P& p) {
+        p.pack_map(2);
+        str(p, "req"), p.pack(4711);
+        str(p, "msgs"), p.pack(false);
+    });
+    EXPECT_TRUE(std::holds_alternative<DecodeError>(decode_push(body)));
+    EXPECT_EQ(peek_req(body), 4711u);
+    EXPECT_EQ(peek_req("\xff\xff"), 0u);
+    EXPECT_EQ(peek_req(encode(sample_push())), sample_push().req);
+}
+
+// ---- header ------------------------------------------------------------------
+
+TEST(CodecHeader, GoodSignatureAndKnownCommandParse) {
+    auto d = parse_header("LLMQ/1", "push");
+    ASSERT_TRUE(std::holds_alternative<Command>(d));
+    EXPECT_EQ(std::get<Command>(d), Command::push);
+    EXPECT_EQ(std::get<Command>(parse_header(kSignature, "disconnect")), Command::disconnect);
+}
+
+TEST(CodecHeader, OtherVersionIsBadVersion) {
+    for (std::string_view sig : {"LLMQ/2"sv, "LLMQ/10"sv, "LLMQ/"sv}) {
+        auto e = must_fail(parse_header(sig, "push"));
+        EXPECT_EQ(e.status, Status::bad_version) << sig;
+        EXPECT_NE(e.reason.find("LLMQ/1"), std::string::npos) << e.reason;
+    }
+}
+
+TEST(CodecHeader, GarbageSignatureIsBadFrame) {
+    for (std::string_view sig : {""sv, "HTTP/1.1"sv, "llmq/1"sv, "\x00\xff"sv, "LLMQ"sv}) {
+        EXPECT_EQ(must_fail(parse_header(sig, "push")).status, Status::bad_frame) << sig;
+    }
+}
+
+TEST(CodecHeader, UnknownCommandIsReportedWithNonPrintableBytesSanitized) {
+    std::string cmd = "pu\x01sh\xff\n\x7f"s;
+    auto e = must_fail(parse_header("LLMQ/1", cmd));
+    EXPECT_EQ(e.status, Status::unknown_command);
+    for (char c : e.reason) {
+        auto u = static_cast<unsigned char>(c);
+        EXPECT_TRUE(u >= 0x20 && u <= 0x7e) << "byte " << static_cast<int>(u) << " in " << e.reason;
+    }
+    EXPECT_NE(e.reason.find("pu?sh???"), std::string::npos) << e.reason;
+}
+
+TEST(CodecHeader, UnknownCommandEchoIsBounded) {
+    auto e = must_fail(parse_header("LLMQ/1", std::string(100000, 'z')));
+    EXPECT_EQ(e.status, Status::unknown_command);
+    EXPECT_LT(e.reason.size(), 200u);
+}
+
+// ---- status codes --------------------------------------------------------------
+
+TEST(CodecStatus, StatusFromIntAcceptsOnlyTwoHundredToFiveNinetyNine) {
+    EXPECT_FALSE(status_from_int(199).has_value());
+    EXPECT_FALSE(status_from_int(600).has_value());
+    EXPECT_FALSE(status_from_int(0).has_value());
+    EXPECT_FALSE(status_from_int(-200).has_value());
+    EXPECT_FALSE(status_from_int(INT64_MAX).has_value());
+    EXPECT_FALSE(status_from_int(65536 + 200).has_value());
+    EXPECT_EQ(status_from_int(200), Status::ok);
+    EXPECT_EQ(status_from_int(422), Status::rejected);
+    ASSERT_TRUE(status_from_int(599).has_value());
+    EXPECT_EQ(static_cast<int>(*status_from_int(599)), 599);
+    ASSERT_TRUE(status_from_int(250).has_value());
+    EXPECT_EQ(static_cast<int>(*status_from_int(250)), 250);
+}
+
+TEST(CodecStatus, SuccessAndRetryFollowTheRange) {
+    EXPECT_TRUE(is_success(Status::ok));
+    EXPECT_TRUE(is_success(Status::queued));
+    EXPECT_FALSE(is_success(Status::busy));
+    EXPECT_FALSE(is_success(Status::rejected));
+    EXPECT_FALSE(is_success(Status::internal));
+    EXPECT_TRUE(is_retry(Status::busy));
+    EXPECT_TRUE(is_retry(Status::unavailable));
+    EXPECT_FALSE(is_retry(Status::ok));
+    EXPECT_FALSE(is_retry(Status::bad_frame));
+    EXPECT_FALSE(is_retry(Status::storage_error));
+    EXPECT_TRUE(is_success(*status_from_int(299)));
+    EXPECT_TRUE(is_retry(*status_from_int(399)));
+}
+
+TEST(CodecStatus, UnknownCodesAreNamedByTheirRange) {
+    EXPECT_EQ(status_name(Status::ok), "persisted");
+    EXPECT_EQ(status_name(Status::busy), "busy");
+    EXPECT_EQ(status_name(*status_from_int(250)), "ok");
+    EXPECT_EQ(status_name(*status_from_int(350)), "retry");
+    EXPECT_EQ(status_name(*status_from_int(450)), "client_error");
+    EXPECT_EQ(status_name(*status_from_int(550)), "server_error");
+}
+
+}  // namespace
+}  // namespace llmq::proto
