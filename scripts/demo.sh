@@ -110,7 +110,7 @@ echo "(exit code $push_rc: 0 all persisted, 1 some rejected — expected here, t
 ((push_rc <= 1)) || { echo "demo.sh: push failed" >&2; exit 1; }
 
 section "History of conv_42 (the 5 most recent)"
-"$BUILD_DIR/llmq" --broker "$FRONTEND" history conv_42 --limit 5 | cut -c1-160
+"$BUILD_DIR/llmq" --broker "$FRONTEND" history conv_42 --limit 5
 
 section "Rows in PostgreSQL"
 psql -q "$PG_URL" -c "SELECT priority, count(*) AS rows, sum(token_count) AS tokens FROM messages GROUP BY 1 ORDER BY 1" \
