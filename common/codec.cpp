@@ -1,5 +1,7 @@
 // msgpack encoding and defensive decoding of every llmq protocol body.
 #include <cstring>
+#include <limits>
+#include <type_traits>
 
 #include <msgpack.hpp>
 
@@ -113,6 +115,21 @@ public:
         const auto* v = find(k);
         return (!v || v->type == msgpack::type::NIL) ? dflt : as_i64(*v, field(k));
     }
+    // Narrowing reads: a value outside T's range is a bad_field, never wrapped.
+    template <class T>
+    T narrow_or(std::string_view k, T dflt) const {
+        const auto* v = find(k);
+        if (!v || v->type == msgpack::type::NIL) return dflt;
+        int64_t x = std::is_signed_v<T> ? as_i64(*v, field(k)) : 0;
+        if constexpr (!std::is_signed_v<T>) {
+            uint64_t u = as_u64(*v, field(k));
+            if (u > std::numeric_limits<T>::max()) fail(Status::bad_field, field(k) + "out of range");
+            return static_cast<T>(u);
+        }
+        if (x < std::numeric_limits<T>::min() || x > std::numeric_limits<T>::max())
+            fail(Status::bad_field, field(k) + "out of range");
+        return static_cast<T>(x);
+    }
     std::string str(std::string_view k) const { return std::string(as_bytes(need(k), field(k))); }
     std::string str_or(std::string_view k, std::string dflt) const {
         const auto* v = find(k);
@@ -184,7 +201,7 @@ StoredMessage read_stored(const Map& m) {
     s.content = m.str("content");
     s.priority = as_priority(m.u64("priority"), m.field("priority"));
     s.status = m.str_or("status", "pending");
-    s.token_count = static_cast<int32_t>(m.i64_or("token_count", 0));
+    s.token_count = m.narrow_or<int32_t>("token_count", 0);
     s.content_hash = m.i64_or("content_hash", 0);
     s.created_at_us = m.i64("created_at");
     s.persisted_at_us = m.i64_or("persisted_at", 0);
@@ -488,7 +505,7 @@ Decoded<Ack> decode_ack(std::string_view body) {
     return decode_with<Ack>(body, [](const Map& m) {
         Ack a;
         a.req = m.u64("req");
-        a.retry_after_ms = static_cast<uint32_t>(m.u64_or("retry_after_ms", 0));
+        a.retry_after_ms = m.narrow_or<uint32_t>("retry_after_ms", 0);
         a.results = read_outcomes(m.array("results"), "results");
         return a;
     });

@@ -34,7 +34,10 @@ std::optional<int64_t> parse_rfc3339(std::string_view s) {
         !digits(s, 8, 2, D) || (s[10] != 'T' && s[10] != 't' && s[10] != ' ') || !digits(s, 11, 2, h) ||
         s[13] != ':' || !digits(s, 14, 2, m) || s[16] != ':' || !digits(s, 17, 2, sec))
         return std::nullopt;
-    if (M < 1 || M > 12 || D < 1 || D > 31 || h > 23 || m > 59 || sec > 60) return std::nullopt;
+    static constexpr int kDays[] = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
+    if (M < 1 || M > 12 || D < 1 || h > 23 || m > 59 || sec > 60) return std::nullopt;
+    bool leap = (Y % 4 == 0 && Y % 100 != 0) || Y % 400 == 0;
+    if (D > kDays[M - 1] + (M == 2 && leap ? 1 : 0)) return std::nullopt;
     size_t pos = 19;
     int64_t frac_us = 0;
     if (pos < s.size() && s[pos] == '.') {

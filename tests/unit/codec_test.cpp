@@ -619,6 +619,28 @@ TEST(CodecMalformed, OutcomeStatusOutsideTwoHundredToFiveNinetyNineIsBadField) {
     EXPECT_TRUE(d.results[0].reason.empty());
 }
 
+TEST(CodecMalformed, OutOfRangeIntegersAreBadFieldNotSilentlyWrapped) {
+    // 2^32 + 5 must not decode as 5, nor 2^31 as INT32_MIN.
+    std::string ack = pack([](P& p) {
+        p.pack_map(3);
+        str(p, "req"), p.pack(1);
+        str(p, "retry_after_ms"), p.pack((uint64_t{1} << 32) + 5);
+        str(p, "results"), p.pack_array(0);
+    });
+    EXPECT_EQ(must_fail(decode_ack(ack)).status, Status::bad_field);
+    std::string stored = pack([](P& p) {
+        p.pack_map(7);
+        str(p, "id"), bin(p, std::string(16, '\x01'));
+        str(p, "conversation_id"), str(p, "c");
+        str(p, "user_id"), str(p, "u");
+        str(p, "content"), str(p, "x");
+        str(p, "priority"), p.pack(0);
+        str(p, "created_at"), p.pack(1);
+        str(p, "token_count"), p.pack(int64_t{1} << 31);
+    });
+    EXPECT_FALSE(decode_stored(stored).has_value());
+}
+
 TEST(CodecMalformed, HugeLengthHeadersInTinyBuffersFailWithoutAllocating) {
     const std::vector<std::string> bombs = {
         "\xdd\xff\xff\xff\xff"s,                        // array32 of 4,294,967,295 elements, top level
