@@ -15,14 +15,6 @@
 namespace llmq::client {
 namespace {
 
-struct IdHash {
-    size_t operator()(const MessageId& id) const {
-        uint64_t a, b;
-        std::memcpy(&a, id.data(), 8);
-        std::memcpy(&b, id.data() + 8, 8);
-        return static_cast<size_t>(a * 0x9e3779b97f4a7c15ULL ^ b);
-    }
-};
 
 struct Outstanding {
     PushItem item;
@@ -53,7 +45,7 @@ double PushSummary::percentile(double p) const {
 PushSummary Pusher::run(const std::function<bool(PushItem&)>& next,
                         const std::function<void(size_t, const std::string&)>& on_reject) {
     PushSummary s;
-    std::unordered_map<MessageId, Outstanding, IdHash> out;
+    std::unordered_map<MessageId, Outstanding, MessageIdHash> out;
     std::deque<MessageId> to_send;  // new, or due for a resend
     bool source_done = false;
     int64_t start = steady_now_ns();

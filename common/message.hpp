@@ -13,6 +13,15 @@ namespace llmq {
 // RFC 9562 network order, so comparing the arrays sorts UUIDv7s by time.
 using MessageId = std::array<uint8_t, 16>;
 
+struct MessageIdHash {
+    size_t operator()(const MessageId& id) const noexcept {
+        uint64_t a = 0, b = 0;
+        for (int i = 0; i < 8; ++i) a = (a << 8) | id[i];
+        for (int i = 8; i < 16; ++i) b = (b << 8) | id[i];
+        return static_cast<size_t>(a * 0x9e3779b97f4a7c15ULL ^ b);
+    }
+};
+
 enum class Priority : uint8_t { urgent = 0, high = 1, normal = 2, low = 3 };
 inline constexpr int kPriorityCount = 4;
 

@@ -1,6 +1,11 @@
 // The worker's history cache: an interface (Redis implementation in
 // redis_cache.{hpp,cpp}). A cache never answers with a history that could
 // disagree with the store: when unsure it misses and the store answers.
+//
+// Writers follow a protocol around each commit: before_commit marks the batch's
+// conversations with the writer's token (readers miss while a mark is there),
+// after_commit adds the committed rows and removes the mark; when a cache write
+// fails, the conversation is repaired later from the store (needs_repair/repair).
 #pragma once
 
 #include <optional>
@@ -15,22 +20,34 @@ namespace llmq::worker {
 class Cache {
 public:
     virtual ~Cache() = default;
-    // Before the store commits a batch: marks these conversations as being
-    // written, so that readers miss until after_commit. Returns, per conversation,
-    // whether the cache already had a history for it (false also when unreachable).
-    virtual bool before_commit(const std::vector<std::string_view>& conversations, std::vector<bool>& known) = 0;
-    // After commit: appends each conversation's messages (sorted by id), trims to
-    // the cap, refreshes TTLs, caches each message by id, and clears the marks.
-    // `complete[i]` says conversation i's full history is in `rows` (a new one).
-    virtual bool after_commit(const std::vector<std::string_view>& conversations, const std::vector<bool>& complete,
+    // Marks the conversations with `token` (unique per write). known[i] tells
+    // whether the cache already holds a history for conversation i. Returns false
+    // when the cache is unreachable (the conversations are then queued for repair).
+    virtual bool before_commit(const std::vector<std::string_view>& conversations, const std::string& token,
+                               std::vector<bool>& known) = 0;
+    // After the store committed: appends each conversation's new rows, trims to
+    // the cap and removes the mark. complete[i]: conversation i's whole stored
+    // history is in rows[i] (it was new).
+    virtual bool after_commit(const std::vector<std::string_view>& conversations, const std::string& token,
+                              const std::vector<bool>& complete,
                               const std::vector<std::vector<const StoredMessage*>>& rows) = 0;
-    // The commit failed after before_commit: drop what the marks guard.
-    virtual void abandon(const std::vector<std::string_view>& conversations) = 0;
+    // The commit did not happen: removes the marks (or queues a repair).
+    virtual void abandon(const std::vector<std::string_view>& conversations, const std::string& token) = 0;
+
+    // Conversations whose cached history must be rebuilt from the store (after
+    // a failed write, or a mark left by a writer that died). Up to `max`.
+    virtual std::vector<std::string> needs_repair(size_t max) = 0;
+    // Rebuilds a conversation: `recent` is the store's most recent rows (ascending,
+    // read after before_commit(token)); complete = that is its whole history.
+    virtual bool repair(const std::string& conversation, const std::string& token,
+                        const std::vector<StoredMessage>& recent, bool complete) = 0;
+
     // A history if the cache can prove it complete for the request; nullopt = miss.
     virtual std::optional<std::vector<StoredMessage>> history(const std::string& conversation,
                                                               const std::optional<MessageId>& after,
                                                               uint32_t limit) = 0;
     virtual std::optional<StoredMessage> get(const MessageId& id) = 0;
+    virtual uint32_t history_size() const = 0;
 };
 
 }  // namespace llmq::worker

@@ -310,4 +310,21 @@ StoreStatus PgStore::get(const MessageId& id, std::optional<StoredMessage>& out)
     });
 }
 
+StoreStatus PgStore::get_many(const std::vector<MessageId>& ids, std::vector<StoredMessage>& out) {
+    out.clear();
+    if (ids.empty()) return {};
+    return guarded("get", [&] {
+        std::string arr = "{";
+        for (size_t i = 0; i < ids.size(); ++i) {
+            if (i) arr.push_back(',');
+            arr += uuid_to_string(ids[i]);
+        }
+        arr.push_back('}');
+        pqxx::read_transaction txn(conn());
+        auto res = txn.exec_params(std::string("SELECT ") + kSelectColumns + " FROM messages WHERE id = ANY($1::uuid[])", arr);
+        out.reserve(res.size());
+        for (const auto& r : res) out.push_back(read_row(r));
+    });
+}
+
 }  // namespace llmq::worker

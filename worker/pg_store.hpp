@@ -25,6 +25,7 @@ public:
     StoreStatus history(const std::string& conversation, const std::optional<MessageId>& after, uint32_t limit,
                         std::vector<StoredMessage>& out) override;
     StoreStatus get(const MessageId& id, std::optional<StoredMessage>& out) override;
+    StoreStatus get_many(const std::vector<MessageId>& ids, std::vector<StoredMessage>& out) override;
 
     // How many batches took the slower duplicate-tolerant path (for tests/metrics).
     uint64_t conflict_fallbacks() const { return conflict_fallbacks_; }

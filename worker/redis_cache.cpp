@@ -6,38 +6,72 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <charconv>
 #include <memory>
 #include <stdexcept>
 
 #include "common/protocol.hpp"
+#include "common/time.hpp"
 
 namespace llmq::worker {
 namespace {
 
-// Appends one conversation's members (ARGV[4..], each "<32 hex id>:<msgpack>",
-// ascending) at or above the floor, trims to the cap (raising the floor to the
-// oldest kept id), refreshes TTLs and releases this writer's busy mark.
-// ARGV[1] cap, ARGV[2] ttl seconds, ARGV[3] floor to use if none is recorded.
+// Appends one conversation's new members (ARGV[5..], "<32 hex id>:<msgpack>")
+// at or above the floor, trims to the cap (raising the floor to the oldest kept
+// id), removes this writer's mark and refreshes TTLs. A recorded floor is void
+// when the set itself is gone (expired or evicted). ARGV: 1 cap, 2 ttl seconds,
+// 3 floor to use if none holds, 4 the writer's token.
 constexpr const char* kAppendScript = R"lua(
-local cap = tonumber(ARGV[1])
-local ttl = tonumber(ARGV[2])
 local floor = redis.call('HGET', KEYS[2], 'floor')
-if not floor and #ARGV >= 4 then
+if redis.call('EXISTS', KEYS[1]) == 0 then floor = false end
+if not floor and #ARGV >= 5 then
   floor = ARGV[3]
   redis.call('HSET', KEYS[2], 'floor', floor)
 end
-for i = 4, floor and #ARGV or 0 do
-  if string.sub(ARGV[i], 1, 32) >= floor then redis.call('ZADD', KEYS[1], 0, ARGV[i]) end
+if floor then
+  for i = 5, #ARGV do
+    if string.sub(ARGV[i], 1, 32) >= floor then redis.call('ZADD', KEYS[1], 0, ARGV[i]) end
+  end
 end
+local cap = tonumber(ARGV[1])
 local n = redis.call('ZCARD', KEYS[1])
 if n > cap then
   redis.call('ZREMRANGEBYRANK', KEYS[1], 0, n - cap - 1)
-  local first = redis.call('ZRANGE', KEYS[1], 0, 0)[1]
-  redis.call('HSET', KEYS[2], 'floor', string.sub(first, 1, 32))
+  redis.call('HSET', KEYS[2], 'floor', string.sub(redis.call('ZRANGE', KEYS[1], 0, 0)[1], 1, 32))
 end
-redis.call('HINCRBY', KEYS[2], 'busy', -1)
-redis.call('EXPIRE', KEYS[1], ttl)
-redis.call('EXPIRE', KEYS[2], ttl)
+redis.call('HDEL', KEYS[2], 'w:' .. ARGV[4])
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+redis.call('EXPIRE', KEYS[2], ARGV[2])
+return n
+)lua";
+
+// Rebuilds a conversation from a snapshot of the store's most recent rows taken
+// after this writer's mark: adds them (keeping members added meanwhile), sets the
+// floor they prove, trims, and removes this writer's mark, the marks it leaked
+// earlier and marks past their deadline. ARGV: 1 cap, 2 ttl, 3 floor, 4 now (ms),
+// 5 token, 6 count k of leaked tokens, 7..6+k leaked tokens, then members.
+constexpr const char* kRepairScript = R"lua(
+local k = tonumber(ARGV[6])
+for i = 7 + k, #ARGV do redis.call('ZADD', KEYS[1], 0, ARGV[i]) end
+redis.call('HSET', KEYS[2], 'floor', ARGV[3])
+local cap = tonumber(ARGV[1])
+local n = redis.call('ZCARD', KEYS[1])
+if n > cap then
+  redis.call('ZREMRANGEBYRANK', KEYS[1], 0, n - cap - 1)
+  local first = string.sub(redis.call('ZRANGE', KEYS[1], 0, 0)[1], 1, 32)
+  if first > ARGV[3] then redis.call('HSET', KEYS[2], 'floor', first) end
+end
+redis.call('HDEL', KEYS[2], 'w:' .. ARGV[5])
+for i = 7, 6 + k do redis.call('HDEL', KEYS[2], 'w:' .. ARGV[i]) end
+local fields = redis.call('HGETALL', KEYS[2])
+local now = tonumber(ARGV[4])
+for i = 1, #fields, 2 do
+  if string.sub(fields[i], 1, 2) == 'w:' and tonumber(fields[i + 1]) < now then
+    redis.call('HDEL', KEYS[2], fields[i])
+  end
+end
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+redis.call('EXPIRE', KEYS[2], ARGV[2])
 return n
 )lua";
 
@@ -128,7 +162,7 @@ RedisCache::~RedisCache() {
 
 void RedisCache::on_error(const char* what) {
     ++errors_;
-    spdlog::warn("redis {}: {}; cache writes skipped and reads served by PostgreSQL until it is back", what,
+    spdlog::warn("redis {}: {}; cache writes deferred and reads served by PostgreSQL until it is back", what,
                  ctx_ && ctx_->err ? ctx_->errstr : "unexpected reply");
     if (ctx_) redisFree(ctx_);
     ctx_ = nullptr;
@@ -147,65 +181,64 @@ bool RedisCache::ensure_connected() {
     redisSetTimeout(ctx_, tv);
     append(ctx_, {"SELECT", std::to_string(db_)});
     append(ctx_, {"SCRIPT", "LOAD", kAppendScript});
-    Reply sel = next_reply(ctx_);
-    Reply sha = next_reply(ctx_);
-    if (!sel || sel->type == REDIS_REPLY_ERROR || !sha || sha->type != REDIS_REPLY_STRING) {
+    append(ctx_, {"SCRIPT", "LOAD", kRepairScript});
+    Reply sel = next_reply(ctx_), a = next_reply(ctx_), r = next_reply(ctx_);
+    if (!sel || sel->type == REDIS_REPLY_ERROR || !a || a->type != REDIS_REPLY_STRING || !r ||
+        r->type != REDIS_REPLY_STRING) {
         on_error("setup");
         return false;
     }
-    script_sha_.assign(sha->str, sha->len);
+    append_sha_.assign(a->str, a->len);
+    repair_sha_.assign(r->str, r->len);
     spdlog::info("connected to redis {}:{} db {}", host_, port_, db_);
-    return flush_dirty();
-}
-
-bool RedisCache::flush_dirty() {
-    if (dirty_.empty()) return true;
-    if (!ctx_) return false;
-    for (const auto& conv : dirty_) append(ctx_, {"DEL", history_key(conv), meta_key(conv)});
-    for (size_t i = 0; i < dirty_.size(); ++i) {
-        Reply r = next_reply(ctx_);
-        if (!r || r->type == REDIS_REPLY_ERROR) {
-            on_error("invalidate");
-            return false;
-        }
-    }
-    spdlog::info("invalidated {} cached conversations whose writes had failed", dirty_.size());
-    dirty_.clear();
     return true;
 }
 
-bool RedisCache::before_commit(const std::vector<std::string_view>& conversations, std::vector<bool>& known) {
+void RedisCache::defer(std::string_view conversation, const std::string& token) {
+    auto& leaked = repairs_[std::string(conversation)];
+    if (!token.empty() && std::find(leaked.begin(), leaked.end(), token) == leaked.end()) leaked.push_back(token);
+}
+
+bool RedisCache::before_commit(const std::vector<std::string_view>& conversations, const std::string& token,
+                               std::vector<bool>& known) {
     known.assign(conversations.size(), false);
     auto give_up = [&] {
-        for (auto c : conversations) dirty_.emplace(c);
+        for (auto c : conversations) defer(c, token);
         return false;
     };
     if (!ensure_connected()) return give_up();
     std::string ttl = std::to_string(cfg_.history_ttl_s);
+    std::string field = "w:" + token;
+    std::string deadline = std::to_string(wall_now_us() / 1000 + cfg_.mark_ttl_ms);
     for (auto conv : conversations) {
-        std::string meta = meta_key(conv);
-        append(ctx_, {"HINCRBY", meta, "busy", "1"});
+        std::string meta = meta_key(conv), hist = history_key(conv);
+        append(ctx_, {"HSET", meta, field, deadline});
         append(ctx_, {"EXPIRE", meta, ttl});
+        append(ctx_, {"EXPIRE", hist, ttl});  // so the set cannot expire before after_commit
         append(ctx_, {"HEXISTS", meta, "floor"});
+        append(ctx_, {"EXISTS", hist});
     }
     for (size_t i = 0; i < conversations.size(); ++i) {
-        Reply a = next_reply(ctx_), b = next_reply(ctx_), c = next_reply(ctx_);
-        if (!a || !b || !c || c->type != REDIS_REPLY_INTEGER) {
+        Reply r[5];
+        for (auto& x : r) x = next_reply(ctx_);
+        if (!r[0] || !r[1] || !r[2] || !r[3] || !r[4] || r[0]->type == REDIS_REPLY_ERROR ||
+            r[3]->type != REDIS_REPLY_INTEGER || r[4]->type != REDIS_REPLY_INTEGER) {
             on_error("mark");
             return give_up();
         }
-        known[i] = c->integer == 1;
+        known[i] = r[3]->integer == 1 && r[4]->integer == 1;
     }
     return true;
 }
 
-bool RedisCache::after_commit(const std::vector<std::string_view>& conversations, const std::vector<bool>& complete,
+bool RedisCache::after_commit(const std::vector<std::string_view>& conversations, const std::string& token,
+                              const std::vector<bool>& complete,
                               const std::vector<std::vector<const StoredMessage*>>& rows) {
     auto give_up = [&] {
-        for (auto c : conversations) dirty_.emplace(c);
+        for (auto c : conversations) defer(c, token);
         return false;
     };
-    if (!ctx_) return give_up();  // a reconnect would not know the marks: invalidate instead
+    if (!ensure_connected()) return give_up();
     std::string cap = std::to_string(cfg_.history_size);
     std::string ttl = std::to_string(cfg_.history_ttl_s);
     std::string msg_ttl = std::to_string(cfg_.message_ttl_s);
@@ -215,17 +248,15 @@ bool RedisCache::after_commit(const std::vector<std::string_view>& conversations
         auto sorted = rows[i];
         std::sort(sorted.begin(), sorted.end(), [](auto* a, auto* b) { return a->id < b->id; });
         args.clear();
-        args.insert(args.end(), {"EVALSHA", script_sha_, "2", history_key(conversations[i]),
+        args.insert(args.end(), {"EVALSHA", append_sha_, "2", history_key(conversations[i]),
                                  meta_key(conversations[i]), cap, ttl,
-                                 complete[i] || sorted.empty() ? kZeroFloor : hex_id(sorted.front()->id)});
+                                 complete[i] || sorted.empty() ? kZeroFloor : hex_id(sorted.front()->id), token});
         for (const StoredMessage* m : sorted) {
             std::string payload = proto::encode_stored(*m);
-            std::string member = hex_id(m->id);
-            member.push_back(':');
-            member += payload;
-            args.push_back(std::move(member));
-            append(ctx_, {"SET", cfg_.prefix + "m:" + hex_id(m->id), payload, "EX", msg_ttl});
+            std::string hex = hex_id(m->id);
+            append(ctx_, {"SET", cfg_.prefix + "m:" + hex, payload, "EX", msg_ttl});
             ++commands;
+            args.push_back(hex + ":" + payload);
         }
         append(ctx_, args);
         ++commands;
@@ -241,43 +272,97 @@ bool RedisCache::after_commit(const std::vector<std::string_view>& conversations
     }
     if (!ok) {
         ++errors_;
-        spdlog::warn("redis rejected a cache write; invalidating the batch's conversations");
-        give_up();
-        return flush_dirty();
+        spdlog::warn("redis refused a cache write; the batch's conversations will be rebuilt from PostgreSQL");
+        return give_up();
     }
     return true;
 }
 
-void RedisCache::abandon(const std::vector<std::string_view>& conversations) {
-    for (auto c : conversations) dirty_.emplace(c);
-    if (ensure_connected()) flush_dirty();
+void RedisCache::abandon(const std::vector<std::string_view>& conversations, const std::string& token) {
+    if (ensure_connected()) {
+        for (auto c : conversations) append(ctx_, {"HDEL", meta_key(c), "w:" + token});
+        for (size_t i = 0; i < conversations.size(); ++i) {
+            Reply r = next_reply(ctx_);
+            if (!r || r->type == REDIS_REPLY_ERROR) {
+                on_error("unmark");
+                break;
+            }
+        }
+        if (ctx_) return;
+    }
+    for (auto c : conversations) defer(c, token);
+}
+
+std::vector<std::string> RedisCache::needs_repair(size_t max) {
+    std::vector<std::string> out;
+    if (!ensure_connected()) return out;  // nothing can be repaired now
+    for (auto it = repairs_.begin(); it != repairs_.end() && out.size() < max; ++it) out.push_back(it->first);
+    return out;
+}
+
+bool RedisCache::repair(const std::string& conversation, const std::string& token,
+                        const std::vector<StoredMessage>& recent, bool complete) {
+    if (!ensure_connected()) {
+        defer(conversation, token);
+        return false;
+    }
+    auto it = repairs_.find(conversation);
+    std::vector<std::string> leaked = it == repairs_.end() ? std::vector<std::string>{} : it->second;
+    std::string floor = complete || recent.empty() ? kZeroFloor : hex_id(recent.front().id);
+    std::vector<std::string> args{"EVALSHA", repair_sha_, "2", history_key(conversation), meta_key(conversation),
+                                  std::to_string(cfg_.history_size), std::to_string(cfg_.history_ttl_s), floor,
+                                  std::to_string(wall_now_us() / 1000), token, std::to_string(leaked.size())};
+    args.insert(args.end(), leaked.begin(), leaked.end());
+    for (const auto& m : recent) args.push_back(hex_id(m.id) + ":" + proto::encode_stored(m));
+    append(ctx_, args);
+    Reply r = next_reply(ctx_);
+    if (!r || r->type == REDIS_REPLY_ERROR) {
+        if (!r) on_error("repair");
+        else ++errors_;
+        defer(conversation, token);
+        return false;
+    }
+    repairs_.erase(conversation);
+    spdlog::debug("rebuilt the cached history of {} from {} stored messages", conversation, recent.size());
+    return true;
 }
 
 std::optional<std::vector<StoredMessage>> RedisCache::history(const std::string& conversation,
                                                               const std::optional<MessageId>& after, uint32_t limit) {
-    if (dirty_.count(conversation) || !ensure_connected()) return std::nullopt;
+    if (repairs_.count(conversation) || !ensure_connected()) return std::nullopt;
     std::string key = history_key(conversation);
-    append(ctx_, {"HMGET", meta_key(conversation), "busy", "floor"});
+    append(ctx_, {"HGETALL", meta_key(conversation)});
+    append(ctx_, {"EXISTS", key});
     std::string after_hex = after ? hex_id(*after) : std::string();
     if (after)
         append(ctx_, {"ZRANGEBYLEX", key, "(" + after_hex + ";", "+", "LIMIT", "0", std::to_string(limit)});
     else
         append(ctx_, {"ZREVRANGE", key, "0", std::to_string(limit - 1)});
-    Reply meta = next_reply(ctx_);
-    Reply range = next_reply(ctx_);
-    if (!meta || !range || meta->type != REDIS_REPLY_ARRAY || meta->elements != 2 ||
+    Reply meta = next_reply(ctx_), exists = next_reply(ctx_), range = next_reply(ctx_);
+    if (!meta || !exists || !range || meta->type != REDIS_REPLY_ARRAY || exists->type != REDIS_REPLY_INTEGER ||
         range->type != REDIS_REPLY_ARRAY) {
         on_error("read");
         return std::nullopt;
     }
-    const redisReply* busy = meta->element[0];
-    const redisReply* floor_r = meta->element[1];
-    if (floor_r->type != REDIS_REPLY_STRING || busy->type != REDIS_REPLY_STRING) return std::nullopt;
-    if (std::string_view(busy->str, busy->len) != "0") return std::nullopt;  // a write is in progress
-    std::string floor(floor_r->str, floor_r->len);
+    if (exists->integer != 1) return std::nullopt;
+    std::string floor;
+    int64_t now = wall_now_us() / 1000;
+    for (size_t i = 0; i + 1 < meta->elements; i += 2) {
+        std::string_view f(meta->element[i]->str, meta->element[i]->len);
+        std::string_view v(meta->element[i + 1]->str, meta->element[i + 1]->len);
+        if (f == "floor") {
+            floor = v;
+        } else if (f.substr(0, 2) == "w:") {
+            // A write is in progress; a mark past its deadline means its writer
+            // died between commit and cache write: rebuild from PostgreSQL.
+            int64_t deadline = 0;
+            std::from_chars(v.data(), v.data() + v.size(), deadline);
+            if (deadline < now) repairs_.try_emplace(conversation);
+            return std::nullopt;
+        }
+    }
+    if (floor.size() != 32) return std::nullopt;
     bool from_start = floor == kZeroFloor;
-    if (after ? (!from_start && after_hex < floor) : (!from_start && range->elements < limit)) return std::nullopt;
-
     std::vector<StoredMessage> out;
     out.reserve(range->elements);
     for (size_t i = 0; i < range->elements; ++i) {
@@ -287,7 +372,15 @@ std::optional<std::vector<StoredMessage>> RedisCache::history(const std::string&
         if (!m) return std::nullopt;
         out.push_back(std::move(*m));
     }
-    if (!after) std::reverse(out.begin(), out.end());
+    if (after) {
+        // Every id > after is cached when after >= floor (or the set is whole).
+        if (!from_start && after_hex < floor) return std::nullopt;
+    } else {
+        // The most recent `limit`: all of them must be at or above the floor, and
+        // fewer than `limit` only if the set holds the conversation from its start.
+        if (!from_start && (out.size() < limit || hex_id(out.back().id) < floor)) return std::nullopt;
+        std::reverse(out.begin(), out.end());
+    }
     return out;
 }
 

@@ -1,14 +1,20 @@
-// Redis implementation of the worker's Cache (hiredis, pipelined): per
-// conversation a sorted set of its most recent messages ordered by id, plus a
-// meta hash whose `floor` says from which id on the set is complete and whose
-// `busy` counts writers between before_commit and after_commit; and each message
-// by id with a TTL. Readers use the set only when busy is 0 and floor proves
-// the range complete, so a history from the cache always equals PostgreSQL's.
+// Redis implementation of the worker's Cache (hiredis, pipelined). Per
+// conversation C:
+//   <prefix>h:C   sorted set of its most recent messages, members
+//                 "<32 hex id>:<msgpack>" with score 0, so they sort by id;
+//   <prefix>hm:C  hash: `floor` (32 hex, or all zeros for "from the start"):
+//                 every stored message with id >= floor is in the set; and one
+//                 field "w:<token>" = deadline (unix ms) per writer in progress;
+// and <prefix>m:<hex id> for each message by id, with a TTL.
+// Readers use the set only when no writer mark is present, the set exists and
+// `floor` proves the requested range complete; a mark past its deadline (its
+// writer died) makes the conversation be repaired from PostgreSQL.
 #pragma once
 
 #include <chrono>
+#include <map>
 #include <string>
-#include <unordered_set>
+#include <unordered_map>
 
 #include "worker/cache.hpp"
 
@@ -22,6 +28,7 @@ struct RedisConfig {
     uint32_t history_size = 100;      // messages kept per conversation
     uint32_t history_ttl_s = 86400;   // idle conversations leave the cache
     uint32_t message_ttl_s = 3600;    // message-by-id entries
+    uint32_t mark_ttl_ms = 60000;     // a writer mark older than this means its writer died
     int timeout_ms = 1000;
 };
 
@@ -30,13 +37,19 @@ public:
     explicit RedisCache(RedisConfig cfg);
     ~RedisCache() override;
 
-    bool before_commit(const std::vector<std::string_view>& conversations, std::vector<bool>& known) override;
-    bool after_commit(const std::vector<std::string_view>& conversations, const std::vector<bool>& complete,
+    bool before_commit(const std::vector<std::string_view>& conversations, const std::string& token,
+                       std::vector<bool>& known) override;
+    bool after_commit(const std::vector<std::string_view>& conversations, const std::string& token,
+                      const std::vector<bool>& complete,
                       const std::vector<std::vector<const StoredMessage*>>& rows) override;
-    void abandon(const std::vector<std::string_view>& conversations) override;
+    void abandon(const std::vector<std::string_view>& conversations, const std::string& token) override;
+    std::vector<std::string> needs_repair(size_t max) override;
+    bool repair(const std::string& conversation, const std::string& token, const std::vector<StoredMessage>& recent,
+                bool complete) override;
     std::optional<std::vector<StoredMessage>> history(const std::string& conversation,
                                                       const std::optional<MessageId>& after, uint32_t limit) override;
     std::optional<StoredMessage> get(const MessageId& id) override;
+    uint32_t history_size() const override { return cfg_.history_size; }
 
     uint64_t errors() const { return errors_; }
     bool connected() const { return ctx_ != nullptr; }
@@ -44,7 +57,9 @@ public:
 private:
     bool ensure_connected();
     void on_error(const char* what);
-    bool flush_dirty();  // invalidates conversations whose cache writes failed
+    // Remembers that a conversation needs a repair, and the marks this worker may
+    // have left on it (removed by the repair).
+    void defer(std::string_view conversation, const std::string& token);
     std::string history_key(std::string_view conv) const { return cfg_.prefix + "h:" + std::string(conv); }
     std::string meta_key(std::string_view conv) const { return cfg_.prefix + "hm:" + std::string(conv); }
 
@@ -54,8 +69,8 @@ private:
     int db_ = 0;
     redisContext* ctx_ = nullptr;
     std::chrono::steady_clock::time_point retry_at_{};
-    std::string script_sha_;
-    std::unordered_set<std::string> dirty_;
+    std::string append_sha_, repair_sha_;
+    std::map<std::string, std::vector<std::string>> repairs_;  // conversation -> our leaked marks
     uint64_t errors_ = 0;
 };
 

@@ -35,6 +35,8 @@ public:
     virtual StoreStatus history(const std::string& conversation, const std::optional<MessageId>& after,
                                 uint32_t limit, std::vector<StoredMessage>& out) = 0;
     virtual StoreStatus get(const MessageId& id, std::optional<StoredMessage>& out) = 0;
+    // The stored rows among `ids` (any order; missing ids are absent).
+    virtual StoreStatus get_many(const std::vector<MessageId>& ids, std::vector<StoredMessage>& out) = 0;
 };
 
 }  // namespace llmq::worker

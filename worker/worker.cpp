@@ -114,13 +114,14 @@ proto::Done Worker::process_batch(const proto::Batch& batch) {
         conv_of[k] = it->second;
     }
 
+    std::string token = info_.id + ":" + std::to_string(++write_seq_);
     std::vector<bool> known;
-    bool marked = cache_->before_commit(convs, known);
+    bool marked = cache_->before_commit(convs, token, known);
     std::vector<bool> inserted;
     StoreStatus st = store_->persist(rows, inserted);
     if (!st.ok) {
         spdlog::error("batch {}: {} messages not stored: {}", batch.batch, rows.size(), st.error);
-        if (marked) cache_->abandon(convs);
+        if (marked) cache_->abandon(convs, token);
         for (size_t i : valid) {
             done.results[i].status = Status::storage_error;
             done.results[i].reason = st.error;
@@ -128,39 +129,76 @@ proto::Done Worker::process_batch(const proto::Batch& batch) {
         counters_.failed += valid.size();
         return done;
     }
+    std::vector<MessageId> already;  // stored before (a retry or redelivery)
     for (size_t k = 0; k < valid.size(); ++k) {
-        if (!inserted[k]) ++counters_.duplicates;
+        if (!inserted[k]) already.push_back(rows[k]->id);
         done.results[valid[k]].status = Status::ok;
     }
     counters_.persisted += valid.size();
+    counters_.duplicates += already.size();
+    if (marked) write_cache(convs, conv_index, conv_of, rows, inserted, known, already, token);
+    return done;
+}
 
-    if (marked) {
-        // Only rows this batch inserted go to the cache: a row already stored was
-        // cached by the batch that stored it (or its conversation is marked busy).
-        std::vector<std::vector<const StoredMessage*>> per_conv(convs.size());
-        std::vector<int64_t> new_in_batch(convs.size(), 0);
-        for (size_t k = 0; k < valid.size(); ++k) {
-            if (!inserted[k]) continue;
-            per_conv[conv_of[k]].push_back(rows[k]);
+void Worker::write_cache(const std::vector<std::string_view>& convs,
+                         const std::unordered_map<std::string_view, size_t>& conv_index,
+                         const std::vector<size_t>& conv_of, std::vector<const StoredMessage*>& rows,
+                         const std::vector<bool>& inserted, const std::vector<bool>& known,
+                         const std::vector<MessageId>& already, const std::string& token) {
+    // Rows that were already stored are cached as PostgreSQL holds them (their
+    // persisted_at is the first commit's): this also heals the cache of a batch
+    // whose first worker died between commit and cache write.
+    std::vector<StoredMessage> stored_before;
+    if (!already.empty() && !store_->get_many(already, stored_before).ok) {
+        cache_->abandon(convs, token);
+        return;
+    }
+    std::unordered_map<MessageId, const StoredMessage*, MessageIdHash> by_id;
+    for (const auto& m : stored_before) by_id.emplace(m.id, &m);
+    std::vector<std::vector<const StoredMessage*>> per_conv(convs.size());
+    std::vector<int64_t> new_in_batch(convs.size(), 0);
+    for (size_t k = 0; k < rows.size(); ++k) {
+        const StoredMessage* row = rows[k];
+        if (!inserted[k]) {
+            auto it = by_id.find(row->id);
+            if (it == by_id.end()) continue;
+            row = it->second;
+            by_id.erase(it);  // once, even if the batch repeats the id
+        } else {
             ++new_in_batch[conv_of[k]];
         }
-        // A conversation the cache did not know is complete from its start if
-        // everything PostgreSQL holds for it came in this batch.
-        std::vector<bool> complete(convs.size(), false);
-        std::vector<std::string_view> unknown;
-        for (size_t c = 0; c < convs.size(); ++c)
-            if (!known[c] && new_in_batch[c] > 0) unknown.push_back(convs[c]);
-        if (!unknown.empty()) {
-            std::vector<std::pair<std::string, int64_t>> counts;
-            if (store_->count_by_conversation(unknown, counts).ok)
-                for (const auto& [conv, n] : counts) {
-                    size_t c = conv_index.at(conv);
-                    complete[c] = n == new_in_batch[c];
-                }
-        }
-        cache_->after_commit(convs, complete, per_conv);
+        per_conv[conv_of[k]].push_back(row);
     }
-    return done;
+    // A conversation the cache did not know is complete from its start when all
+    // that PostgreSQL holds for it was inserted by this batch.
+    std::vector<bool> complete(convs.size(), false);
+    std::vector<std::string_view> unknown;
+    for (size_t c = 0; c < convs.size(); ++c)
+        if (!known[c] && new_in_batch[c] > 0) unknown.push_back(convs[c]);
+    if (!unknown.empty()) {
+        std::vector<std::pair<std::string, int64_t>> counts;
+        if (store_->count_by_conversation(unknown, counts).ok)
+            for (const auto& [conv, n] : counts) {
+                size_t c = conv_index.at(conv);
+                complete[c] = n == new_in_batch[c];
+            }
+    }
+    cache_->after_commit(convs, token, complete, per_conv);
+}
+
+void Worker::run_repairs(size_t max) {
+    for (const auto& conv : cache_->needs_repair(max)) {
+        std::string token = info_.id + ":" + std::to_string(++write_seq_);
+        std::vector<bool> known;
+        if (!cache_->before_commit({conv}, token, known)) return;
+        std::vector<StoredMessage> recent;
+        uint32_t cap = cache_->history_size();
+        if (!store_->history(conv, std::nullopt, cap, recent).ok) {
+            cache_->abandon({conv}, token);
+            return;
+        }
+        if (cache_->repair(conv, token, recent, recent.size() < cap)) ++counters_.cache_repairs;
+    }
 }
 
 proto::Reply Worker::answer_query(const proto::Query& q) {
@@ -289,6 +327,7 @@ void Worker::run(const std::atomic<bool>& stop) {
             backlog_.pop_front();
             send(Command::done, proto::encode(process_batch(batch)));
         }
+        run_repairs(16);
         int64_t now = steady_now_ns();
         if (now >= next_hb) {
             send(Command::heartbeat, hb);

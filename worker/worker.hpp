@@ -8,6 +8,7 @@
 #include <deque>
 #include <memory>
 #include <string>
+#include <unordered_map>
 
 #include <CLI/CLI.hpp>
 #include <zmq.hpp>
@@ -42,7 +43,7 @@ void add_worker_options(CLI::App& app, WorkerConfig& cfg);
 
 struct WorkerCounters {
     uint64_t batches = 0, persisted = 0, rejected = 0, failed = 0, duplicates = 0;
-    uint64_t cache_hits = 0, cache_misses = 0, queries = 0;
+    uint64_t cache_hits = 0, cache_misses = 0, cache_repairs = 0, queries = 0;
 };
 
 class Worker {
@@ -65,6 +66,16 @@ private:
     void connect();
     void send(proto::Command cmd, const std::string& body);
     void handle(Incoming& in);
+    void write_cache(const std::vector<std::string_view>& convs,
+                     const std::unordered_map<std::string_view, size_t>& conv_index, const std::vector<size_t>& conv_of,
+                     std::vector<const StoredMessage*>& rows, const std::vector<bool>& inserted,
+                     const std::vector<bool>& known, const std::vector<MessageId>& already, const std::string& token);
+
+public:
+    // Rebuilds up to `max` conversations whose cache needs it (public for tests).
+    void run_repairs(size_t max);
+
+private:
 
     WorkerConfig cfg_;
     std::unique_ptr<Store> store_;
@@ -78,6 +89,7 @@ private:
     int64_t last_heard_ns_ = 0;
     WorkerCounters counters_;
     std::vector<StoredMessage> rows_buf_;  // reused across batches
+    uint64_t write_seq_ = 0;               // makes each cache write token unique
 };
 
 }  // namespace llmq::worker
