@@ -17,7 +17,9 @@ std::variant<Message, LineError> parse_message_line(std::string_view line, size_
     } catch (const nlohmann::json::parse_error& e) {
         std::string what = e.what();
         bool utf8 = what.find("UTF-8") != std::string::npos;
-        auto pos = what.find("parse error");
+        // "[json.exception.parse_error.101] parse error at line 1, column 5: …":
+        // keep the column and the explanation (the line number is ours to give).
+        auto pos = what.find("column ");
         return LineError{utf8 ? "invalid_utf8" : "not_json", pos == std::string::npos ? what : what.substr(pos)};
     }
     if (!j.is_object()) return LineError{"not_json", "expected a JSON object"};

@@ -129,6 +129,7 @@ int run_push(const Global& g, const PushArgs& a) {
         }
     };
     bool single_sent = false;
+    MessageId single_id{};
     std::string line;
     auto next = [&](client::PushItem& item) -> bool {
         if (!from_file) {
@@ -139,6 +140,7 @@ int run_push(const Global& g, const PushArgs& a) {
             item.msg.content = a.text;
             item.msg.priority = *parse_priority(a.priority);
             item.msg.id = a.id.empty() ? uuid_v7() : *uuid_from_string(a.id);
+            single_id = item.msg.id;
             item.msg.created_at_us = wall_now_us();
             return true;
         }
@@ -178,7 +180,7 @@ int run_push(const Global& g, const PushArgs& a) {
         for (const auto& [code, n] : s.reasons) std::printf(" %s=%zu", code.c_str(), n);
         std::printf("\n");
     }
-    if (!from_file && s.persisted == 1 && total == 1) std::printf("id %s\n", a.id.empty() ? "(generated)" : a.id.c_str());
+    if (!from_file) std::printf("id %s\n", uuid_to_string(single_id).c_str());
     if (s.broker_unreachable) {
         std::fprintf(stderr, "llmq push: the broker at %s did not answer for %d ms; %zu messages unacknowledged\n",
                      g.broker.c_str(), a.give_up_after_ms, s.unanswered);

@@ -22,17 +22,26 @@ void add_common_options(CLI::App& app, CommonOptions& opts) {
         ->check(CLI::IsMember({"text", "json"}));
 }
 
-void bind_environment(CLI::App& app) {
+namespace {
+void bind_environment_with(CLI::App& app, const std::string& prefix) {
+    auto upper = [](std::string_view s) {
+        std::string out;
+        for (char c : s) out.push_back(c == '-' ? '_' : static_cast<char>(std::toupper(static_cast<unsigned char>(c))));
+        return out;
+    };
     for (CLI::Option* opt : app.get_options()) {
         const std::string& name = opt->get_single_name();
         if (opt->get_lnames().empty() || name == "help" || name == "version" || name == "config") continue;
         if (!opt->get_envname().empty()) continue;
-        std::string env = "LLMQ_";
-        for (char c : opt->get_lnames().front()) env.push_back(c == '-' ? '_' : static_cast<char>(std::toupper(c)));
-        opt->envname(env);
+        opt->envname(prefix + upper(opt->get_lnames().front()));
     }
-    for (CLI::App* sub : app.get_subcommands({})) bind_environment(*sub);
+    // A subcommand's options are named after it (LLMQ_PUSH_WINDOW), so that a
+    // generic name like LLMQ_FILE cannot leak into an unrelated command.
+    for (CLI::App* sub : app.get_subcommands({})) bind_environment_with(*sub, prefix + upper(sub->get_name()) + "_");
 }
+}  // namespace
+
+void bind_environment(CLI::App& app) { bind_environment_with(app, "LLMQ_"); }
 
 int parse_command_line(CLI::App& app, int argc, char** argv) {
     try {

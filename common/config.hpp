@@ -17,8 +17,9 @@ struct CommonOptions {
 // Adds --config, --version, --log-level and --log-format to `app`.
 void add_common_options(CLI::App& app, CommonOptions& opts);
 
-// Gives every option of `app` (and its subcommands) that has a long name and no
-// environment variable yet the variable LLMQ_<NAME> (dashes become underscores).
+// Gives every option of `app` that has a long name and no environment variable
+// yet the variable LLMQ_<NAME> (dashes become underscores); a subcommand's
+// options get LLMQ_<SUBCOMMAND>_<NAME>.
 void bind_environment(CLI::App& app);
 
 // Parses; on --help/--version/errors prints and returns the exit code to use

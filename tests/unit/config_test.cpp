@@ -170,7 +170,7 @@ TEST_F(ConfigPrecedence, EnvironmentBindingReachesSubcommandsAndSkipsHelp) {
     auto* sub = app.add_subcommand("history", "h");
     sub->add_option("--limit", limit, "limit");
     bind_environment(app);
-    EXPECT_EQ(sub->get_option("--limit")->get_envname(), "LLMQ_LIMIT");
+    EXPECT_EQ(sub->get_option("--limit")->get_envname(), "LLMQ_HISTORY_LIMIT");
     EXPECT_TRUE(app.get_help_ptr() == nullptr || app.get_help_ptr()->get_envname().empty());
 }
 
