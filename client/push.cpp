@@ -87,6 +87,7 @@ PushSummary Pusher::run(const std::function<bool(PushItem&)>& next,
     };
 
     auto finish = [&](Outstanding& o, const proto::Outcome& r, int64_t now) {
+        if (opts_.on_outcome) opts_.on_outcome(now, proto::is_success(r.status));
         if (proto::is_success(r.status)) {
             ++s.persisted;
             s.latencies_ms.push_back(static_cast<double>(now - o.first_sent_ns) / kMs);

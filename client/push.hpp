@@ -3,6 +3,7 @@
 // after `busy`, and summarizes what happened.
 #pragma once
 
+#include <cstdint>
 #include <functional>
 #include <map>
 #include <string>
@@ -20,6 +21,9 @@ struct PushOptions {
     int resend_after_ms = 15'000;    // resend an unanswered message after this long
     int give_up_after_ms = 60'000;   // stop when the broker has said nothing for this long
     bool progress = false;           // draw a progress line on stderr
+    // Told of every final outcome as it arrives (steady clock ns; ok = 2xx), e.g.
+    // to measure availability over time. Optional.
+    std::function<void(int64_t now_ns, bool ok)> on_outcome;
     size_t progress_total = 0;       // expected messages (0: unknown)
 };
 
