@@ -19,7 +19,9 @@ using proto::Status;
 
 constexpr int64_t kMs = 1'000'000;
 constexpr int kMaxMessagesPerWake = 1000;  // per socket, so neither side starves the other
-constexpr uint32_t kMaxAttempts = 5;       // dispatches of one message before giving up
+// A worker that keeps answering persist_failed past max_attempts (it should
+// dead-letter first) gets the message failed to its client after this many more.
+constexpr uint32_t kAttemptSlack = 2;
 
 std::string bind_socket(zmq::socket_t& s, const std::string& ep, const char* what) {
     try {
@@ -62,6 +64,9 @@ void add_broker_options(CLI::App& app, BrokerConfig& c) {
         ->capture_default_str()->check(CLI::Range(1, 600'000));
     app.add_option("--stats-interval-ms", c.stats_interval_ms, "How often a snapshot is published on --metrics")
         ->capture_default_str()->check(CLI::Range(10, 600'000));
+    app.add_option("--max-attempts", c.max_attempts,
+                   "Times a message whose storing fails is tried before the worker dead-letters it")
+        ->capture_default_str()->check(CLI::Range(1, 1000));
     app.add_option("--endpoints-file", c.endpoints_file,
                    "Write the bound endpoints here once listening (useful with port *)");
 }
@@ -189,7 +194,8 @@ void Broker::on_frontend(Incoming& in, int64_t now) {
     switch (std::get<Command>(hdr)) {
         case Command::push: on_push(in, now); break;
         case Command::history:
-        case Command::get: on_client_query(in, std::get<Command>(hdr), now); break;
+        case Command::get:
+        case Command::dead_letters: on_client_query(in, std::get<Command>(hdr), now); break;
         case Command::stats: on_stats(in, now); break;
         default:
             send_error(in, Status::unknown_command,
@@ -299,7 +305,15 @@ void Broker::on_backend(Incoming& in, int64_t now) {
     }
     w->last_seen_ns = now;
     switch (cmd) {
-        case Command::heartbeat: break;
+        case Command::heartbeat: {
+            auto hb = proto::decode_heartbeat(in.data());
+            if (auto* h = std::get_if<proto::Heartbeat>(&hb); h && h->healthy != w->healthy) {
+                w->healthy = h->healthy;
+                if (w->healthy) spdlog::info("worker {} is healthy again; it gets batches", w->info.id);
+                else spdlog::warn("worker {} reports itself unhealthy; no batches for it until it recovers", w->info.id);
+            }
+            break;
+        }
         case Command::done: on_done(in, *w, now); break;
         case Command::reply: on_reply(in, now); break;
         case Command::disconnect: drop_worker(in.routing_id, "said goodbye"); break;
@@ -360,11 +374,17 @@ void Broker::on_done(Incoming& in, WorkerEntry& w, int64_t now) {
     for (size_t i = 0; i < batch.items.size(); ++i) {
         auto& r = done.results[i];
         auto& item = batch.items[i];
-        if (proto::is_retry(r.status) || (r.status == Status::storage_error && item.attempts < kMaxAttempts)) {
+        // storage_error: PostgreSQL was unavailable; the attempt does not count.
+        // persist_failed: this message failed; retried until the worker dead-letters it.
+        bool again = proto::is_retry(r.status) || r.status == Status::storage_error ||
+                     (r.status == Status::persist_failed && item.attempts < cfg_.max_attempts + kAttemptSlack);
+        if (again) {
+            if (r.status == Status::storage_error && item.attempts > 0) --item.attempts;
             retry.push_back(std::move(item));
             continue;
         }
         if (r.status == Status::ok) ++persisted_;
+        else if (r.status == Status::dead_lettered) ++dead_lettered_;
         else ++rejected_;
         finished.push_back(std::move(item));
         outcomes.push_back(std::move(r));
@@ -433,12 +453,15 @@ void Broker::dispatch(int64_t now) {
         batch_buf_.resize(keep);
         if (!expired.empty()) send_acks(expired, nullptr, Status::expired, "expired before dispatch");
         if (batch_buf_.empty()) continue;
+        std::vector<uint32_t> attempts;
+        attempts.reserve(batch_buf_.size());
         for (auto& p : batch_buf_) {
             msgs.push_back(&p.msg);
-            ++p.attempts;
+            attempts.push_back(++p.attempts);
         }
         uint64_t id = next_batch_++;
-        if (!send_message(backend_, &w->routing_id, Command::batch, proto::encode_batch(id, msgs), true)) {
+        if (!send_message(backend_, &w->routing_id, Command::batch,
+                          proto::encode_batch(id, msgs, attempts, cfg_.max_attempts), true)) {
             for (auto r = batch_buf_.rbegin(); r != batch_buf_.rend(); ++r) lanes_.push_front(std::move(*r));
             drop_worker(w->routing_id, "unreachable when sent a batch");
             continue;
@@ -513,13 +536,14 @@ proto::Stats Broker::snapshot(int64_t now) const {
         s.lanes[i] = {lanes_.depth(i), lanes_.capacity(i), received_[i], dispatched_[i], busy_[i]};
     s.persisted = persisted_;
     s.rejected = rejected_;
+    s.dead_lettered = dead_lettered_;
     s.redeliveries = redeliveries_;
     s.inflight_batches = inflight_.size();
     s.client_connections = clients_.size();
     s.bad_frames = bad_frames_;
     s.unroutable = unroutable_;
     for (const auto& [id, w] : workers_.all())
-        s.workers.push_back({w.info.id, w.info.host, w.info.pid, w.inflight.size(), w.credit, w.batches_done});
+        s.workers.push_back({w.info.id, w.info.host, w.info.pid, w.inflight.size(), w.credit, w.batches_done, w.healthy});
     return s;
 }
 

@@ -36,6 +36,7 @@ struct BrokerConfig {
     int drain_timeout_ms = 30000;
     int busy_retry_ms = 250;
     int stats_interval_ms = 1000;
+    uint32_t max_attempts = 5;
     std::string endpoints_file;  // written once bound: "frontend=…\nbackend=…\nmetrics=…\n"
 };
 
@@ -109,7 +110,7 @@ private:
 
     // counters
     std::array<uint64_t, kPriorityCount> received_{}, dispatched_{}, busy_{};
-    uint64_t persisted_ = 0, rejected_ = 0, redeliveries_ = 0, bad_frames_ = 0, unroutable_ = 0;
+    uint64_t persisted_ = 0, rejected_ = 0, dead_lettered_ = 0, redeliveries_ = 0, bad_frames_ = 0, unroutable_ = 0;
 };
 
 }  // namespace llmq::broker

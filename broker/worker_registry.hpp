@@ -20,8 +20,9 @@ struct WorkerEntry {
     int64_t registered_ns = 0;
     uint64_t batches_done = 0;
     uint64_t dispatch_seq = 0;  // when it last got work, for round robin among equals
+    bool healthy = true;        // false: it said it cannot store now (no batches for it)
 
-    bool has_credit() const { return inflight.size() < credit; }
+    bool has_credit() const { return healthy && inflight.size() < credit; }
 };
 
 class WorkerRegistry {

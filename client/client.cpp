@@ -104,4 +104,13 @@ std::variant<proto::Stats, proto::Error, ClientError> Client::stats(std::chrono:
     return request<proto::Stats>(Command::stats, proto::encode(s), s.req, timeout);
 }
 
+std::variant<proto::Reply, proto::Error, ClientError> Client::dead_letters(uint32_t limit,
+                                                                           std::chrono::milliseconds timeout) {
+    proto::Query q;
+    q.req = next_req();
+    q.kind = proto::QueryKind::dead_letters;
+    q.limit = limit;
+    return request<proto::Reply>(Command::dead_letters, proto::encode(q), q.req, timeout);
+}
+
 }  // namespace llmq::client

@@ -47,6 +47,7 @@ public:
                                                                   uint32_t limit, std::chrono::milliseconds timeout);
     std::variant<proto::Reply, proto::Error, ClientError> get(const MessageId& id, std::chrono::milliseconds timeout);
     std::variant<proto::Stats, proto::Error, ClientError> stats(std::chrono::milliseconds timeout);
+    std::variant<proto::Reply, proto::Error, ClientError> dead_letters(uint32_t limit, std::chrono::milliseconds timeout);
 
     zmq::socket_t& socket() { return *sock_; }
     const std::string& endpoint() const { return endpoint_; }

@@ -80,6 +80,7 @@ struct PushArgs {
     std::string conversation, user, priority = "normal", text, file, ack = "persisted", id, progress = "auto";
     size_t window = 20'000, frame_messages = 500, max_content_bytes = kDefaultMaxContentBytes;
     int resend_after_ms = 15'000, give_up_after_ms = 60'000;
+    int64_t ttl_ms = 0;
     size_t show_rejects = 10;
 };
 
@@ -142,6 +143,7 @@ int run_push(const Global& g, const PushArgs& a) {
             item.msg.id = a.id.empty() ? uuid_v7() : *uuid_from_string(a.id);
             single_id = item.msg.id;
             item.msg.created_at_us = wall_now_us();
+            if (a.ttl_ms) item.msg.expires_at_us = item.msg.created_at_us + a.ttl_ms * 1000;
             return true;
         }
         while (std::getline(*in, line)) {
@@ -155,6 +157,7 @@ int run_push(const Global& g, const PushArgs& a) {
                 continue;
             }
             item.msg = std::move(std::get<Message>(parsed));
+            if (a.ttl_ms && !item.msg.expires_at_us) item.msg.expires_at_us = wall_now_us() + a.ttl_ms * 1000;
             item.line = line_no;
             return true;
         }
@@ -232,6 +235,34 @@ int run_get(const Global& g, const std::string& id_text, bool as_json) {
     return kExitOk;
 }
 
+int run_dead_letters(const Global& g, uint32_t limit, bool as_json) {
+    client::Client c(g.broker);
+    auto r = c.dead_letters(limit, std::chrono::milliseconds(g.timeout_ms));
+    proto::Reply* reply = nullptr;
+    if (int rc = unwrap<proto::Reply>(r, reply); rc >= 0) return rc;
+    if (reply->status != proto::Status::ok) return report_failure(proto::Error{reply->req, reply->status, reply->reason});
+    if (as_json) {
+        json arr = json::array();
+        for (const auto& d : reply->dead_letters)
+            arr.push_back({{"id", uuid_to_string(d.msg.id)},
+                           {"conversation_id", d.msg.conversation_id},
+                           {"user_id", d.msg.user_id},
+                           {"content", d.msg.content},
+                           {"priority", std::string(priority_name(d.msg.priority))},
+                           {"reason", d.reason},
+                           {"attempts", d.attempts},
+                           {"created_at", format_rfc3339(d.msg.created_at_us)},
+                           {"dead_at", format_rfc3339(d.dead_at_us)}});
+        std::printf("%s\n", json{{"dead_letters", arr}}.dump().c_str());
+        return kExitOk;
+    }
+    for (const auto& d : reply->dead_letters)
+        std::printf("%s  %s  %s  %u attempts  %s\n", format_rfc3339(d.dead_at_us).c_str(), uuid_to_string(d.msg.id).c_str(),
+                    d.msg.conversation_id.c_str(), d.attempts, d.reason.c_str());
+    std::fprintf(stderr, "%zu dead letters\n", reply->dead_letters.size());
+    return kExitOk;
+}
+
 int run_stats(const Global& g, bool as_json) {
     client::Client c(g.broker);
     auto r = c.stats(std::chrono::milliseconds(g.timeout_ms));
@@ -248,17 +279,18 @@ int run_stats(const Global& g, bool as_json) {
         json workers = json::array();
         for (const auto& w : s->workers)
             workers.push_back({{"id", w.id}, {"host", w.host}, {"pid", w.pid}, {"inflight_batches", w.inflight_batches},
-                               {"credit", w.credit}, {"batches_done", w.batches_done}});
+                               {"credit", w.credit}, {"batches_done", w.batches_done}, {"healthy", w.healthy}});
         json j{{"uptime_ms", s->uptime_ms},       {"lanes", lanes},
-               {"persisted", s->persisted},       {"rejected", s->rejected},
+               {"persisted", s->persisted},       {"rejected", s->rejected}, {"dead_lettered", s->dead_lettered},
                {"redeliveries", s->redeliveries}, {"inflight_batches", s->inflight_batches},
                {"client_connections", s->client_connections}, {"bad_frames", s->bad_frames},
                {"unroutable", s->unroutable},     {"workers", workers}};
         std::printf("%s\n", j.dump().c_str());
         return kExitOk;
     }
-    std::printf("uptime %.1f s  persisted %llu  rejected %llu  redeliveries %llu  in-flight batches %llu  clients %llu\n",
+    std::printf("uptime %.1f s  persisted %llu  rejected %llu  dead-lettered %llu  redeliveries %llu  in-flight batches %llu  clients %llu\n",
                 s->uptime_ms / 1000.0, (unsigned long long)s->persisted, (unsigned long long)s->rejected,
+                (unsigned long long)s->dead_lettered,
                 (unsigned long long)s->redeliveries, (unsigned long long)s->inflight_batches,
                 (unsigned long long)s->client_connections);
     std::printf("%-7s %10s %10s %12s %12s %8s\n", "lane", "depth", "capacity", "received", "dispatched", "busy");
@@ -270,9 +302,9 @@ int run_stats(const Global& g, bool as_json) {
     }
     std::printf("%zu workers\n", s->workers.size());
     for (const auto& w : s->workers)
-        std::printf("  %-32s host %-16s pid %-7lld in flight %llu/%llu  batches %llu\n", w.id.c_str(), w.host.c_str(),
+        std::printf("  %-32s host %-16s pid %-7lld in flight %llu/%llu  batches %llu%s\n", w.id.c_str(), w.host.c_str(),
                     (long long)w.pid, (unsigned long long)w.inflight_batches, (unsigned long long)w.credit,
-                    (unsigned long long)w.batches_done);
+                    (unsigned long long)w.batches_done, w.healthy ? "" : "  UNHEALTHY (PostgreSQL unavailable)");
     return kExitOk;
 }
 
@@ -315,6 +347,9 @@ int main(int argc, char** argv) {
     push->add_option("--progress", pa.progress, "auto (when stderr is a terminal), always or never")
         ->capture_default_str()->check(CLI::IsMember({"auto", "always", "never"}));
     push->add_option("--show-rejects", pa.show_rejects, "How many rejected lines to print")->capture_default_str();
+    push->add_option("--ttl-ms", pa.ttl_ms,
+                     "Give up on a message not dispatched to a worker within this long (answered expired, not stored; 0 = never)")
+        ->capture_default_str()->check(CLI::Range(int64_t{0}, int64_t{86'400'000'000}));
 
     std::string conv, after, get_id;
     uint32_t limit = 50;
@@ -329,6 +364,11 @@ int main(int argc, char** argv) {
     get->add_flag("--json", get_json, "Print JSON");
     auto* stats = app.add_subcommand("stats", "Show one snapshot of the broker's lanes, workers and counters");
     stats->add_flag("--json", stats_json, "Print JSON");
+    bool dl_json = false;
+    uint32_t dl_limit = 100;
+    auto* dead = app.add_subcommand("dead-letters", "List messages given up on after failing to be stored --max-attempts times, newest first");
+    dead->add_option("--limit", dl_limit, "How many")->capture_default_str()->check(CLI::Range(1u, proto::kMaxHistoryLimit));
+    dead->add_flag("--json", dl_json, "Print JSON");
 
     bind_environment(app);
     if (int rc = parse_command_line(app, argc, argv); rc >= 0) return rc;
@@ -344,6 +384,7 @@ int main(int argc, char** argv) {
         if (history->parsed()) return run_history(g, conv, after, limit, hist_json);
         if (get->parsed()) return run_get(g, get_id, get_json);
         if (stats->parsed()) return run_stats(g, stats_json);
+        if (dead->parsed()) return run_dead_letters(g, dl_limit, dl_json);
     } catch (const std::exception& e) {
         std::fprintf(stderr, "llmq: %s\n", e.what());
         return kExitUnreachable;

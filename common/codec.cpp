@@ -12,9 +12,9 @@ namespace {
 
 using Packer = msgpack::packer<msgpack::sbuffer>;
 
-constexpr std::string_view kCommandNames[] = {"push",  "history", "get",       "stats", "ack",
-                                              "reply", "error",   "ready",     "batch", "done",
-                                              "heartbeat", "query", "disconnect"};
+constexpr std::string_view kCommandNames[] = {
+    "push", "history", "get", "stats", "dead_letters", "ack", "reply", "error",
+    "ready", "batch", "done", "heartbeat", "query", "disconnect"};
 
 // Thrown inside the decoders only; converted to DecodeError at their boundary.
 struct FieldError {
@@ -259,19 +259,35 @@ Decoded<T> decode_with(std::string_view body, F&& read) {
     }
 }
 
+constexpr std::string_view kQueryKinds[] = {"history", "get", "dead_letters"};
+
 void pack_query_fields(Packer& p, const Query& q, bool with_kind) {
-    bool hist = q.kind == QueryKind::history;
-    uint32_t n = 1 + (with_kind ? 1 : 0) + (hist ? (2 + (q.after ? 1 : 0)) : 1);
+    uint32_t n = 1 + (with_kind ? 1 : 0);
+    switch (q.kind) {
+        case QueryKind::history: n += 2 + (q.after ? 1 : 0); break;
+        case QueryKind::get: n += 1; break;
+        case QueryKind::dead_letters: n += 1; break;
+    }
     p.pack_map(n);
     key(p, "req"), p.pack(q.req);
-    if (with_kind) key(p, "kind"), pack_str(p, hist ? "history" : "get");
-    if (hist) {
-        key(p, "conversation_id"), pack_str(p, q.conversation_id);
-        key(p, "limit"), p.pack(q.limit);
-        if (q.after) key(p, "after"), pack_id(p, *q.after);
-    } else {
-        key(p, "id"), pack_id(p, q.id);
+    if (with_kind) key(p, "kind"), pack_str(p, kQueryKinds[static_cast<int>(q.kind)]);
+    switch (q.kind) {
+        case QueryKind::history:
+            key(p, "conversation_id"), pack_str(p, q.conversation_id);
+            key(p, "limit"), p.pack(q.limit);
+            if (q.after) key(p, "after"), pack_id(p, *q.after);
+            break;
+        case QueryKind::get: key(p, "id"), pack_id(p, q.id); break;
+        case QueryKind::dead_letters: key(p, "limit"), p.pack(q.limit); break;
     }
+}
+
+void pack_dead_letter(Packer& p, const DeadLetter& d) {
+    p.pack_map(4);
+    key(p, "msg"), pack_message(p, d.msg);
+    key(p, "reason"), pack_str(p, d.reason);
+    key(p, "attempts"), p.pack(d.attempts);
+    key(p, "dead_at"), p.pack(d.dead_at_us);
 }
 
 }  // namespace
@@ -300,6 +316,8 @@ std::string_view status_name(Status s) {
         case Status::rejected: return "rejected";
         case Status::internal: return "internal";
         case Status::storage_error: return "storage_error";
+        case Status::persist_failed: return "persist_failed";
+        case Status::dead_lettered: return "dead_lettered";
     }
     int c = static_cast<int>(s);
     return c < 300 ? "ok" : c < 400 ? "retry" : c < 500 ? "client_error" : "server_error";
@@ -359,18 +377,22 @@ std::string encode(const Ack& m) {
 }
 std::string encode(const Reply& m) {
     return build([&](Packer& p) {
-        p.pack_map(5);
+        p.pack_map(m.dead_letters.empty() ? 5 : 6);
         key(p, "req"), p.pack(m.req);
         key(p, "status"), p.pack(static_cast<uint16_t>(m.status));
         key(p, "reason"), pack_str(p, m.reason);
         key(p, "source"), pack_str(p, m.source);
         key(p, "messages"), p.pack_array(static_cast<uint32_t>(m.messages.size()));
         for (const auto& s : m.messages) pack_stored(p, s);
+        if (!m.dead_letters.empty()) {
+            key(p, "dead_letters"), p.pack_array(static_cast<uint32_t>(m.dead_letters.size()));
+            for (const auto& d : m.dead_letters) pack_dead_letter(p, d);
+        }
     });
 }
 std::string encode(const Stats& s) {
     return build([&](Packer& p) {
-        p.pack_map(11);
+        p.pack_map(12);
         key(p, "req"), p.pack(s.req);
         key(p, "uptime_ms"), p.pack(s.uptime_ms);
         key(p, "lanes"), p.pack_array(kPriorityCount);
@@ -384,6 +406,7 @@ std::string encode(const Stats& s) {
         }
         key(p, "persisted"), p.pack(s.persisted);
         key(p, "rejected"), p.pack(s.rejected);
+        key(p, "dead_lettered"), p.pack(s.dead_lettered);
         key(p, "redeliveries"), p.pack(s.redeliveries);
         key(p, "inflight_batches"), p.pack(s.inflight_batches);
         key(p, "client_connections"), p.pack(s.client_connections);
@@ -391,13 +414,14 @@ std::string encode(const Stats& s) {
         key(p, "unroutable"), p.pack(s.unroutable);
         key(p, "workers"), p.pack_array(static_cast<uint32_t>(s.workers.size()));
         for (const auto& w : s.workers) {
-            p.pack_map(6);
+            p.pack_map(7);
             key(p, "id"), pack_str(p, w.id);
             key(p, "host"), pack_str(p, w.host);
             key(p, "pid"), p.pack(w.pid);
             key(p, "inflight_batches"), p.pack(w.inflight_batches);
             key(p, "credit"), p.pack(w.credit);
             key(p, "batches_done"), p.pack(w.batches_done);
+            key(p, "healthy"), p.pack(w.healthy);
         }
     });
 }
@@ -420,19 +444,23 @@ std::string encode(const Ready& m) {
     });
 }
 std::string encode(const Batch& m) {
-    return build([&](Packer& p) {
-        p.pack_map(2);
-        key(p, "batch"), p.pack(m.batch);
-        key(p, "msgs"), p.pack_array(static_cast<uint32_t>(m.msgs.size()));
-        for (const auto& msg : m.msgs) pack_message(p, msg);
-    });
+    std::vector<const Message*> msgs;
+    msgs.reserve(m.msgs.size());
+    for (const auto& msg : m.msgs) msgs.push_back(&msg);
+    return encode_batch(m.batch, msgs, m.attempts, m.max_attempts);
 }
-std::string encode_batch(uint64_t batch, const std::vector<const Message*>& msgs) {
+std::string encode_batch(uint64_t batch, const std::vector<const Message*>& msgs,
+                         const std::vector<uint32_t>& attempts, uint32_t max_attempts) {
     return build([&](Packer& p) {
-        p.pack_map(2);
+        p.pack_map(attempts.empty() ? 3 : 4);
         key(p, "batch"), p.pack(batch);
+        key(p, "max_attempts"), p.pack(max_attempts);
         key(p, "msgs"), p.pack_array(static_cast<uint32_t>(msgs.size()));
         for (const Message* msg : msgs) pack_message(p, *msg);
+        if (!attempts.empty()) {
+            key(p, "attempts"), p.pack_array(static_cast<uint32_t>(attempts.size()));
+            for (uint32_t a : attempts) p.pack(a);
+        }
     });
 }
 std::string encode(const Done& m) {
@@ -442,8 +470,11 @@ std::string encode(const Done& m) {
         key(p, "results"), pack_outcomes(p, m.results);
     });
 }
-std::string encode(const Heartbeat&) {
-    return build([&](Packer& p) { p.pack_map(0); });
+std::string encode(const Heartbeat& h) {
+    return build([&](Packer& p) {
+        p.pack_map(1);
+        key(p, "healthy"), p.pack(h.healthy);
+    });
 }
 std::string encode(const Disconnect& m) {
     return build([&](Packer& p) {
@@ -478,19 +509,24 @@ Decoded<Query> decode_query(std::string_view body, Command cmd) {
             std::string kind = m.str("kind");
             if (kind == "history") q.kind = QueryKind::history;
             else if (kind == "get") q.kind = QueryKind::get;
-            else fail(Status::bad_field, "kind: must be 'history' or 'get'");
+            else if (kind == "dead_letters") q.kind = QueryKind::dead_letters;
+            else fail(Status::bad_field, "kind: must be 'history', 'get' or 'dead_letters'");
         } else {
-            q.kind = cmd == Command::get ? QueryKind::get : QueryKind::history;
+            q.kind = cmd == Command::get            ? QueryKind::get
+                     : cmd == Command::dead_letters ? QueryKind::dead_letters
+                                                    : QueryKind::history;
         }
-        if (q.kind == QueryKind::history) {
-            q.conversation_id = m.str("conversation_id");
+        if (q.kind != QueryKind::get) {
             uint64_t limit = m.u64_or("limit", 50);
             if (limit < 1 || limit > kMaxHistoryLimit)
                 fail(Status::bad_field, "limit: must be 1.." + std::to_string(kMaxHistoryLimit));
             q.limit = static_cast<uint32_t>(limit);
+        }
+        if (q.kind == QueryKind::history) {
+            q.conversation_id = m.str("conversation_id");
             if (const auto* a = m.find("after"); a && a->type != msgpack::type::NIL)
                 q.after = Map::as_id(*a, "after: ");
-        } else {
+        } else if (q.kind == QueryKind::get) {
             q.id = m.id("id");
         }
         return q;
@@ -525,6 +561,18 @@ Decoded<Reply> decode_reply(std::string_view body) {
             for (uint32_t i = 0; i < v->via.array.size; ++i)
                 r.messages.push_back(read_stored(Map(v->via.array.ptr[i], "messages[" + std::to_string(i) + "]")));
         }
+        if (const auto* v = m.find("dead_letters"); v && v->type != msgpack::type::NIL) {
+            if (v->type != msgpack::type::ARRAY) fail(Status::bad_field, "dead_letters: expected an array");
+            for (uint32_t i = 0; i < v->via.array.size; ++i) {
+                Map d(v->via.array.ptr[i], "dead_letters[" + std::to_string(i) + "]");
+                DeadLetter dl;
+                dl.msg = read_message(d.need("msg"), d.path() + ".msg");
+                dl.reason = d.str_or("reason", "");
+                dl.attempts = d.narrow_or<uint32_t>("attempts", 0);
+                dl.dead_at_us = d.i64_or("dead_at", 0);
+                r.dead_letters.push_back(std::move(dl));
+            }
+        }
         return r;
     });
 }
@@ -542,6 +590,7 @@ Decoded<Stats> decode_stats(std::string_view body) {
         }
         s.persisted = m.u64_or("persisted", 0);
         s.rejected = m.u64_or("rejected", 0);
+        s.dead_lettered = m.u64_or("dead_lettered", 0);
         s.redeliveries = m.u64_or("redeliveries", 0);
         s.inflight_batches = m.u64_or("inflight_batches", 0);
         s.client_connections = m.u64_or("client_connections", 0);
@@ -550,9 +599,11 @@ Decoded<Stats> decode_stats(std::string_view body) {
         if (const auto* v = m.find("workers"); v && v->type == msgpack::type::ARRAY) {
             for (uint32_t i = 0; i < v->via.array.size; ++i) {
                 Map w(v->via.array.ptr[i], "workers[" + std::to_string(i) + "]");
-                s.workers.push_back({w.str_or("id", ""), w.str_or("host", ""), w.i64_or("pid", 0),
-                                     w.u64_or("inflight_batches", 0), w.u64_or("credit", 0),
-                                     w.u64_or("batches_done", 0)});
+                proto::WorkerStats ws{w.str_or("id", ""), w.str_or("host", ""), w.i64_or("pid", 0),
+                                      w.u64_or("inflight_batches", 0), w.u64_or("credit", 0),
+                                      w.u64_or("batches_done", 0), true};
+                if (const auto* h = w.find("healthy"); h && h->type == msgpack::type::BOOLEAN) ws.healthy = h->via.boolean;
+                s.workers.push_back(std::move(ws));
             }
         }
         return s;
@@ -591,10 +642,20 @@ Decoded<Batch> decode_batch(std::string_view body) {
     return decode_with<Batch>(body, [](const Map& m) {
         Batch b;
         b.batch = m.u64("batch");
+        b.max_attempts = m.narrow_or<uint32_t>("max_attempts", 5);
         const auto& arr = m.array("msgs");
         b.msgs.reserve(arr.size);
         for (uint32_t i = 0; i < arr.size; ++i)
             b.msgs.push_back(read_message(arr.ptr[i], "msgs[" + std::to_string(i) + "]"));
+        if (const auto* a = m.find("attempts"); a && a->type != msgpack::type::NIL) {
+            if (a->type != msgpack::type::ARRAY || a->via.array.size != arr.size)
+                fail(Status::bad_field, "attempts: expected one integer per message");
+            for (uint32_t i = 0; i < a->via.array.size; ++i) {
+                uint64_t n = Map::as_u64(a->via.array.ptr[i], "attempts: ");
+                if (n > UINT32_MAX) fail(Status::bad_field, "attempts: out of range");
+                b.attempts.push_back(static_cast<uint32_t>(n));
+            }
+        }
         return b;
     });
 }
@@ -609,7 +670,14 @@ Decoded<Done> decode_done(std::string_view body) {
 }
 
 Decoded<Heartbeat> decode_heartbeat(std::string_view body) {
-    return decode_with<Heartbeat>(body, [](const Map&) { return Heartbeat{}; });
+    return decode_with<Heartbeat>(body, [](const Map& m) {
+        Heartbeat h;
+        if (const auto* v = m.find("healthy"); v && v->type != msgpack::type::NIL) {
+            if (v->type != msgpack::type::BOOLEAN) fail(Status::bad_field, "healthy: expected a boolean");
+            h.healthy = v->via.boolean;
+        }
+        return h;
+    });
 }
 
 Decoded<Disconnect> decode_disconnect(std::string_view body) {

@@ -29,6 +29,7 @@ enum class Command : uint8_t {
     history,
     get,
     stats,
+    dead_letters,
     // broker -> client
     ack,
     reply,
@@ -60,7 +61,9 @@ enum class Status : uint16_t {
     too_large = 413,
     rejected = 422,      // a message failed validation; reason says why
     internal = 500,
-    storage_error = 503, // PostgreSQL failed; the message was not stored
+    storage_error = 503,   // PostgreSQL unavailable; not stored; retried without counting an attempt
+    persist_failed = 507,  // storing this message failed (PostgreSQL up); retried, counted
+    dead_lettered = 520,   // failed --max-attempts times: kept in dead_letters, not in messages
 };
 inline constexpr bool is_success(Status s) { return static_cast<int>(s) / 100 == 2; }
 inline constexpr bool is_retry(Status s) { return static_cast<int>(s) / 100 == 3; }
@@ -83,13 +86,13 @@ struct Push {
     AckMode ack = AckMode::persisted;
     std::vector<Message> msgs;
 };
-enum class QueryKind : uint8_t { history, get };
+enum class QueryKind : uint8_t { history, get, dead_letters };
 struct Query {
     uint64_t req = 0;  // client request id; broker -> worker: the broker's query id
     QueryKind kind = QueryKind::history;
     std::string conversation_id;       // history
     std::optional<MessageId> after;    // history: ids strictly greater; none = most recent
-    uint32_t limit = 50;               // history: 1..kMaxHistoryLimit
+    uint32_t limit = 50;               // history, dead_letters: 1..kMaxHistoryLimit
     MessageId id{};                    // get
 };
 inline constexpr uint32_t kMaxHistoryLimit = 1000;
@@ -103,12 +106,20 @@ struct Ack {
     uint32_t retry_after_ms = 0;  // set when some result is `busy`
     std::vector<Outcome> results;
 };
+// A message that failed to be stored --max-attempts times.
+struct DeadLetter {
+    Message msg;
+    std::string reason;
+    uint32_t attempts = 0;
+    int64_t dead_at_us = 0;
+};
 struct Reply {  // answer to a Query (client <- broker <- worker)
     uint64_t req = 0;
     Status status = Status::ok;
     std::string reason;
     std::string source;  // "cache" or "db"
     std::vector<StoredMessage> messages;
+    std::vector<DeadLetter> dead_letters;  // for QueryKind::dead_letters
 };
 struct LaneStats {
     uint64_t depth = 0;
@@ -124,6 +135,7 @@ struct WorkerStats {
     uint64_t inflight_batches = 0;
     uint64_t credit = 0;
     uint64_t batches_done = 0;
+    bool healthy = true;
 };
 struct Stats {
     uint64_t req = 0;
@@ -131,6 +143,7 @@ struct Stats {
     LaneStats lanes[kPriorityCount];
     uint64_t persisted = 0;
     uint64_t rejected = 0;
+    uint64_t dead_lettered = 0;
     uint64_t redeliveries = 0;
     uint64_t inflight_batches = 0;
     uint64_t client_connections = 0;
@@ -157,12 +170,19 @@ struct Ready {
 struct Batch {
     uint64_t batch = 0;
     std::vector<Message> msgs;
+    // attempts[i]: how many times msgs[i] has been tried, this time included
+    // (1 = first); a worker dead-letters a message whose storing fails on
+    // attempt >= max_attempts. Absent: all 1.
+    std::vector<uint32_t> attempts;
+    uint32_t max_attempts = 5;
 };
 struct Done {
     uint64_t batch = 0;
     std::vector<Outcome> results;  // one per message, in batch order
 };
-struct Heartbeat {};
+struct Heartbeat {
+    bool healthy = true;  // worker -> broker: false = send me no batches (e.g. PostgreSQL down)
+};
 struct Disconnect {
     std::string reason;
 };
@@ -188,7 +208,8 @@ std::string encode(const Error&);
 std::string encode(const Ready&);
 std::string encode(const Batch&);
 // The same body as encode(Batch) from messages owned elsewhere (no copies).
-std::string encode_batch(uint64_t batch, const std::vector<const Message*>& msgs);
+std::string encode_batch(uint64_t batch, const std::vector<const Message*>& msgs,
+                         const std::vector<uint32_t>& attempts, uint32_t max_attempts);
 std::string encode(const Done&);
 std::string encode(const Heartbeat&);
 std::string encode(const Disconnect&);

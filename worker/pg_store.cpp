@@ -37,6 +37,20 @@ CREATE TABLE IF NOT EXISTS messages (
 CREATE INDEX IF NOT EXISTS messages_conversation_created_idx ON messages (conversation_id, created_at DESC);
 CREATE INDEX IF NOT EXISTS messages_pending_idx ON messages (priority, created_at) WHERE status = 'pending';
 )sql"},
+    {2, R"sql(
+CREATE TABLE IF NOT EXISTS dead_letters (
+  id              UUID PRIMARY KEY,
+  conversation_id TEXT        NOT NULL,
+  user_id         TEXT        NOT NULL,
+  content         TEXT        NOT NULL,   -- normalized
+  priority        SMALLINT    NOT NULL,
+  created_at      TIMESTAMPTZ NOT NULL,
+  reason          TEXT        NOT NULL,   -- the last failure
+  attempts        INTEGER     NOT NULL,
+  dead_at         TIMESTAMPTZ NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS dead_letters_dead_at_idx ON dead_letters (dead_at DESC);
+)sql"},
 };
 constexpr long kMigrationLockKey = 0x6c6c6d71;  // "llmq"
 
@@ -112,7 +126,12 @@ void array_quote(std::string& out, std::string_view s) {
     out.push_back('"');
 }
 
-PgStore::PgStore(std::string url, PersistMethod method) : url_(std::move(url)), method_(method) {}
+PgStore::PgStore(std::string url, PersistMethod method) : url_(std::move(url)), method_(method) {
+    // Fail fast rather than hang when PostgreSQL is unreachable: the worker then
+    // hands its batch back and probes with back-off.
+    if (url_.find("connect_timeout") == std::string::npos && url_.rfind("postgres", 0) == 0)
+        url_ += (url_.find('?') == std::string::npos ? "?" : "&") + std::string("connect_timeout=5");
+}
 PgStore::~PgStore() = default;
 
 pqxx::connection& PgStore::conn() {
@@ -125,19 +144,47 @@ pqxx::connection& PgStore::conn() {
     return *conn_;
 }
 
+StoreStatus PgStore::failure(const char* what, std::exception_ptr ep) {
+    std::string msg;
+    bool unavailable = false;
+    try {
+        std::rethrow_exception(ep);
+    } catch (const pqxx::broken_connection& e) {
+        unavailable = true;
+        msg = std::string("connection to PostgreSQL lost: ") + e.what();
+    } catch (const pqxx::in_doubt_error& e) {
+        // The commit may or may not have happened: redelivery and ON CONFLICT settle it.
+        unavailable = true;
+        msg = std::string("commit outcome unknown: ") + e.what();
+    } catch (const pqxx::sql_error& e) {
+        // Connection exceptions (08), operator intervention such as a shutdown
+        // (57P), insufficient resources (53) and transaction rollbacks from
+        // concurrency (40) say nothing about the data.
+        std::string state = e.sqlstate();
+        unavailable = state.rfind("08", 0) == 0 || state.rfind("57P", 0) == 0 || state.rfind("53", 0) == 0 ||
+                      state.rfind("40", 0) == 0;
+        msg = e.what();
+    } catch (const std::exception& e) {
+        msg = e.what();
+    }
+    // PostgreSQL's first line is the error; CONTEXT lines echo row data (long).
+    if (auto nl = msg.find('\n'); nl != std::string::npos) msg.resize(nl);
+    while (!msg.empty() && msg.back() == ' ') msg.pop_back();
+    if (!conn_ || !conn_->is_open() || unavailable) conn_.reset();  // reconnect on the next call
+    StoreStatus st;
+    st.ok = false;
+    st.unavailable = unavailable;
+    st.error = std::string(what) + ": " + msg;
+    return st;
+}
+
 template <class F>
 StoreStatus PgStore::guarded(const char* what, F&& body) {
     try {
         body();
         return {};
-    } catch (const pqxx::broken_connection& e) {
-        conn_.reset();  // reconnect on the next call
-        return {false, std::string(what) + ": connection to PostgreSQL lost: " + e.what()};
-    } catch (const std::exception& e) {
-        std::string msg = e.what();
-        while (!msg.empty() && (msg.back() == '\n' || msg.back() == ' ')) msg.pop_back();
-        if (conn_ && !conn_->is_open()) conn_.reset();
-        return {false, std::string(what) + ": " + msg};
+    } catch (...) {
+        return failure(what, std::current_exception());
     }
 }
 
@@ -253,12 +300,8 @@ StoreStatus PgStore::persist(const std::vector<const StoredMessage*>& rows, std:
         return {};
     } catch (const pqxx::unique_violation&) {
         ++conflict_fallbacks_;
-    } catch (const pqxx::broken_connection& e) {
-        conn_.reset();
-        return {false, std::string("persist: connection to PostgreSQL lost: ") + e.what()};
-    } catch (const std::exception& e) {
-        if (conn_ && !conn_->is_open()) conn_.reset();
-        return {false, std::string("persist: ") + e.what()};
+    } catch (...) {
+        return failure("persist", std::current_exception());
     }
     return guarded("persist", [&] { persist_copy(rows, true, inserted); });
 }
@@ -324,6 +367,53 @@ StoreStatus PgStore::get_many(const std::vector<MessageId>& ids, std::vector<Sto
         auto res = txn.exec_params(std::string("SELECT ") + kSelectColumns + " FROM messages WHERE id = ANY($1::uuid[])", arr);
         out.reserve(res.size());
         for (const auto& r : res) out.push_back(read_row(r));
+    });
+}
+
+StoreStatus PgStore::ping() {
+    return guarded("ping", [&] { pqxx::nontransaction(conn()).exec("SELECT 1"); });
+}
+
+StoreStatus PgStore::dead_letter(const std::vector<DeadLetterRow>& rows) {
+    if (rows.empty()) return {};
+    return guarded("dead_letter", [&] {
+        pqxx::work txn(conn());
+        for (const auto& d : rows) {
+            std::string created;
+            append_timestamp(created, d.msg->created_at_us, TimeFormat::postgres);
+            txn.exec_params(
+                "INSERT INTO dead_letters (id, conversation_id, user_id, content, priority, created_at, reason, attempts) "
+                "VALUES ($1::uuid, $2, $3, $4, $5, $6::timestamptz, $7, $8) "
+                "ON CONFLICT (id) DO UPDATE SET reason = EXCLUDED.reason, attempts = EXCLUDED.attempts, dead_at = now()",
+                uuid_to_string(d.msg->id), d.msg->conversation_id, d.msg->user_id, d.msg->content,
+                static_cast<int>(d.msg->priority), created, d.reason, static_cast<int>(d.attempts));
+        }
+        txn.commit();
+    });
+}
+
+StoreStatus PgStore::list_dead_letters(uint32_t limit, std::vector<DeadLetterEntry>& out) {
+    out.clear();
+    return guarded("dead_letters", [&] {
+        pqxx::read_transaction txn(conn());
+        auto res = txn.exec_params(
+            "SELECT id::text, conversation_id, user_id, content, priority, "
+            "(extract(epoch from created_at) * 1000000)::bigint, reason, attempts, "
+            "(extract(epoch from dead_at) * 1000000)::bigint FROM dead_letters ORDER BY dead_at DESC, id LIMIT $1",
+            limit);
+        for (const auto& r : res) {
+            DeadLetterEntry e;
+            if (auto id = uuid_from_string(r[0].c_str())) e.msg.id = *id;
+            e.msg.conversation_id = r[1].c_str();
+            e.msg.user_id = r[2].c_str();
+            e.msg.content = r[3].c_str();
+            e.msg.priority = static_cast<Priority>(r[4].as<int>());
+            e.msg.created_at_us = r[5].as<int64_t>();
+            e.reason = r[6].c_str();
+            e.attempts = r[7].as<uint32_t>();
+            e.dead_at_us = r[8].as<int64_t>();
+            out.push_back(std::move(e));
+        }
     });
 }
 

@@ -2,6 +2,7 @@
 // migrations, bulk idempotent persistence (COPY, or INSERT … unnest), queries.
 #pragma once
 
+#include <exception>
 #include <memory>
 #include <string>
 
@@ -26,6 +27,9 @@ public:
                         std::vector<StoredMessage>& out) override;
     StoreStatus get(const MessageId& id, std::optional<StoredMessage>& out) override;
     StoreStatus get_many(const std::vector<MessageId>& ids, std::vector<StoredMessage>& out) override;
+    StoreStatus ping() override;
+    StoreStatus dead_letter(const std::vector<DeadLetterRow>& rows) override;
+    StoreStatus list_dead_letters(uint32_t limit, std::vector<DeadLetterEntry>& out) override;
 
     // How many batches took the slower duplicate-tolerant path (for tests/metrics).
     uint64_t conflict_fallbacks() const { return conflict_fallbacks_; }
@@ -34,6 +38,9 @@ private:
     pqxx::connection& conn();  // connects (again) when needed; throws on failure
     template <class F>
     StoreStatus guarded(const char* what, F&& body);
+    // Turns an exception from libpqxx into a status, telling whether the database
+    // itself was unavailable.
+    StoreStatus failure(const char* what, std::exception_ptr ep);
     // Both fill `inserted`; copy with staged=false inserts all or throws unique_violation.
     void persist_copy(const std::vector<const StoredMessage*>& rows, bool staged, std::vector<bool>& inserted);
     void persist_unnest(const std::vector<const StoredMessage*>& rows, std::vector<bool>& inserted);

@@ -14,7 +14,24 @@ namespace llmq::worker {
 // Errors from the database are caught in the adapter and returned as values.
 struct StoreStatus {
     bool ok = true;
+    // The database could not be used at all (connection lost or refused, shutting
+    // down, out of resources): nothing about the data. Otherwise a failure is
+    // about what was being stored.
+    bool unavailable = false;
     std::string error;  // what failed, for logs and for the client's reason
+};
+
+// A message given up on after failing to be stored max_attempts times.
+struct DeadLetterRow {
+    const StoredMessage* msg = nullptr;
+    std::string reason;
+    uint32_t attempts = 0;
+};
+struct DeadLetterEntry {
+    StoredMessage msg;
+    std::string reason;
+    uint32_t attempts = 0;
+    int64_t dead_at_us = 0;
 };
 
 class Store {
@@ -35,6 +52,12 @@ public:
     virtual StoreStatus history(const std::string& conversation, const std::optional<MessageId>& after,
                                 uint32_t limit, std::vector<StoredMessage>& out) = 0;
     virtual StoreStatus get(const MessageId& id, std::optional<StoredMessage>& out) = 0;
+    // Cheap round trip: is the database usable now?
+    virtual StoreStatus ping() = 0;
+    // Records messages in dead_letters (idempotent on id: a repeat updates reason/attempts).
+    virtual StoreStatus dead_letter(const std::vector<DeadLetterRow>& rows) = 0;
+    // The most recent dead letters, newest first.
+    virtual StoreStatus list_dead_letters(uint32_t limit, std::vector<DeadLetterEntry>& out) = 0;
     // The stored rows among `ids` (any order; missing ids are absent).
     virtual StoreStatus get_many(const std::vector<MessageId>& ids, std::vector<StoredMessage>& out) = 0;
 };

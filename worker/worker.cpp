@@ -118,9 +118,17 @@ proto::Done Worker::process_batch(const proto::Batch& batch) {
     std::vector<bool> known;
     bool marked = cache_->before_commit(convs, token, known);
     std::vector<bool> inserted;
+    std::vector<bool> stored(rows.size(), true);
     StoreStatus st = store_->persist(rows, inserted);
-    if (!st.ok) {
-        spdlog::error("batch {}: {} messages not stored: {}", batch.batch, rows.size(), st.error);
+    if (!st.ok && !st.unavailable) {
+        // Something in the batch fails (PostgreSQL itself is fine): store the
+        // messages one by one to find which, so batch-mates are not held back.
+        spdlog::warn("batch {}: {}; storing its {} messages one by one", batch.batch, st.error, rows.size());
+        st = isolate(batch, valid, rows, inserted, stored, done);
+    }
+    if (!st.ok) {  // PostgreSQL unavailable: hand the whole batch back
+        spdlog::error("batch {}: {} messages handed back: {}", batch.batch, rows.size(), st.error);
+        set_healthy(false, st.error);
         if (marked) cache_->abandon(convs, token);
         for (size_t i : valid) {
             done.results[i].status = Status::storage_error;
@@ -130,14 +138,90 @@ proto::Done Worker::process_batch(const proto::Batch& batch) {
         return done;
     }
     std::vector<MessageId> already;  // stored before (a retry or redelivery)
+    size_t kept = 0;
     for (size_t k = 0; k < valid.size(); ++k) {
+        if (!stored[k]) continue;
         if (!inserted[k]) already.push_back(rows[k]->id);
         done.results[valid[k]].status = Status::ok;
+        // Compact to the stored rows for the cache.
+        rows[kept] = rows[k];
+        conv_of[kept] = conv_of[k];
+        inserted[kept] = inserted[k];
+        ++kept;
     }
-    counters_.persisted += valid.size();
+    rows.resize(kept);
+    conv_of.resize(kept);
+    inserted.resize(kept);
+    counters_.persisted += kept;
     counters_.duplicates += already.size();
     if (marked) write_cache(convs, conv_index, conv_of, rows, inserted, known, already, token);
     return done;
+}
+
+StoreStatus Worker::isolate(const proto::Batch& batch, const std::vector<size_t>& valid,
+                            const std::vector<const StoredMessage*>& rows, std::vector<bool>& inserted,
+                            std::vector<bool>& stored, proto::Done& done) {
+    // Bisect: a half that stores is done in one transaction; a failing half is
+    // split again, so k bad messages in n cost O(k log n) transactions.
+    std::vector<std::pair<size_t, std::string>> failed;  // row index, error
+    std::vector<bool> sub_inserted;
+    std::vector<std::pair<size_t, size_t>> todo{{0, rows.size()}};
+    inserted.assign(rows.size(), false);
+    while (!todo.empty()) {
+        auto [begin, end] = todo.back();
+        todo.pop_back();
+        std::vector<const StoredMessage*> part(rows.begin() + static_cast<long>(begin), rows.begin() + static_cast<long>(end));
+        StoreStatus st = store_->persist(part, sub_inserted);
+        if (st.ok) {
+            for (size_t k = begin; k < end; ++k) inserted[k] = sub_inserted[k - begin];
+            continue;
+        }
+        if (st.unavailable) return st;
+        if (end - begin == 1) {
+            failed.emplace_back(begin, st.error);
+            continue;
+        }
+        size_t mid = begin + (end - begin) / 2;
+        todo.emplace_back(mid, end);
+        todo.emplace_back(begin, mid);
+    }
+    std::vector<DeadLetterRow> dead;
+    std::vector<size_t> dead_k;
+    for (auto& [k, error] : failed) {
+        stored[k] = false;
+        size_t i = valid[k];
+        uint32_t attempt = i < batch.attempts.size() ? batch.attempts[i] : 1;
+        if (attempt >= batch.max_attempts) {
+            dead.push_back({rows[k], error, attempt});
+            dead_k.push_back(k);
+            continue;
+        }
+        done.results[i].status = Status::persist_failed;
+        done.results[i].reason = error;
+        ++counters_.failed;
+        spdlog::warn("message {} failed (attempt {} of {}): {}", uuid_to_string(rows[k]->id), attempt,
+                     batch.max_attempts, error);
+    }
+    if (dead.empty()) return {};
+    StoreStatus st = store_->dead_letter(dead);
+    if (!st.ok) return st;  // retried when PostgreSQL is back
+    for (size_t d = 0; d < dead.size(); ++d) {
+        size_t i = valid[dead_k[d]];
+        done.results[i].status = Status::dead_lettered;
+        done.results[i].reason = "dead_lettered after " + std::to_string(dead[d].attempts) + " attempts: " + dead[d].reason;
+        ++counters_.dead_lettered;
+        spdlog::error("message {} dead-lettered after {} attempts: {}", uuid_to_string(dead[d].msg->id),
+                      dead[d].attempts, dead[d].reason);
+    }
+    return {};
+}
+
+void Worker::set_healthy(bool healthy, const std::string& why) {
+    if (healthy == healthy_) return;
+    healthy_ = healthy;
+    if (healthy) spdlog::info("PostgreSQL is reachable again; taking batches");
+    else spdlog::error("unhealthy ({}); handing batches back and probing PostgreSQL", why);
+    health_changed_ = true;
 }
 
 void Worker::write_cache(const std::vector<std::string_view>& convs,
@@ -221,6 +305,29 @@ proto::Reply Worker::answer_query(const proto::Query& q) {
         }
         return r;
     }
+    if (q.kind == proto::QueryKind::dead_letters) {
+        r.source = "db";
+        std::vector<DeadLetterEntry> entries;
+        auto st = store_->list_dead_letters(q.limit, entries);
+        if (!st.ok) {
+            r.status = Status::storage_error;
+            r.reason = st.error;
+        }
+        for (auto& e : entries) {
+            proto::DeadLetter d;
+            d.msg.id = e.msg.id;
+            d.msg.conversation_id = std::move(e.msg.conversation_id);
+            d.msg.user_id = std::move(e.msg.user_id);
+            d.msg.content = std::move(e.msg.content);
+            d.msg.priority = e.msg.priority;
+            d.msg.created_at_us = e.msg.created_at_us;
+            d.reason = std::move(e.reason);
+            d.attempts = e.attempts;
+            d.dead_at_us = e.dead_at_us;
+            r.dead_letters.push_back(std::move(d));
+        }
+        return r;
+    }
     if (auto hit = cache_->get(q.id)) {
         ++counters_.cache_hits;
         r.source = "cache";
@@ -300,11 +407,27 @@ void Worker::handle(Incoming& in) {
     }
 }
 
+proto::Done Worker::hand_back(const proto::Batch& batch, const std::string& why) {
+    proto::Done done;
+    done.batch = batch.batch;
+    for (const auto& m : batch.msgs) done.results.push_back({m.id, Status::storage_error, why});
+    return done;
+}
+
+void Worker::flush_health(int64_t& next_hb) {
+    int64_t now = steady_now_ns();
+    if (now < next_hb) return;
+    send(Command::heartbeat, proto::encode(proto::Heartbeat{healthy_}));
+    health_changed_ = false;
+    next_hb = now + int64_t{cfg_.heartbeat_ms} * kMs;
+}
+
 void Worker::run(const std::atomic<bool>& stop) {
     connect();
     spdlog::info("worker {} connected to {} with credit {}", info_.id, cfg_.broker, cfg_.credit);
-    const std::string hb = proto::encode(proto::Heartbeat{});
     int64_t next_hb = steady_now_ns() + int64_t{cfg_.heartbeat_ms} * kMs;
+    int64_t next_probe = 0;
+    int probe_backoff_ms = 100;
     int backoff_ms = 100;
     Incoming in;
     while (!stop.load(std::memory_order_relaxed)) {
@@ -322,18 +445,35 @@ void Worker::run(const std::atomic<bool>& stop) {
             backoff_ms = 100;
             handle(in);
         }
-        if (!backlog_.empty()) {
+        if (!healthy_) {
+            // Batches that reached us anyway go straight back (not counted as attempts).
+            while (!backlog_.empty()) {
+                send(Command::done, proto::encode(hand_back(backlog_.front(), "worker unhealthy: PostgreSQL unavailable")));
+                backlog_.pop_front();
+            }
+            if (steady_now_ns() >= next_probe) {
+                if (store_->ping().ok) {
+                    set_healthy(true, {});
+                    probe_backoff_ms = 100;
+                } else {
+                    next_probe = steady_now_ns() + int64_t{probe_backoff_ms} * kMs;
+                    probe_backoff_ms = std::min(probe_backoff_ms * 2, 5000);
+                }
+            }
+        } else if (!backlog_.empty()) {
             proto::Batch batch = std::move(backlog_.front());
             backlog_.pop_front();
-            send(Command::done, proto::encode(process_batch(batch)));
+            proto::Done done = process_batch(batch);
+            if (health_changed_) next_hb = 0;  // tell the broker before it gets the batch back
+            flush_health(next_hb);
+            send(Command::done, proto::encode(done));
         }
-        run_repairs(16);
+        if (healthy_) run_repairs(16);
+        if (health_changed_) next_hb = 0;
+        flush_health(next_hb);
         int64_t now = steady_now_ns();
-        if (now >= next_hb) {
-            send(Command::heartbeat, hb);
-            next_hb = now + int64_t{cfg_.heartbeat_ms} * kMs;
-        }
         if (now - last_heard_ns_ > int64_t{cfg_.heartbeat_ms} * cfg_.liveness * kMs) {
+            health_changed_ = true;  // re-announce health after registering again
             spdlog::warn("broker silent for {} ms; reconnecting in {} ms", (now - last_heard_ns_) / kMs, backoff_ms);
             sock_->set(zmq::sockopt::linger, 0);
             sock_.reset();

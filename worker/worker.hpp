@@ -42,7 +42,7 @@ struct WorkerConfig {
 void add_worker_options(CLI::App& app, WorkerConfig& cfg);
 
 struct WorkerCounters {
-    uint64_t batches = 0, persisted = 0, rejected = 0, failed = 0, duplicates = 0;
+    uint64_t batches = 0, persisted = 0, rejected = 0, failed = 0, duplicates = 0, dead_lettered = 0;
     uint64_t cache_hits = 0, cache_misses = 0, cache_repairs = 0, queries = 0;
 };
 
@@ -66,6 +66,12 @@ private:
     void connect();
     void send(proto::Command cmd, const std::string& body);
     void handle(Incoming& in);
+    StoreStatus isolate(const proto::Batch& batch, const std::vector<size_t>& valid,
+                        const std::vector<const StoredMessage*>& rows, std::vector<bool>& inserted,
+                        std::vector<bool>& stored, proto::Done& done);
+    void set_healthy(bool healthy, const std::string& why);
+    proto::Done hand_back(const proto::Batch& batch, const std::string& why);
+    void flush_health(int64_t& next_hb);  // heartbeat now if due
     void write_cache(const std::vector<std::string_view>& convs,
                      const std::unordered_map<std::string_view, size_t>& conv_index, const std::vector<size_t>& conv_of,
                      std::vector<const StoredMessage*>& rows, const std::vector<bool>& inserted,
@@ -90,6 +96,8 @@ private:
     WorkerCounters counters_;
     std::vector<StoredMessage> rows_buf_;  // reused across batches
     uint64_t write_seq_ = 0;               // makes each cache write token unique
+    bool healthy_ = true;                  // false while PostgreSQL is unavailable
+    bool health_changed_ = false;          // the broker must hear about it
 };
 
 }  // namespace llmq::worker

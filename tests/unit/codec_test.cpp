@@ -302,11 +302,47 @@ TEST(CodecRoundTrip, Batch) {
 }
 
 TEST(CodecRoundTrip, EncodeBatchFromPointersEqualsEncodeBatch) {
-    Batch in{1234, sample_push().msgs};
+    Batch in{1234, sample_push().msgs, {}, 5};
     std::vector<const Message*> ptrs;
     for (const auto& m : in.msgs) ptrs.push_back(&m);
-    EXPECT_EQ(encode_batch(in.batch, ptrs), encode(in));
-    EXPECT_EQ(encode_batch(5, {}), encode(Batch{5, {}}));
+    EXPECT_EQ(encode_batch(in.batch, ptrs, {}, 5), encode(in));
+    EXPECT_EQ(encode_batch(5, {}, {}, 5), encode(Batch{5, {}, {}, 5}));
+}
+
+TEST(CodecRoundTrip, BatchCarriesAttemptsAndMaxAttempts) {
+    Batch in{7, sample_push().msgs, {}, 9};
+    for (size_t i = 0; i < in.msgs.size(); ++i) in.attempts.push_back(static_cast<uint32_t>(i + 1));
+    Batch out = must(decode_batch(encode(in)));
+    EXPECT_EQ(out.max_attempts, 9u);
+    EXPECT_EQ(out.attempts, in.attempts);
+    in.attempts.pop_back();  // one per message, or none
+    EXPECT_EQ(must_fail(decode_batch(encode(in))).status, Status::bad_field);
+}
+
+TEST(CodecRoundTrip, HeartbeatHealthAndDeadLetterQueries) {
+    EXPECT_TRUE(must(decode_heartbeat(encode(Heartbeat{}))).healthy);
+    EXPECT_FALSE(must(decode_heartbeat(encode(Heartbeat{false}))).healthy);
+    Query q;
+    q.req = 3;
+    q.kind = QueryKind::dead_letters;
+    q.limit = 20;
+    Query out = must(decode_query(encode(q), Command::query));
+    EXPECT_EQ(out.kind, QueryKind::dead_letters);
+    EXPECT_EQ(out.limit, 20u);
+    Reply r;
+    r.req = 4;
+    DeadLetter d;
+    d.msg = sample_push().msgs[0];
+    d.reason = "poison";
+    d.attempts = 5;
+    d.dead_at_us = 1'700'000'000'000'000;
+    r.dead_letters.push_back(d);
+    Reply rout = must(decode_reply(encode(r)));
+    ASSERT_EQ(rout.dead_letters.size(), 1u);
+    EXPECT_EQ(rout.dead_letters[0].reason, "poison");
+    EXPECT_EQ(rout.dead_letters[0].attempts, 5u);
+    EXPECT_EQ(rout.dead_letters[0].dead_at_us, d.dead_at_us);
+    EXPECT_EQ(fields(rout.dead_letters[0].msg), fields(d.msg));
 }
 
 TEST(CodecRoundTrip, Done) {
@@ -317,10 +353,9 @@ TEST(CodecRoundTrip, Done) {
     for (size_t i = 0; i < 2; ++i) EXPECT_EQ(fields(out.results[i]), fields(in.results[i]));
 }
 
-TEST(CodecRoundTrip, HeartbeatIsAnEmptyMap) {
-    std::string body = encode(Heartbeat{});
-    EXPECT_EQ(body, "\x80"s);
-    EXPECT_TRUE(std::holds_alternative<Heartbeat>(decode_heartbeat(body)));
+TEST(CodecRoundTrip, AnEmptyHeartbeatMeansHealthy) {
+    // Older or minimal peers send an empty map: that is a healthy heartbeat.
+    EXPECT_TRUE(must(decode_heartbeat("\x80"s)).healthy);
 }
 
 TEST(CodecRoundTrip, Disconnect) {
