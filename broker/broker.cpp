@@ -220,6 +220,7 @@ void Broker::on_push(Incoming& in, int64_t now) {
         }
         if (m.expires_at_us && m.expires_at_us <= now_us) {
             ack.results.push_back({m.id, Status::expired, "expired before it was queued"});
+            ++expired_;
             continue;
         }
         int lane = static_cast<int>(m.priority);
@@ -307,11 +308,14 @@ void Broker::on_backend(Incoming& in, int64_t now) {
     switch (cmd) {
         case Command::heartbeat: {
             auto hb = proto::decode_heartbeat(in.data());
-            if (auto* h = std::get_if<proto::Heartbeat>(&hb); h && h->healthy != w->healthy) {
+            auto* h = std::get_if<proto::Heartbeat>(&hb);
+            if (!h) break;
+            if (h->healthy != w->healthy) {
                 w->healthy = h->healthy;
                 if (w->healthy) spdlog::info("worker {} is healthy again; it gets batches", w->info.id);
                 else spdlog::warn("worker {} reports itself unhealthy; no batches for it until it recovers", w->info.id);
             }
+            if (h->metrics) absorb_worker_metrics(*w, std::move(*h->metrics));
             break;
         }
         case Command::done: on_done(in, *w, now); break;
@@ -337,8 +341,18 @@ void Broker::on_ready(Incoming& in, int64_t now) {
                      w.info.host, w.info.pid, w.credit, workers_.size());
 }
 
+void Broker::count_reason(const proto::Outcome& r) {
+    // The label is the stable code before ':' of a rejection, else the status name.
+    std::string code;
+    if (r.status == Status::rejected) {
+        auto colon = r.reason.find(':');
+        code = r.reason.substr(0, std::min<size_t>(colon, 48));
+    }
+    if (code.empty()) code = proto::status_name(r.status);
+    ++rejected_by_reason_[code];
+}
+
 void Broker::on_done(Incoming& in, WorkerEntry& w, int64_t now) {
-    (void)now;
     auto decoded = proto::decode_done(in.data());
     if (auto* err = std::get_if<proto::DecodeError>(&decoded)) {
         ++bad_frames_;
@@ -383,9 +397,17 @@ void Broker::on_done(Incoming& in, WorkerEntry& w, int64_t now) {
             retry.push_back(std::move(item));
             continue;
         }
-        if (r.status == Status::ok) ++persisted_;
-        else if (r.status == Status::dead_lettered) ++dead_lettered_;
-        else ++rejected_;
+        if (r.status == Status::ok) {
+            ++persisted_;
+            int lane = static_cast<int>(item.msg.priority);
+            ++persisted_by_lane_[lane];
+            if (item.ack == proto::AckMode::persisted)
+                latency_us_[lane].record(static_cast<uint64_t>(std::max<int64_t>(0, now - item.received_ns) / 1000));
+        } else {
+            if (r.status == Status::dead_lettered) ++dead_lettered_;
+            else ++rejected_;
+            count_reason(r);
+        }
         finished.push_back(std::move(item));
         outcomes.push_back(std::move(r));
     }
@@ -409,6 +431,23 @@ void Broker::on_reply(Incoming& in, int64_t now) {
     std::string client = std::move(it->second.client);
     queries_.erase(it);
     send_client(client, Command::reply, proto::encode(reply));
+}
+
+void Broker::absorb_worker_metrics(WorkerEntry& w, proto::WorkerMetrics m) {
+    // Cluster totals grow by each report's increment over the worker's previous
+    // one, so they stay monotonic when workers come and go.
+    const proto::WorkerMetrics& prev = w.metrics;
+    auto delta = [](uint64_t now, uint64_t before) { return now >= before ? now - before : now; };
+    db_errors_ += delta(m.db_errors, prev.db_errors);
+    redis_errors_ += delta(m.redis_errors, prev.redis_errors);
+    cache_read_hits_ += delta(m.cache_read_hits, prev.cache_read_hits);
+    cache_read_misses_ += delta(m.cache_read_misses, prev.cache_read_misses);
+    cache_writes_ += delta(m.cache_writes, prev.cache_writes);
+    cache_write_errors_ += delta(m.cache_write_errors, prev.cache_write_errors);
+    metrics::Histogram inc = m.persist_us;
+    if (!inc.subtract(prev.persist_us)) inc = m.persist_us;
+    persist_us_.merge(inc);
+    w.metrics = std::move(m);
 }
 
 void Broker::send_acks(std::vector<Pending>& items, const std::vector<proto::Outcome>* outcomes,
@@ -451,7 +490,10 @@ void Broker::dispatch(int64_t now) {
             else if (keep++ != i) batch_buf_[keep - 1] = std::move(p);  // never self-move
         }
         batch_buf_.resize(keep);
-        if (!expired.empty()) send_acks(expired, nullptr, Status::expired, "expired before dispatch");
+        if (!expired.empty()) {
+            expired_ += expired.size();
+            send_acks(expired, nullptr, Status::expired, "expired before dispatch");
+        }
         if (batch_buf_.empty()) continue;
         std::vector<uint32_t> attempts;
         attempts.reserve(batch_buf_.size());
@@ -467,6 +509,7 @@ void Broker::dispatch(int64_t now) {
             continue;
         }
         for (auto& p : batch_buf_) ++dispatched_[static_cast<int>(p.msg.priority)];
+        batch_size_.record(batch_buf_.size());
         w->inflight.insert(id);
         workers_.mark_dispatched(*w);
         inflight_.emplace(id, InflightBatch{w->routing_id, std::move(batch_buf_)});
@@ -532,8 +575,22 @@ void Broker::expire_queries(int64_t now) {
 proto::Stats Broker::snapshot(int64_t now) const {
     proto::Stats s;
     s.uptime_ms = (now - started_ns_) / kMs;
-    for (int i = 0; i < kPriorityCount; ++i)
-        s.lanes[i] = {lanes_.depth(i), lanes_.capacity(i), received_[i], dispatched_[i], busy_[i]};
+    for (int i = 0; i < kPriorityCount; ++i) {
+        int64_t age = lanes_.empty(i) ? 0 : (now - lanes_.head_received_ns(i)) / kMs;
+        s.lanes[i] = {lanes_.depth(i), lanes_.capacity(i), received_[i], dispatched_[i], busy_[i],
+                      persisted_by_lane_[i], age};
+        s.latency_us[i] = latency_us_[i];
+    }
+    s.expired = expired_;
+    s.rejected_by_reason.assign(rejected_by_reason_.begin(), rejected_by_reason_.end());
+    s.db_errors = db_errors_;
+    s.redis_errors = redis_errors_;
+    s.cache_read_hits = cache_read_hits_;
+    s.cache_read_misses = cache_read_misses_;
+    s.cache_writes = cache_writes_;
+    s.cache_write_errors = cache_write_errors_;
+    s.batch_size = batch_size_;
+    s.persist_us = persist_us_;
     s.persisted = persisted_;
     s.rejected = rejected_;
     s.dead_lettered = dead_lettered_;
@@ -543,7 +600,8 @@ proto::Stats Broker::snapshot(int64_t now) const {
     s.bad_frames = bad_frames_;
     s.unroutable = unroutable_;
     for (const auto& [id, w] : workers_.all())
-        s.workers.push_back({w.info.id, w.info.host, w.info.pid, w.inflight.size(), w.credit, w.batches_done, w.healthy});
+        s.workers.push_back(
+            {w.info.id, w.info.host, w.info.pid, w.inflight.size(), w.credit, w.batches_done, w.healthy, w.metrics});
     return s;
 }
 

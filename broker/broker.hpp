@@ -4,6 +4,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <string>
 #include <unordered_map>
@@ -79,6 +80,8 @@ private:
     void on_ready(Incoming& in, int64_t now);
     void on_done(Incoming& in, WorkerEntry& w, int64_t now);
     void on_reply(Incoming& in, int64_t now);
+    void count_reason(const proto::Outcome& r);
+    void absorb_worker_metrics(WorkerEntry& w, proto::WorkerMetrics m);
     void dispatch(int64_t now);
     void heartbeat_and_reap(int64_t now);
     void expire_queries(int64_t now);
@@ -110,6 +113,12 @@ private:
 
     // counters
     std::array<uint64_t, kPriorityCount> received_{}, dispatched_{}, busy_{};
+    std::array<uint64_t, kPriorityCount> persisted_by_lane_{};
+    std::array<metrics::Histogram, kPriorityCount> latency_us_;
+    metrics::Histogram batch_size_, persist_us_;
+    std::map<std::string, uint64_t> rejected_by_reason_;
+    uint64_t expired_ = 0, db_errors_ = 0, redis_errors_ = 0;
+    uint64_t cache_read_hits_ = 0, cache_read_misses_ = 0, cache_writes_ = 0, cache_write_errors_ = 0;
     uint64_t persisted_ = 0, rejected_ = 0, dead_lettered_ = 0, redeliveries_ = 0, bad_frames_ = 0, unroutable_ = 0;
 };
 

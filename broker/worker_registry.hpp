@@ -21,6 +21,7 @@ struct WorkerEntry {
     uint64_t batches_done = 0;
     uint64_t dispatch_seq = 0;  // when it last got work, for round robin among equals
     bool healthy = true;        // false: it said it cannot store now (no batches for it)
+    proto::WorkerMetrics metrics;  // its last report
 
     bool has_credit() const { return healthy && inflight.size() < credit; }
 };

@@ -263,48 +263,116 @@ int run_dead_letters(const Global& g, uint32_t limit, bool as_json) {
     return kExitOk;
 }
 
+json histogram_json(const metrics::Histogram& h, double scale) {
+    return {{"count", h.count()},
+            {"sum", static_cast<double>(h.sum()) * scale},
+            {"p50", h.quantile(0.50) * scale},
+            {"p90", h.quantile(0.90) * scale},
+            {"p99", h.quantile(0.99) * scale},
+            {"p999", h.quantile(0.999) * scale}};
+}
+
+json stats_json(const proto::Stats& s) {
+    json lanes = json::object();
+    json latency = json::object();
+    for (int i = 0; i < kPriorityCount; ++i) {
+        const auto& l = s.lanes[i];
+        std::string name(priority_name(static_cast<Priority>(i)));
+        lanes[name] = {{"depth", l.depth},       {"capacity", l.capacity}, {"received", l.received},
+                       {"dispatched", l.dispatched}, {"busy", l.busy},     {"persisted", l.persisted},
+                       {"oldest_age_ms", l.oldest_age_ms}};
+        latency[name] = histogram_json(s.latency_us[i], 1e-6);
+    }
+    json workers = json::array();
+    for (const auto& w : s.workers) {
+        const auto& m = w.metrics;
+        uint64_t reads = m.cache_read_hits + m.cache_read_misses;
+        workers.push_back({{"id", w.id},
+                           {"host", w.host},
+                           {"pid", w.pid},
+                           {"healthy", w.healthy},
+                           {"inflight_batches", w.inflight_batches},
+                           {"credit", w.credit},
+                           {"batches_done", w.batches_done},
+                           {"uptime_ms", m.uptime_ms},
+                           {"batches", m.batches},
+                           {"persisted", m.persisted},
+                           {"rejected", m.rejected},
+                           {"dead_lettered", m.dead_lettered},
+                           {"duplicates", m.duplicates},
+                           {"db_errors", m.db_errors},
+                           {"redis_errors", m.redis_errors},
+                           {"cache_hit_ratio", reads ? static_cast<double>(m.cache_read_hits) / reads : 0.0},
+                           {"cache_repairs", m.cache_repairs},
+                           {"persist_seconds", histogram_json(m.persist_us, 1e-6)}});
+    }
+    json reasons = json::object();
+    for (const auto& [code, n] : s.rejected_by_reason) reasons[code] = n;
+    return {{"uptime_ms", s.uptime_ms},
+            {"lanes", lanes},
+            {"persisted", s.persisted},
+            {"rejected", s.rejected},
+            {"rejected_by_reason", reasons},
+            {"dead_lettered", s.dead_lettered},
+            {"expired", s.expired},
+            {"redeliveries", s.redeliveries},
+            {"inflight_batches", s.inflight_batches},
+            {"client_connections", s.client_connections},
+            {"bad_frames", s.bad_frames},
+            {"unroutable", s.unroutable},
+            {"db_errors", s.db_errors},
+            {"redis_errors", s.redis_errors},
+            {"cache", {{"read_hits", s.cache_read_hits},
+                       {"read_misses", s.cache_read_misses},
+                       {"writes", s.cache_writes},
+                       {"write_errors", s.cache_write_errors}}},
+            {"latency_seconds", latency},
+            {"batch_size", histogram_json(s.batch_size, 1)},
+            {"batch_persist_seconds", histogram_json(s.persist_us, 1e-6)},
+            {"workers", workers}};
+}
+
 int run_stats(const Global& g, bool as_json) {
     client::Client c(g.broker);
     auto r = c.stats(std::chrono::milliseconds(g.timeout_ms));
     proto::Stats* s = nullptr;
     if (int rc = unwrap<proto::Stats>(r, s); rc >= 0) return rc;
     if (as_json) {
-        json lanes = json::object();
-        for (int i = 0; i < kPriorityCount; ++i) {
-            const auto& l = s->lanes[i];
-            lanes[std::string(priority_name(static_cast<Priority>(i)))] = {
-                {"depth", l.depth}, {"capacity", l.capacity}, {"received", l.received},
-                {"dispatched", l.dispatched}, {"busy", l.busy}};
-        }
-        json workers = json::array();
-        for (const auto& w : s->workers)
-            workers.push_back({{"id", w.id}, {"host", w.host}, {"pid", w.pid}, {"inflight_batches", w.inflight_batches},
-                               {"credit", w.credit}, {"batches_done", w.batches_done}, {"healthy", w.healthy}});
-        json j{{"uptime_ms", s->uptime_ms},       {"lanes", lanes},
-               {"persisted", s->persisted},       {"rejected", s->rejected}, {"dead_lettered", s->dead_lettered},
-               {"redeliveries", s->redeliveries}, {"inflight_batches", s->inflight_batches},
-               {"client_connections", s->client_connections}, {"bad_frames", s->bad_frames},
-               {"unroutable", s->unroutable},     {"workers", workers}};
-        std::printf("%s\n", j.dump().c_str());
+        std::printf("%s\n", stats_json(*s).dump().c_str());
         return kExitOk;
     }
-    std::printf("uptime %.1f s  persisted %llu  rejected %llu  dead-lettered %llu  redeliveries %llu  in-flight batches %llu  clients %llu\n",
+    std::printf("uptime %.1f s  persisted %llu  rejected %llu  dead-lettered %llu  expired %llu  redeliveries %llu  "
+                "in-flight batches %llu  clients %llu\n",
                 s->uptime_ms / 1000.0, (unsigned long long)s->persisted, (unsigned long long)s->rejected,
-                (unsigned long long)s->dead_lettered,
+                (unsigned long long)s->dead_lettered, (unsigned long long)s->expired,
                 (unsigned long long)s->redeliveries, (unsigned long long)s->inflight_batches,
                 (unsigned long long)s->client_connections);
-    std::printf("%-7s %10s %10s %12s %12s %8s\n", "lane", "depth", "capacity", "received", "dispatched", "busy");
+    std::printf("%-7s %9s %9s %11s %11s %11s %8s %9s %9s %9s\n", "lane", "depth", "oldest", "received", "dispatched",
+                "persisted", "busy", "p50 ms", "p99 ms", "p999 ms");
     for (int i = 0; i < kPriorityCount; ++i) {
         const auto& l = s->lanes[i];
-        std::printf("%-7s %10llu %10llu %12llu %12llu %8llu\n", std::string(priority_name(static_cast<Priority>(i))).c_str(),
-                    (unsigned long long)l.depth, (unsigned long long)l.capacity, (unsigned long long)l.received,
-                    (unsigned long long)l.dispatched, (unsigned long long)l.busy);
+        const auto& h = s->latency_us[i];
+        std::printf("%-7s %9llu %7.1fs %11llu %11llu %11llu %8llu %9.1f %9.1f %9.1f\n",
+                    std::string(priority_name(static_cast<Priority>(i))).c_str(), (unsigned long long)l.depth,
+                    l.oldest_age_ms / 1000.0, (unsigned long long)l.received, (unsigned long long)l.dispatched,
+                    (unsigned long long)l.persisted, (unsigned long long)l.busy, h.quantile(0.5) / 1000,
+                    h.quantile(0.99) / 1000, h.quantile(0.999) / 1000);
     }
+    if (!s->rejected_by_reason.empty()) {
+        std::printf("rejected by reason:");
+        for (const auto& [code, n] : s->rejected_by_reason) std::printf(" %s=%llu", code.c_str(), (unsigned long long)n);
+        std::printf("\n");
+    }
+    std::printf("batches: size p50 %.0f p99 %.0f; persist p50 %.1f ms p99 %.1f ms; db errors %llu, redis errors %llu\n",
+                s->batch_size.quantile(0.5), s->batch_size.quantile(0.99), s->persist_us.quantile(0.5) / 1000,
+                s->persist_us.quantile(0.99) / 1000, (unsigned long long)s->db_errors,
+                (unsigned long long)s->redis_errors);
     std::printf("%zu workers\n", s->workers.size());
     for (const auto& w : s->workers)
-        std::printf("  %-32s host %-16s pid %-7lld in flight %llu/%llu  batches %llu%s\n", w.id.c_str(), w.host.c_str(),
-                    (long long)w.pid, (unsigned long long)w.inflight_batches, (unsigned long long)w.credit,
-                    (unsigned long long)w.batches_done, w.healthy ? "" : "  UNHEALTHY (PostgreSQL unavailable)");
+        std::printf("  %-32s host %-16s pid %-7lld in flight %llu/%llu  batches %llu  persisted %llu%s\n", w.id.c_str(),
+                    w.host.c_str(), (long long)w.pid, (unsigned long long)w.inflight_batches,
+                    (unsigned long long)w.credit, (unsigned long long)w.metrics.batches,
+                    (unsigned long long)w.metrics.persisted, w.healthy ? "" : "  UNHEALTHY (PostgreSQL unavailable)");
     return kExitOk;
 }
 

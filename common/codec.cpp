@@ -60,6 +60,32 @@ void pack_stored(Packer& p, const StoredMessage& m) {
     key(p, "persisted_at"), p.pack(m.persisted_at_us);
 }
 
+void pack_histogram(Packer& p, const metrics::Histogram& h) {
+    p.pack_map(3);
+    key(p, "count"), p.pack(h.count());
+    key(p, "sum"), p.pack(h.sum());
+    key(p, "buckets"), p.pack_array(metrics::Histogram::kBuckets);
+    for (uint64_t b : h.buckets()) p.pack(b);
+}
+
+void pack_worker_metrics(Packer& p, const WorkerMetrics& m) {
+    p.pack_map(14);
+    key(p, "uptime_ms"), p.pack(m.uptime_ms);
+    key(p, "batches"), p.pack(m.batches);
+    key(p, "persisted"), p.pack(m.persisted);
+    key(p, "rejected"), p.pack(m.rejected);
+    key(p, "dead_lettered"), p.pack(m.dead_lettered);
+    key(p, "duplicates"), p.pack(m.duplicates);
+    key(p, "db_errors"), p.pack(m.db_errors);
+    key(p, "redis_errors"), p.pack(m.redis_errors);
+    key(p, "cache_read_hits"), p.pack(m.cache_read_hits);
+    key(p, "cache_read_misses"), p.pack(m.cache_read_misses);
+    key(p, "cache_writes"), p.pack(m.cache_writes);
+    key(p, "cache_write_errors"), p.pack(m.cache_write_errors);
+    key(p, "cache_repairs"), p.pack(m.cache_repairs);
+    key(p, "persist_us"), pack_histogram(p, m.persist_us);
+}
+
 void pack_outcomes(Packer& p, const std::vector<Outcome>& results) {
     p.pack_array(static_cast<uint32_t>(results.size()));
     for (const auto& r : results) {
@@ -177,6 +203,44 @@ Priority as_priority(uint64_t v, const std::string& what) {
     if (v >= kPriorityCount)
         fail(Status::bad_field, what + "priority must be 0 (urgent) .. 3 (low)");
     return static_cast<Priority>(v);
+}
+
+metrics::Histogram read_histogram(const msgpack::object& o, const std::string& path) {
+    metrics::Histogram h;
+    Map hm(o, path);
+    std::vector<uint64_t> buckets;
+    const auto& arr = hm.array("buckets");
+    buckets.reserve(arr.size);
+    for (uint32_t i = 0; i < arr.size; ++i) buckets.push_back(Map::as_u64(arr.ptr[i], hm.field("buckets")));
+    if (!h.assign(hm.u64_or("count", 0), hm.u64_or("sum", 0), buckets))
+        fail(Status::bad_field, hm.where() + "expected " + std::to_string(metrics::Histogram::kBuckets) +
+                                    " buckets adding up to count");
+    return h;
+}
+
+metrics::Histogram read_histogram(const Map& m, std::string_view k) {
+    const auto* v = m.find(k);
+    if (!v || v->type == msgpack::type::NIL) return {};
+    return read_histogram(*v, m.path() + "." + std::string(k));
+}
+
+WorkerMetrics read_worker_metrics(const Map& m) {
+    WorkerMetrics w;
+    w.uptime_ms = m.i64_or("uptime_ms", 0);
+    w.batches = m.u64_or("batches", 0);
+    w.persisted = m.u64_or("persisted", 0);
+    w.rejected = m.u64_or("rejected", 0);
+    w.dead_lettered = m.u64_or("dead_lettered", 0);
+    w.duplicates = m.u64_or("duplicates", 0);
+    w.db_errors = m.u64_or("db_errors", 0);
+    w.redis_errors = m.u64_or("redis_errors", 0);
+    w.cache_read_hits = m.u64_or("cache_read_hits", 0);
+    w.cache_read_misses = m.u64_or("cache_read_misses", 0);
+    w.cache_writes = m.u64_or("cache_writes", 0);
+    w.cache_write_errors = m.u64_or("cache_write_errors", 0);
+    w.cache_repairs = m.u64_or("cache_repairs", 0);
+    w.persist_us = read_histogram(m, "persist_us");
+    return w;
 }
 
 Message read_message(const msgpack::object& o, const std::string& path) {
@@ -392,17 +456,19 @@ std::string encode(const Reply& m) {
 }
 std::string encode(const Stats& s) {
     return build([&](Packer& p) {
-        p.pack_map(12);
+        p.pack_map(23);
         key(p, "req"), p.pack(s.req);
         key(p, "uptime_ms"), p.pack(s.uptime_ms);
         key(p, "lanes"), p.pack_array(kPriorityCount);
         for (const auto& l : s.lanes) {
-            p.pack_map(5);
+            p.pack_map(7);
             key(p, "depth"), p.pack(l.depth);
             key(p, "capacity"), p.pack(l.capacity);
             key(p, "received"), p.pack(l.received);
             key(p, "dispatched"), p.pack(l.dispatched);
             key(p, "busy"), p.pack(l.busy);
+            key(p, "persisted"), p.pack(l.persisted);
+            key(p, "oldest_age_ms"), p.pack(l.oldest_age_ms);
         }
         key(p, "persisted"), p.pack(s.persisted);
         key(p, "rejected"), p.pack(s.rejected);
@@ -412,9 +478,10 @@ std::string encode(const Stats& s) {
         key(p, "client_connections"), p.pack(s.client_connections);
         key(p, "bad_frames"), p.pack(s.bad_frames);
         key(p, "unroutable"), p.pack(s.unroutable);
+        key(p, "expired"), p.pack(s.expired);
         key(p, "workers"), p.pack_array(static_cast<uint32_t>(s.workers.size()));
         for (const auto& w : s.workers) {
-            p.pack_map(7);
+            p.pack_map(8);
             key(p, "id"), pack_str(p, w.id);
             key(p, "host"), pack_str(p, w.host);
             key(p, "pid"), p.pack(w.pid);
@@ -422,7 +489,20 @@ std::string encode(const Stats& s) {
             key(p, "credit"), p.pack(w.credit);
             key(p, "batches_done"), p.pack(w.batches_done);
             key(p, "healthy"), p.pack(w.healthy);
+            key(p, "metrics"), pack_worker_metrics(p, w.metrics);
         }
+        key(p, "rejected_by_reason"), p.pack_map(static_cast<uint32_t>(s.rejected_by_reason.size()));
+        for (const auto& [code, n] : s.rejected_by_reason) pack_str(p, code), p.pack(n);
+        key(p, "db_errors"), p.pack(s.db_errors);
+        key(p, "redis_errors"), p.pack(s.redis_errors);
+        key(p, "cache_read_hits"), p.pack(s.cache_read_hits);
+        key(p, "cache_read_misses"), p.pack(s.cache_read_misses);
+        key(p, "cache_writes"), p.pack(s.cache_writes);
+        key(p, "cache_write_errors"), p.pack(s.cache_write_errors);
+        key(p, "latency_us"), p.pack_array(kPriorityCount);
+        for (const auto& h : s.latency_us) pack_histogram(p, h);
+        key(p, "batch_size"), pack_histogram(p, s.batch_size);
+        key(p, "persist_us"), pack_histogram(p, s.persist_us);
     });
 }
 std::string encode(const Error& m) {
@@ -472,8 +552,9 @@ std::string encode(const Done& m) {
 }
 std::string encode(const Heartbeat& h) {
     return build([&](Packer& p) {
-        p.pack_map(1);
+        p.pack_map(h.metrics ? 2 : 1);
         key(p, "healthy"), p.pack(h.healthy);
+        if (h.metrics) key(p, "metrics"), pack_worker_metrics(p, *h.metrics);
     });
 }
 std::string encode(const Disconnect& m) {
@@ -585,8 +666,9 @@ Decoded<Stats> decode_stats(std::string_view body) {
         const auto& lanes = m.array("lanes");
         for (uint32_t i = 0; i < lanes.size && i < kPriorityCount; ++i) {
             Map l(lanes.ptr[i], "lanes[" + std::to_string(i) + "]");
-            s.lanes[i] = {l.u64_or("depth", 0), l.u64_or("capacity", 0), l.u64_or("received", 0),
-                          l.u64_or("dispatched", 0), l.u64_or("busy", 0)};
+            s.lanes[i] = {l.u64_or("depth", 0),     l.u64_or("capacity", 0),  l.u64_or("received", 0),
+                          l.u64_or("dispatched", 0), l.u64_or("busy", 0),      l.u64_or("persisted", 0),
+                          l.i64_or("oldest_age_ms", 0)};
         }
         s.persisted = m.u64_or("persisted", 0);
         s.rejected = m.u64_or("rejected", 0);
@@ -596,16 +678,42 @@ Decoded<Stats> decode_stats(std::string_view body) {
         s.client_connections = m.u64_or("client_connections", 0);
         s.bad_frames = m.u64_or("bad_frames", 0);
         s.unroutable = m.u64_or("unroutable", 0);
+        s.expired = m.u64_or("expired", 0);
         if (const auto* v = m.find("workers"); v && v->type == msgpack::type::ARRAY) {
             for (uint32_t i = 0; i < v->via.array.size; ++i) {
                 Map w(v->via.array.ptr[i], "workers[" + std::to_string(i) + "]");
-                proto::WorkerStats ws{w.str_or("id", ""), w.str_or("host", ""), w.i64_or("pid", 0),
-                                      w.u64_or("inflight_batches", 0), w.u64_or("credit", 0),
-                                      w.u64_or("batches_done", 0), true};
+                WorkerStats ws;
+                ws.id = w.str_or("id", "");
+                ws.host = w.str_or("host", "");
+                ws.pid = w.i64_or("pid", 0);
+                ws.inflight_batches = w.u64_or("inflight_batches", 0);
+                ws.credit = w.u64_or("credit", 0);
+                ws.batches_done = w.u64_or("batches_done", 0);
                 if (const auto* h = w.find("healthy"); h && h->type == msgpack::type::BOOLEAN) ws.healthy = h->via.boolean;
+                if (const auto* mm = w.find("metrics"); mm && mm->type == msgpack::type::MAP)
+                    ws.metrics = read_worker_metrics(Map(*mm, w.path() + ".metrics"));
                 s.workers.push_back(std::move(ws));
             }
         }
+        if (const auto* v = m.find("rejected_by_reason"); v && v->type == msgpack::type::MAP) {
+            for (uint32_t i = 0; i < v->via.map.size; ++i) {
+                const auto& kv = v->via.map.ptr[i];
+                s.rejected_by_reason.emplace_back(std::string(Map::as_bytes(kv.key, "rejected_by_reason: ")),
+                                                  Map::as_u64(kv.val, "rejected_by_reason: "));
+            }
+        }
+        s.db_errors = m.u64_or("db_errors", 0);
+        s.redis_errors = m.u64_or("redis_errors", 0);
+        s.cache_read_hits = m.u64_or("cache_read_hits", 0);
+        s.cache_read_misses = m.u64_or("cache_read_misses", 0);
+        s.cache_writes = m.u64_or("cache_writes", 0);
+        s.cache_write_errors = m.u64_or("cache_write_errors", 0);
+        if (const auto* v = m.find("latency_us"); v && v->type == msgpack::type::ARRAY) {
+            for (uint32_t i = 0; i < v->via.array.size && i < kPriorityCount; ++i)
+                s.latency_us[i] = read_histogram(v->via.array.ptr[i], "latency_us[" + std::to_string(i) + "]");
+        }
+        s.batch_size = read_histogram(m, "batch_size");
+        s.persist_us = read_histogram(m, "persist_us");
         return s;
     });
 }
@@ -676,6 +784,8 @@ Decoded<Heartbeat> decode_heartbeat(std::string_view body) {
             if (v->type != msgpack::type::BOOLEAN) fail(Status::bad_field, "healthy: expected a boolean");
             h.healthy = v->via.boolean;
         }
+        if (const auto* v = m.find("metrics"); v && v->type != msgpack::type::NIL)
+            h.metrics = read_worker_metrics(Map(*v, "metrics"));
         return h;
     });
 }

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "common/message.hpp"
+#include "common/metrics.hpp"
 
 namespace llmq::proto {
 
@@ -127,6 +128,16 @@ struct LaneStats {
     uint64_t received = 0;
     uint64_t dispatched = 0;
     uint64_t busy = 0;
+    uint64_t persisted = 0;      // final 200 outcomes
+    int64_t oldest_age_ms = 0;   // of the message at the head, 0 when empty
+};
+// A worker's own figures, cumulative since it started, carried on its heartbeats.
+struct WorkerMetrics {
+    int64_t uptime_ms = 0;
+    uint64_t batches = 0, persisted = 0, rejected = 0, dead_lettered = 0, duplicates = 0;
+    uint64_t db_errors = 0, redis_errors = 0;
+    uint64_t cache_read_hits = 0, cache_read_misses = 0, cache_writes = 0, cache_write_errors = 0, cache_repairs = 0;
+    metrics::Histogram persist_us;  // one batch's transaction, microseconds
 };
 struct WorkerStats {
     std::string id;
@@ -136,6 +147,7 @@ struct WorkerStats {
     uint64_t credit = 0;
     uint64_t batches_done = 0;
     bool healthy = true;
+    WorkerMetrics metrics;  // as last reported on a heartbeat
 };
 struct Stats {
     uint64_t req = 0;
@@ -149,7 +161,16 @@ struct Stats {
     uint64_t client_connections = 0;
     uint64_t bad_frames = 0;
     uint64_t unroutable = 0;  // replies whose peer had gone (ZMQ_ROUTER_MANDATORY refusals)
+    uint64_t expired = 0;
     std::vector<WorkerStats> workers;
+    // Cluster-wide, monotonic across worker restarts (the broker adds each
+    // worker's increments):
+    std::vector<std::pair<std::string, uint64_t>> rejected_by_reason;  // code -> count
+    uint64_t db_errors = 0, redis_errors = 0;
+    uint64_t cache_read_hits = 0, cache_read_misses = 0, cache_writes = 0, cache_write_errors = 0;
+    metrics::Histogram latency_us[kPriorityCount];  // receive -> persisted ack
+    metrics::Histogram batch_size;                   // messages per dispatched batch
+    metrics::Histogram persist_us;                   // workers' batch transactions
 };
 struct Error {
     uint64_t req = 0;  // 0 when the request could not be read far enough
@@ -182,6 +203,7 @@ struct Done {
 };
 struct Heartbeat {
     bool healthy = true;  // worker -> broker: false = send me no batches (e.g. PostgreSQL down)
+    std::optional<WorkerMetrics> metrics;  // worker -> broker
 };
 struct Disconnect {
     std::string reason;

@@ -48,6 +48,7 @@ public:
                                                               uint32_t limit) = 0;
     virtual std::optional<StoredMessage> get(const MessageId& id) = 0;
     virtual uint32_t history_size() const = 0;
+    virtual uint64_t errors() const = 0;  // failed operations so far
 };
 
 }  // namespace llmq::worker

@@ -51,7 +51,7 @@ public:
     std::optional<StoredMessage> get(const MessageId& id) override;
     uint32_t history_size() const override { return cfg_.history_size; }
 
-    uint64_t errors() const { return errors_; }
+    uint64_t errors() const override { return errors_; }
     bool connected() const { return ctx_ != nullptr; }
 
 private:

@@ -119,13 +119,16 @@ proto::Done Worker::process_batch(const proto::Batch& batch) {
     bool marked = cache_->before_commit(convs, token, known);
     std::vector<bool> inserted;
     std::vector<bool> stored(rows.size(), true);
+    int64_t persist_start = steady_now_ns();
     StoreStatus st = store_->persist(rows, inserted);
+    if (!st.ok) ++counters_.db_errors;
     if (!st.ok && !st.unavailable) {
         // Something in the batch fails (PostgreSQL itself is fine): store the
         // messages one by one to find which, so batch-mates are not held back.
         spdlog::warn("batch {}: {}; storing its {} messages one by one", batch.batch, st.error, rows.size());
         st = isolate(batch, valid, rows, inserted, stored, done);
     }
+    persist_us_.record(static_cast<uint64_t>((steady_now_ns() - persist_start) / 1000));
     if (!st.ok) {  // PostgreSQL unavailable: hand the whole batch back
         spdlog::error("batch {}: {} messages handed back: {}", batch.batch, rows.size(), st.error);
         set_healthy(false, st.error);
@@ -267,7 +270,8 @@ void Worker::write_cache(const std::vector<std::string_view>& convs,
                 complete[c] = n == new_in_batch[c];
             }
     }
-    cache_->after_commit(convs, token, complete, per_conv);
+    if (cache_->after_commit(convs, token, complete, per_conv)) ++counters_.cache_writes;
+    else ++counters_.cache_write_errors;
 }
 
 void Worker::run_repairs(size_t max) {
@@ -414,10 +418,29 @@ proto::Done Worker::hand_back(const proto::Batch& batch, const std::string& why)
     return done;
 }
 
+proto::WorkerMetrics Worker::metrics() const {
+    proto::WorkerMetrics m;
+    m.uptime_ms = (steady_now_ns() - started_ns_) / kMs;
+    m.batches = counters_.batches;
+    m.persisted = counters_.persisted;
+    m.rejected = counters_.rejected;
+    m.dead_lettered = counters_.dead_lettered;
+    m.duplicates = counters_.duplicates;
+    m.db_errors = counters_.db_errors;
+    m.redis_errors = cache_->errors();
+    m.cache_read_hits = counters_.cache_hits;
+    m.cache_read_misses = counters_.cache_misses;
+    m.cache_writes = counters_.cache_writes;
+    m.cache_write_errors = counters_.cache_write_errors;
+    m.cache_repairs = counters_.cache_repairs;
+    m.persist_us = persist_us_;
+    return m;
+}
+
 void Worker::flush_health(int64_t& next_hb) {
     int64_t now = steady_now_ns();
     if (now < next_hb) return;
-    send(Command::heartbeat, proto::encode(proto::Heartbeat{healthy_}));
+    send(Command::heartbeat, proto::encode(proto::Heartbeat{healthy_, metrics()}));
     health_changed_ = false;
     next_hb = now + int64_t{cfg_.heartbeat_ms} * kMs;
 }

@@ -14,6 +14,7 @@
 #include <zmq.hpp>
 
 #include "common/protocol.hpp"
+#include "common/time.hpp"
 #include "common/transport.hpp"
 #include "worker/cache.hpp"
 #include "worker/preprocess.hpp"
@@ -44,6 +45,7 @@ void add_worker_options(CLI::App& app, WorkerConfig& cfg);
 struct WorkerCounters {
     uint64_t batches = 0, persisted = 0, rejected = 0, failed = 0, duplicates = 0, dead_lettered = 0;
     uint64_t cache_hits = 0, cache_misses = 0, cache_repairs = 0, queries = 0;
+    uint64_t cache_writes = 0, cache_write_errors = 0, db_errors = 0;
 };
 
 class Worker {
@@ -61,6 +63,8 @@ public:
     proto::Reply answer_query(const proto::Query& q);
 
     const WorkerCounters& counters() const { return counters_; }
+    // What the worker reports on its heartbeats.
+    proto::WorkerMetrics metrics() const;
 
 private:
     void connect();
@@ -97,6 +101,8 @@ private:
     std::vector<StoredMessage> rows_buf_;  // reused across batches
     uint64_t write_seq_ = 0;               // makes each cache write token unique
     bool healthy_ = true;                  // false while PostgreSQL is unavailable
+    int64_t started_ns_ = steady_now_ns();
+    metrics::Histogram persist_us_;        // one transaction per batch
     bool health_changed_ = false;          // the broker must hear about it
 };
 
