@@ -16,33 +16,60 @@
 namespace llmq::worker {
 namespace {
 
-// Appends one conversation's new members (ARGV[5..], "<32 hex id>:<msgpack>")
-// at or above the floor, trims to the cap (raising the floor to the oldest kept
-// id), removes this writer's mark and refreshes TTLs. A recorded floor is void
-// when the set itself is gone (expired or evicted). ARGV: 1 cap, 2 ttl seconds,
-// 3 floor to use if none holds, 4 the writer's token.
+// Marks a batch's conversations (one call per batch). KEYS: h:C, hm:C pairs.
+// ARGV: 1 mark field "w:<token>", 2 deadline (unix ms), 3 ttl seconds. Returns,
+// per conversation, 1 when the cache holds a history for it (set and floor).
+constexpr const char* kMarkScript = R"lua(
+local known = {}
+for i = 1, #KEYS, 2 do
+  redis.call('HSET', KEYS[i + 1], ARGV[1], ARGV[2])
+  redis.call('EXPIRE', KEYS[i + 1], ARGV[3])
+  local has_set = redis.call('EXPIRE', KEYS[i], ARGV[3])  -- 0 when the set is gone
+  local has_floor = redis.call('HEXISTS', KEYS[i + 1], 'floor')
+  known[#known + 1] = (has_set == 1 and has_floor == 1) and 1 or 0
+end
+return known
+)lua";
+
+// Writes a committed batch (one call per batch). For each conversation: adds the
+// new members ("<32 hex id>:<msgpack>") at or above the floor, trims to the cap
+// (raising the floor to the oldest kept id), removes this writer's mark and
+// refreshes TTLs; and sets each message by id. A recorded floor is void when the
+// set itself is gone (expired or evicted).
+// KEYS: h:C, hm:C pairs. ARGV: 1 cap, 2 ttl, 3 message ttl, 4 mark field,
+// 5 key prefix, then per conversation: floor to use if none holds, member
+// count n, n members.
 constexpr const char* kAppendScript = R"lua(
-local floor = redis.call('HGET', KEYS[2], 'floor')
-if redis.call('EXISTS', KEYS[1]) == 0 then floor = false end
-if not floor and #ARGV >= 5 then
-  floor = ARGV[3]
-  redis.call('HSET', KEYS[2], 'floor', floor)
-end
-if floor then
-  for i = 5, #ARGV do
-    if string.sub(ARGV[i], 1, 32) >= floor then redis.call('ZADD', KEYS[1], 0, ARGV[i]) end
-  end
-end
 local cap = tonumber(ARGV[1])
-local n = redis.call('ZCARD', KEYS[1])
-if n > cap then
-  redis.call('ZREMRANGEBYRANK', KEYS[1], 0, n - cap - 1)
-  redis.call('HSET', KEYS[2], 'floor', string.sub(redis.call('ZRANGE', KEYS[1], 0, 0)[1], 1, 32))
+local a = 6
+for i = 1, #KEYS, 2 do
+  local hist, meta = KEYS[i], KEYS[i + 1]
+  local candidate = ARGV[a]
+  local n = tonumber(ARGV[a + 1])
+  a = a + 2
+  local floor = redis.call('HGET', meta, 'floor')
+  if redis.call('EXISTS', hist) == 0 then floor = false end
+  if not floor and n > 0 then
+    floor = candidate
+    redis.call('HSET', meta, 'floor', floor)
+  end
+  for j = a, a + n - 1 do
+    local member = ARGV[j]
+    local id = string.sub(member, 1, 32)
+    redis.call('SET', ARGV[5] .. 'm:' .. id, string.sub(member, 34), 'EX', ARGV[3])
+    if floor and id >= floor then redis.call('ZADD', hist, 0, member) end
+  end
+  a = a + n
+  local count = redis.call('ZCARD', hist)
+  if count > cap then
+    redis.call('ZREMRANGEBYRANK', hist, 0, count - cap - 1)
+    redis.call('HSET', meta, 'floor', string.sub(redis.call('ZRANGE', hist, 0, 0)[1], 1, 32))
+  end
+  redis.call('HDEL', meta, ARGV[4])
+  redis.call('EXPIRE', hist, ARGV[2])
+  redis.call('EXPIRE', meta, ARGV[2])
 end
-redis.call('HDEL', KEYS[2], 'w:' .. ARGV[4])
-redis.call('EXPIRE', KEYS[1], ARGV[2])
-redis.call('EXPIRE', KEYS[2], ARGV[2])
-return n
+return 1
 )lua";
 
 // Rebuilds a conversation from a snapshot of the store's most recent rows taken
@@ -180,14 +207,20 @@ bool RedisCache::ensure_connected() {
     }
     redisSetTimeout(ctx_, tv);
     append(ctx_, {"SELECT", std::to_string(db_)});
+    append(ctx_, {"SCRIPT", "LOAD", kMarkScript});
     append(ctx_, {"SCRIPT", "LOAD", kAppendScript});
     append(ctx_, {"SCRIPT", "LOAD", kRepairScript});
-    Reply sel = next_reply(ctx_), a = next_reply(ctx_), r = next_reply(ctx_);
-    if (!sel || sel->type == REDIS_REPLY_ERROR || !a || a->type != REDIS_REPLY_STRING || !r ||
-        r->type != REDIS_REPLY_STRING) {
+    Reply sel = next_reply(ctx_), m = next_reply(ctx_), a = next_reply(ctx_), r = next_reply(ctx_);
+    for (const Reply* sha : {&m, &a, &r})
+        if (!*sha || (*sha)->type != REDIS_REPLY_STRING) {
+            on_error("setup");
+            return false;
+        }
+    if (!sel || sel->type == REDIS_REPLY_ERROR) {
         on_error("setup");
         return false;
     }
+    mark_sha_.assign(m->str, m->len);
     append_sha_.assign(a->str, a->len);
     repair_sha_.assign(r->str, r->len);
     spdlog::info("connected to redis {}:{} db {}", host_, port_, db_);
@@ -206,28 +239,25 @@ bool RedisCache::before_commit(const std::vector<std::string_view>& conversation
         for (auto c : conversations) defer(c, token);
         return false;
     };
+    if (conversations.empty()) return true;
     if (!ensure_connected()) return give_up();
-    std::string ttl = std::to_string(cfg_.history_ttl_s);
-    std::string field = "w:" + token;
-    std::string deadline = std::to_string(wall_now_us() / 1000 + cfg_.mark_ttl_ms);
+    std::vector<std::string> args{"EVALSHA", mark_sha_, std::to_string(2 * conversations.size())};
+    args.reserve(3 + 2 * conversations.size() + 3);
     for (auto conv : conversations) {
-        std::string meta = meta_key(conv), hist = history_key(conv);
-        append(ctx_, {"HSET", meta, field, deadline});
-        append(ctx_, {"EXPIRE", meta, ttl});
-        append(ctx_, {"EXPIRE", hist, ttl});  // so the set cannot expire before after_commit
-        append(ctx_, {"HEXISTS", meta, "floor"});
-        append(ctx_, {"EXISTS", hist});
+        args.push_back(history_key(conv));
+        args.push_back(meta_key(conv));
     }
-    for (size_t i = 0; i < conversations.size(); ++i) {
-        Reply r[5];
-        for (auto& x : r) x = next_reply(ctx_);
-        if (!r[0] || !r[1] || !r[2] || !r[3] || !r[4] || r[0]->type == REDIS_REPLY_ERROR ||
-            r[3]->type != REDIS_REPLY_INTEGER || r[4]->type != REDIS_REPLY_INTEGER) {
-            on_error("mark");
-            return give_up();
-        }
-        known[i] = r[3]->integer == 1 && r[4]->integer == 1;
+    args.insert(args.end(), {"w:" + token, std::to_string(wall_now_us() / 1000 + cfg_.mark_ttl_ms),
+                             std::to_string(cfg_.history_ttl_s)});
+    append(ctx_, args);
+    Reply r = next_reply(ctx_);
+    if (!r || r->type != REDIS_REPLY_ARRAY || r->elements != conversations.size()) {
+        if (!r) on_error("mark");
+        else ++errors_;
+        return give_up();
     }
+    for (size_t i = 0; i < conversations.size(); ++i)
+        known[i] = r->element[i]->type == REDIS_REPLY_INTEGER && r->element[i]->integer == 1;
     return true;
 }
 
@@ -238,41 +268,31 @@ bool RedisCache::after_commit(const std::vector<std::string_view>& conversations
         for (auto c : conversations) defer(c, token);
         return false;
     };
+    if (conversations.empty()) return true;
     if (!ensure_connected()) return give_up();
-    std::string cap = std::to_string(cfg_.history_size);
-    std::string ttl = std::to_string(cfg_.history_ttl_s);
-    std::string msg_ttl = std::to_string(cfg_.message_ttl_s);
-    size_t commands = 0;
-    std::vector<std::string> args;
+    std::vector<std::string> args{"EVALSHA", append_sha_, std::to_string(2 * conversations.size())};
+    for (auto conv : conversations) {
+        args.push_back(history_key(conv));
+        args.push_back(meta_key(conv));
+    }
+    args.insert(args.end(), {std::to_string(cfg_.history_size), std::to_string(cfg_.history_ttl_s),
+                             std::to_string(cfg_.message_ttl_s), "w:" + token, cfg_.prefix});
     for (size_t i = 0; i < conversations.size(); ++i) {
         auto sorted = rows[i];
-        std::sort(sorted.begin(), sorted.end(), [](auto* a, auto* b) { return a->id < b->id; });
-        args.clear();
-        args.insert(args.end(), {"EVALSHA", append_sha_, "2", history_key(conversations[i]),
-                                 meta_key(conversations[i]), cap, ttl,
-                                 complete[i] || sorted.empty() ? kZeroFloor : hex_id(sorted.front()->id), token});
-        for (const StoredMessage* m : sorted) {
-            std::string payload = proto::encode_stored(*m);
-            std::string hex = hex_id(m->id);
-            append(ctx_, {"SET", cfg_.prefix + "m:" + hex, payload, "EX", msg_ttl});
-            ++commands;
-            args.push_back(hex + ":" + payload);
-        }
-        append(ctx_, args);
-        ++commands;
+        std::sort(sorted.begin(), sorted.end(), [](auto* x, auto* y) { return x->id < y->id; });
+        args.push_back(complete[i] || sorted.empty() ? kZeroFloor : hex_id(sorted.front()->id));
+        args.push_back(std::to_string(sorted.size()));
+        for (const StoredMessage* m : sorted) args.push_back(hex_id(m->id) + ":" + proto::encode_stored(*m));
     }
-    bool ok = true;
-    for (size_t i = 0; i < commands; ++i) {
-        Reply r = next_reply(ctx_);
-        if (!r) {
-            on_error("write");
-            return give_up();
+    append(ctx_, args);
+    Reply r = next_reply(ctx_);
+    if (!r || r->type == REDIS_REPLY_ERROR) {
+        if (!r) on_error("write");
+        else {
+            ++errors_;
+            spdlog::warn("redis refused a cache write ({}); the batch's conversations will be rebuilt from PostgreSQL",
+                         std::string_view(r->str, r->len));
         }
-        if (r->type == REDIS_REPLY_ERROR) ok = false;
-    }
-    if (!ok) {
-        ++errors_;
-        spdlog::warn("redis refused a cache write; the batch's conversations will be rebuilt from PostgreSQL");
         return give_up();
     }
     return true;

@@ -69,7 +69,7 @@ private:
     int db_ = 0;
     redisContext* ctx_ = nullptr;
     std::chrono::steady_clock::time_point retry_at_{};
-    std::string append_sha_, repair_sha_;
+    std::string mark_sha_, append_sha_, repair_sha_;
     std::map<std::string, std::vector<std::string>> repairs_;  // conversation -> our leaked marks
     uint64_t errors_ = 0;
 };
