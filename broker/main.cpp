@@ -1,15 +1,10 @@
 // llmq-broker: parses options and runs the broker until SIGINT/SIGTERM.
-#include <csignal>
 
 #include <spdlog/spdlog.h>
 
 #include "broker/broker.hpp"
 #include "common/config.hpp"
-
-namespace {
-std::atomic<bool> g_stop{false};
-void on_signal(int) { g_stop.store(true); }
-}  // namespace
+#include "common/signals.hpp"
 
 int main(int argc, char** argv) {
     CLI::App app{"llmq-broker: takes messages from clients into four priority lanes (urgent, high, normal, low)\n"
@@ -24,10 +19,9 @@ int main(int argc, char** argv) {
     try {
         llmq::setup_logging(common, "llmq-broker");
         llmq::log_effective_config(app);
-        std::signal(SIGINT, on_signal);
-        std::signal(SIGTERM, on_signal);
+        std::atomic<bool>& stop = llmq::stop_on_signals();
         llmq::broker::Broker broker(cfg);
-        broker.run(g_stop);
+        broker.run(stop);
     } catch (const std::exception& e) {
         spdlog::critical("{}", e.what());
         return 1;

@@ -1,6 +1,7 @@
-// llmq: the command-line client — push messages, read history, get one message, show stats.
+// llmq: the command-line client — push messages, read history, get one message, show stats, watch `top`.
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <fstream>
 #include <iostream>
@@ -11,6 +12,7 @@
 #include "client/client.hpp"
 #include "client/jsonl.hpp"
 #include "client/push.hpp"
+#include "client/top.hpp"
 #include "common/config.hpp"
 #include "common/time.hpp"
 #include "common/uuid.hpp"
@@ -438,6 +440,19 @@ int main(int argc, char** argv) {
     dead->add_option("--limit", dl_limit, "How many")->capture_default_str()->check(CLI::Range(1u, proto::kMaxHistoryLimit));
     dead->add_flag("--json", dl_json, "Print JSON");
 
+    client::TopOptions top_opts;
+    auto* top = app.add_subcommand("top", "Live view of lanes (depth, rates), workers and latency percentiles, refreshed "
+                                          "every --interval-ms; q quits. Plain lines when stdout is not a terminal");
+    top->add_option("--interval-ms", top_opts.interval_ms, "Refresh period")
+        ->capture_default_str()->check(CLI::Range(100, 3'600'000));
+    top->add_option("--iterations", top_opts.iterations, "Stop after this many refreshes (0 = until q or Ctrl-C)")
+        ->capture_default_str()->check(CLI::Range(0, 1'000'000'000));
+    top->add_option("--mode", top_opts.mode, "auto (full screen when stdout is a terminal, else one line per refresh), "
+                                             "screen or plain")
+        ->capture_default_str()->check(CLI::IsMember({"auto", "screen", "plain"}));
+    top->add_option("--window-s", top_opts.window_s, "Latency percentiles cover the last this many seconds")
+        ->capture_default_str()->check(CLI::Range(1, 3600));
+
     bind_environment(app);
     if (int rc = parse_command_line(app, argc, argv); rc >= 0) return rc;
     try {
@@ -453,6 +468,13 @@ int main(int argc, char** argv) {
         if (get->parsed()) return run_get(g, get_id, get_json);
         if (stats->parsed()) return run_stats(g, stats_json);
         if (dead->parsed()) return run_dead_letters(g, dl_limit, dl_json);
+        if (top->parsed()) {
+            top_opts.broker = g.broker;
+            // A request should not hold the screen much longer than one refresh.
+            top_opts.timeout_ms = std::min(g.timeout_ms, std::max(1000, top_opts.interval_ms));
+            client::Client c(g.broker);
+            return client::run_top(c, top_opts);
+        }
     } catch (const std::exception& e) {
         std::fprintf(stderr, "llmq: %s\n", e.what());
         return kExitUnreachable;

@@ -13,6 +13,7 @@ PACKAGES=(
   libcli11-dev libspdlog-dev
   libgtest-dev libbenchmark-dev
   nlohmann-json3-dev libutf8proc-dev libxxhash-dev libcpp-httplib-dev
+  prometheus
   postgresql redis-server
   python3-zmq python3-msgpack
 )

@@ -2,6 +2,7 @@
 # Runs a private PostgreSQL and Redis for llmq's demo and tests.
 #
 # Usage: scripts/services.sh start|stop|status|env|clean
+#                            |pg-stop|pg-start|redis-stop|redis-start
 #
 #   start   start both (idempotent), wait until they answer, write <run dir>/env
 #           and print it; `source .run/env` then gives LLMQ_TEST_POSTGRES and
@@ -10,6 +11,10 @@
 #   status  show what runs; exit 0 when both run, 3 otherwise
 #   env     print the env lines (same as the file written by start)
 #   clean   stop both and delete all their data
+#   pg-stop / pg-start, redis-stop / redis-start
+#           stop or start only that service, keeping its data (redis-stop
+#           saves the cache to disk first, so redis-start brings it back):
+#           for the fault tests, which take a service away mid-run
 #
 # Everything lives under <repo>/.run/ (or $LLMQ_RUN_DIR): loopback only, ports
 # $LLMQ_PG_PORT (default 55432) and $LLMQ_REDIS_PORT (default 56379). A system-
@@ -44,7 +49,7 @@ die() {
 }
 
 usage() {
-  sed -n '3,11p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+  sed -n '3,17p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
 }
 
 check_port_number() {
@@ -335,6 +340,30 @@ stop_redis() {
   rm -f -- "$REDIS_DIR/redis.pid"
 }
 
+# Stops Redis but keeps its contents: SHUTDOWN SAVE writes dump.rdb, which the
+# next start loads (the config has no save points, so a plain stop forgets).
+stop_redis_keep_data() {
+  local pid
+  if ! pid=$(redis_pid); then
+    say "Redis not running"
+    rm -f -- "$REDIS_DIR/redis.pid"
+    return 0
+  fi
+  say "stopping Redis (saving its data)"
+  redis-cli -h 127.0.0.1 -p "$REDIS_PORT" shutdown save >/dev/null 2>&1 || true
+  local waited=0
+  while kill -0 "$pid" 2>/dev/null; do
+    if ((waited >= TIMEOUT * 10)); then
+      say "Redis (pid $pid) did not shut down; stopping it without saving"
+      stop_redis
+      return 0
+    fi
+    sleep 0.1
+    waited=$((waited + 1))
+  done
+  rm -f -- "$REDIS_DIR/redis.pid"
+}
+
 env_lines() {
   echo "export LLMQ_TEST_POSTGRES=postgresql://llmq@127.0.0.1:$PG_PORT/llmq"
   echo "export LLMQ_TEST_REDIS=redis://127.0.0.1:$REDIS_PORT/0"
@@ -404,8 +433,21 @@ cmd_clean() {
   say "removed PostgreSQL and Redis data under $RUN_DIR"
 }
 
+# One service only, for the fault tests (the env file is left alone).
+cmd_one() {
+  init_paths
+  lock
+  case "$1" in
+    pg-stop) stop_pg ;;
+    pg-start) start_pg ;;
+    redis-stop) stop_redis_keep_data ;;
+    redis-start) start_redis ;;
+  esac
+}
+
 case "${1:-}" in
   start) cmd_start ;;
+  pg-stop | pg-start | redis-stop | redis-start) cmd_one "$1" ;;
   stop) cmd_stop ;;
   status) cmd_status ;;
   env) init_paths; env_lines ;;

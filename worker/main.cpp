@@ -1,19 +1,14 @@
 // llmq-worker: parses options, connects PostgreSQL and Redis, applies migrations
 // and serves the broker until SIGINT/SIGTERM.
-#include <csignal>
 #include <thread>
 
 #include <spdlog/spdlog.h>
 
 #include "common/config.hpp"
+#include "common/signals.hpp"
 #include "worker/pg_store.hpp"
 #include "worker/redis_cache.hpp"
 #include "worker/worker.hpp"
-
-namespace {
-std::atomic<bool> g_stop{false};
-void on_signal(int) { g_stop.store(true); }
-}  // namespace
 
 int main(int argc, char** argv) {
     CLI::App app{"llmq-worker: takes batches from an llmq-broker, validates, normalizes and token-counts\n"
@@ -29,8 +24,7 @@ int main(int argc, char** argv) {
     try {
         llmq::setup_logging(common, "llmq-worker");
         llmq::log_effective_config(app);
-        std::signal(SIGINT, on_signal);
-        std::signal(SIGTERM, on_signal);
+        std::atomic<bool>& stop = llmq::stop_on_signals();
         auto method = cfg.persist_method == "unnest" ? llmq::worker::PersistMethod::unnest
                                                      : llmq::worker::PersistMethod::copy;
         auto store = std::make_unique<llmq::worker::PgStore>(cfg.postgres, method);
@@ -38,7 +32,7 @@ int main(int argc, char** argv) {
         for (int attempt = 1;; ++attempt) {
             auto st = store->migrate();
             if (st.ok) break;
-            if (g_stop) return 0;
+            if (stop) return 0;
             spdlog::warn("PostgreSQL not ready ({}); retrying (attempt {})", st.error, attempt);
             std::this_thread::sleep_for(std::chrono::seconds(1));
         }
@@ -50,7 +44,7 @@ int main(int argc, char** argv) {
         rc.message_ttl_s = cfg.message_ttl_s;
         auto cache = std::make_unique<llmq::worker::RedisCache>(rc);
         llmq::worker::Worker worker(cfg, std::move(store), std::move(cache));
-        worker.run(g_stop);
+        worker.run(stop);
     } catch (const std::exception& e) {
         spdlog::critical("{}", e.what());
         return 1;

@@ -46,6 +46,13 @@ protected:
     void TearDown() override {
         for (auto& w : workers_) w.stop();
         broker_.stop();
+        // Drop this test's Redis keys so that Redis stays small across runs.
+        if (!prefix_.empty()) {
+            std::string out;
+            run_capture("redis-cli -u '" + redis_url_ + "' --scan --pattern '" + prefix_ +
+                            "*' 2>/dev/null | xargs -r -n 1000 redis-cli -u '" + redis_url_ + "' unlink >/dev/null 2>&1",
+                        out);
+        }
         if (!db_name_.empty()) {
             try {
                 pqxx::connection admin(admin_url_);
@@ -68,14 +75,18 @@ protected:
         backend_ = kv["backend"];
     }
 
+    // One worker on this test's database and Redis prefix, with the broker's
+    // (default) heartbeat settings.
+    ChildProcess spawn_worker(const std::vector<std::string>& extra = {}) {
+        std::vector<std::string> args{"--broker", backend_, "--postgres", db_url_, "--redis", redis_url_,
+                                      "--redis-prefix", prefix_};
+        args.insert(args.end(), extra.begin(), extra.end());
+        return ChildProcess(bin("llmq-worker"), args, dir_ + "/worker." + std::to_string(++worker_runs_) + ".log");
+    }
+
     void start_workers(int n, std::vector<std::string> extra = {}) {
-        for (int i = 0; i < n; ++i) {
-            std::vector<std::string> args{"--broker", backend_, "--postgres", db_url_, "--redis", redis_url_,
-                                          "--redis-prefix", prefix_, "--heartbeat-ms", "200"};
-            args.insert(args.end(), extra.begin(), extra.end());
-            workers_.emplace_back(bin("llmq-worker"), args, dir_ + "/worker" + std::to_string(workers_.size()) + ".log");
-        }
-        wait_for_workers(static_cast<size_t>(n));
+        for (int i = 0; i < n; ++i) workers_.push_back(spawn_worker(extra));
+        wait_for_workers(workers_.size());
     }
 
     // Waits until the broker reports at least n workers.
@@ -105,6 +116,7 @@ protected:
     std::string admin_url_, redis_url_, db_name_, db_url_, prefix_, dir_, frontend_, backend_;
     ChildProcess broker_;
     std::vector<ChildProcess> workers_;
+    int worker_runs_ = 0;
 };
 
 }  // namespace llmq::test

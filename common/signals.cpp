@@ -1,0 +1,19 @@
+// SIGINT/SIGTERM set one process-wide flag (async-signal-safe: a lock-free store).
+#include "common/signals.hpp"
+
+#include <csignal>
+
+namespace llmq {
+namespace {
+std::atomic<bool> g_stop{false};
+extern "C" void on_stop_signal(int) { g_stop.store(true); }
+}  // namespace
+
+std::atomic<bool>& stop_on_signals() {
+    static_assert(std::atomic<bool>::is_always_lock_free);
+    std::signal(SIGINT, on_stop_signal);
+    std::signal(SIGTERM, on_stop_signal);
+    return g_stop;
+}
+
+}  // namespace llmq
