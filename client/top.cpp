@@ -275,10 +275,14 @@ std::string render_plain(const SnapshotHistory& h) {
     std::string depth, oldest, p99;
     for (int i = 0; i < kPriorityCount; ++i) {
         const char* sep = i ? "/" : "";
-        depth += sep + std::to_string(s.lanes[i].depth);
-        oldest += sep + fmt::format("{:.1f}", static_cast<double>(s.lanes[i].oldest_age_ms) / 1000);
+        // Appended piecewise: GCC 12 at -O3 warns falsely (-Wrestrict) on `sep + std::string`.
+        depth += sep;
+        depth += std::to_string(s.lanes[i].depth);
+        oldest += sep;
+        oldest += fmt::format("{:.1f}", static_cast<double>(s.lanes[i].oldest_age_ms) / 1000);
         metrics::Histogram lat = since(s.latency_us[i], win ? &win->latency_us[i] : nullptr);
-        p99 += sep + (lat.count() ? fmt::format("{:.1f}", lat.quantile(0.99) / 1000) : std::string("-"));
+        p99 += sep;
+        p99 += lat.count() ? fmt::format("{:.1f}", lat.quantile(0.99) / 1000) : std::string("-");
     }
     return fmt::format(
         "{} up_s={:.1f} depth={} oldest_s={} in_per_s={} persisted_per_s={} persisted={} rejected={} "

@@ -1,0 +1,615 @@
+// llmq-bench: end-to-end load generator for the llmq broker. Drives 1 to 10,000
+// DEALER connections from one thread (one zmq context, one poll loop over all
+// sockets), speaking the wire protocol directly: push frames out, acks in.
+//
+// Closed loop (--window): each connection keeps up to W messages in flight.
+// Open loop (--rate): messages are due at fixed times t0 + i/R, spread round-robin
+// over the connections; latency counts from the time a message was *due*, not
+// from when it was actually sent, so a stalled generator cannot hide latency
+// (no coordinated omission).
+//
+// Latency is send (or due) -> final ack; a message answered busy (300) is resent
+// after retry_after_ms and its latency keeps counting from the first send.
+#include <sys/resource.h>
+
+#include <algorithm>
+#include <array>
+#include <cerrno>
+#include <cinttypes>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <map>
+#include <queue>
+#include <random>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <vector>
+
+#include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
+#include <zmq.hpp>
+
+#include "common/protocol.hpp"
+#include "common/time.hpp"
+#include "common/transport.hpp"
+#include "common/uuid.hpp"
+
+using namespace llmq;
+
+namespace {
+
+struct Options {
+    std::string broker = "tcp://127.0.0.1:5555";
+    int connections = 50;
+    uint64_t messages = 100'000;
+    double duration_s = 0;
+    size_t window = 1000;
+    size_t frame_messages = 500;
+    double rate = 0;
+    std::string ack = "persisted";
+    uint64_t seed = 1;
+    int conversations = 1000;
+    int users = 100;
+    int io_threads = 1;
+    double connect_timeout_s = 120;
+    size_t connect_batch = 100;
+    double drain_timeout_s = 60;
+    bool json = false;
+};
+
+// ---------------------------------------------------------------------------
+// The workload: deterministic for a seed (apart from the UUIDv7 ids and times).
+
+constexpr std::array<std::string_view, 32> kWords = {
+    "please", "summarize", "the", "article", "about", "queue", "latency", "and", "explain", "why",
+    "my",     "database",  "is",  "slow",    "when",  "many", "workers", "write", "at",     "once",
+    "thanks", "translate", "this", "into",   "French", "你好", "世界",   "消息",  "队列",   "🚀",
+    "👍",     "model"};
+
+class Workload {
+public:
+    Workload(uint64_t seed, int conversations, int users) : rng_(seed), conversations_(conversations), users_(users) {
+        // A pool of contents whose sizes follow the mix; each message picks one.
+        pool_.resize(8192);
+        for (auto& c : pool_) c = make_content(content_size());
+    }
+
+    void next(Message& m) {
+        int conv = static_cast<int>(rng_() % static_cast<uint64_t>(conversations_));
+        m.id = uuid_v7();
+        m.conversation_id = "conv_" + std::to_string(conv);
+        m.user_id = "user_" + std::to_string(conv % users_);  // a conversation belongs to one user
+        m.content = pool_[rng_() % pool_.size()];
+        double u = unit();  // urgent 5%, high 15%, normal 60%, low 20%
+        m.priority = u < 0.05 ? Priority::urgent : u < 0.20 ? Priority::high : u < 0.80 ? Priority::normal : Priority::low;
+        m.created_at_us = 0;
+        m.expires_at_us = 0;
+        content_bytes_ += m.content.size();
+        ++count_;
+    }
+    double mean_content_bytes() const { return count_ ? static_cast<double>(content_bytes_) / count_ : 0; }
+
+private:
+    double unit() { return static_cast<double>(rng_() >> 11) * 0x1.0p-53; }
+    size_t between(size_t lo, size_t hi) { return lo + static_cast<size_t>(rng_() % (hi - lo + 1)); }
+    // 65% 20-160 B, 25% 160-480 B, 8% 480 B-2 KB, 1.6% 2-5 KB, 0.4% 5-8 KiB (mean ~320 B).
+    size_t content_size() {
+        double u = unit();
+        if (u < 0.65) return between(20, 160);
+        if (u < 0.90) return between(160, 480);
+        if (u < 0.98) return between(480, 2000);
+        if (u < 0.996) return between(2000, 5000);
+        return between(5000, 8192);
+    }
+    std::string make_content(size_t target) {
+        std::string s;
+        s.reserve(target + 8);
+        for (;;) {
+            auto w = kWords[rng_() % kWords.size()];
+            if (s.size() + w.size() + 1 > target && s.size() >= 20) break;
+            if (!s.empty()) s += ' ';
+            s += w;
+        }
+        return s;
+    }
+
+    std::mt19937_64 rng_;
+    int conversations_, users_;
+    std::vector<std::string> pool_;
+    uint64_t content_bytes_ = 0, count_ = 0;
+};
+
+// ---------------------------------------------------------------------------
+
+struct Inflight {
+    Message msg;
+    int64_t t0_ns = 0;  // first send (closed loop) or due time (open loop)
+    uint32_t conn = 0;
+    uint64_t req = 0;
+};
+
+struct Conn {
+    std::unique_ptr<zmq::socket_t> sock;
+    size_t inflight = 0;
+    std::vector<Message> pending;  // to send in the next frame(s)
+    std::vector<int64_t> pending_t0;
+    bool queued = false;       // in the to-flush list
+    bool fill_queued = false;  // in the to-fill list (closed loop)
+};
+
+struct Retry {
+    int64_t due_ns;
+    MessageId id;
+    bool operator>(const Retry& o) const { return due_ns > o.due_ns; }
+};
+
+struct Latencies {
+    std::vector<uint32_t> us;
+    void add(int64_t ns) { us.push_back(static_cast<uint32_t>(std::min<int64_t>(ns / 1000, UINT32_MAX))); }
+};
+
+double pct(const std::vector<uint32_t>& sorted, double q) {
+    if (sorted.empty()) return 0;
+    size_t i = static_cast<size_t>(std::ceil(q * static_cast<double>(sorted.size()))) ;
+    if (i > 0) --i;
+    return sorted[std::min(i, sorted.size() - 1)] / 1000.0;
+}
+
+nlohmann::json lat_json(std::vector<uint32_t>& v) {
+    std::sort(v.begin(), v.end());
+    return {{"count", v.size()},       {"p50_ms", pct(v, 0.50)},   {"p90_ms", pct(v, 0.90)},
+            {"p99_ms", pct(v, 0.99)},  {"p999_ms", pct(v, 0.999)}, {"max_ms", v.empty() ? 0.0 : v.back() / 1000.0}};
+}
+
+// Raises the soft RLIMIT_NOFILE to the hard limit. Each connection costs about
+// two descriptors (the TCP socket and the zmq socket's mailbox).
+bool raise_fd_limit(int connections, bool quiet) {
+    rlimit rl{};
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0) return true;
+    rlim_t need = static_cast<rlim_t>(connections) * 2 + 64;
+    rlim_t before = rl.rlim_cur;
+    if (rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        if (setrlimit(RLIMIT_NOFILE, &rl) != 0) getrlimit(RLIMIT_NOFILE, &rl);
+    }
+    if (!quiet && rl.rlim_cur != before)
+        std::fprintf(stderr, "llmq-bench: raised the open-file limit from %llu to %llu\n",
+                     static_cast<unsigned long long>(before), static_cast<unsigned long long>(rl.rlim_cur));
+    if (rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < need) {
+        std::fprintf(stderr,
+                     "llmq-bench: %d connections need about %llu open files, but the hard limit is %llu; "
+                     "raise it (ulimit -Hn as root) or split the load over several processes\n",
+                     connections, static_cast<unsigned long long>(need), static_cast<unsigned long long>(rl.rlim_cur));
+        return false;
+    }
+    return true;
+}
+
+class Bench {
+public:
+    explicit Bench(const Options& o)
+        : o_(o), wl_(o.seed, o.conversations, o.users), ctx_(o.io_threads, o.connections + 64) {
+        ack_mode_ = o.ack == "queued" ? proto::AckMode::queued : proto::AckMode::persisted;
+        open_loop_ = o.rate > 0;
+        conns_.resize(static_cast<size_t>(o.connections));
+        items_.resize(conns_.size());
+        for (size_t i = 0; i < conns_.size(); ++i) {
+            auto& c = conns_[i];
+            c.sock = std::make_unique<zmq::socket_t>(ctx_, zmq::socket_type::dealer);
+            c.sock->set(zmq::sockopt::linger, 0);
+            c.sock->set(zmq::sockopt::sndhwm, 0);
+            c.sock->set(zmq::sockopt::rcvhwm, 0);
+            items_[i] = {c.sock->handle(), 0, ZMQ_POLLIN, 0};
+        }
+        inflight_.reserve(open_loop_ ? 1 << 16 : conns_.size() * o.window * 2);
+    }
+
+    int run() {
+        if (!handshake()) return 1;
+        start_ns_ = steady_now_ns();
+        end_gen_ns_ = o_.duration_s > 0 ? start_ns_ + static_cast<int64_t>(o_.duration_s * 1e9) : INT64_MAX;
+        limit_ = o_.duration_s > 0 ? UINT64_MAX : o_.messages;
+        frame_ = std::max<size_t>(1, open_loop_ ? o_.frame_messages : std::min(o_.frame_messages, o_.window));
+        if (!open_loop_)
+            for (size_t i = 0; i < conns_.size(); ++i) want_fill(static_cast<uint32_t>(i));
+        int64_t drain_deadline = INT64_MAX;
+        for (;;) {
+            int64_t now = steady_now_ns();
+            bool generating = generated_ < limit_ && now < end_gen_ns_;
+            if (generating) {
+                if (open_loop_) generate_open(now);
+                else generate_closed(now);
+            } else if (drain_deadline == INT64_MAX) {
+                gen_end_ns_ = now;
+                drain_deadline = now + static_cast<int64_t>(o_.drain_timeout_s * 1e9);
+            }
+            resend_due(now);
+            flush();
+            if (!generating && inflight_.empty() && retries_.empty()) break;
+            if (now >= drain_deadline) break;
+            // Wait for acks, or until the next message is due.
+            int64_t wake = now + 100'000'000;
+            if (open_loop_ && generating) wake = std::min(wake, due_ns(generated_));
+            if (!retries_.empty()) wake = std::min(wake, retries_.top().due_ns);
+            if (generating) wake = std::min(wake, end_gen_ns_);
+            long timeout_ms = std::max<long>(0, static_cast<long>((wake - now + 999'999) / 1'000'000));
+            if (zmq::poll(items_, std::chrono::milliseconds(timeout_ms)) > 0) {
+                for (size_t i = 0; i < items_.size(); ++i)
+                    if (items_[i].revents & ZMQ_POLLIN) drain(static_cast<uint32_t>(i));
+            }
+        }
+        return report();
+    }
+
+private:
+    // Connects the sockets in groups of --connect-batch; each sends one `stats`
+    // request and the next group starts when the whole group has been answered.
+    // So the clock starts with every connection established, and the broker's
+    // listen backlog never overflows (a dropped SYN costs 1, 3, 7... s).
+    bool handshake() {
+        int64_t t0 = steady_now_ns();
+        int64_t deadline = t0 + static_cast<int64_t>(o_.connect_timeout_s * 1e9);
+        std::string body = proto::encode(proto::StatsRequest{0});
+        for (size_t first = 0; first < conns_.size(); first += o_.connect_batch) {
+            size_t last = std::min(conns_.size(), first + o_.connect_batch);
+            for (size_t i = first; i < last; ++i) {
+                conns_[i].sock->connect(o_.broker);
+                send_message(*conns_[i].sock, nullptr, proto::Command::stats, body);
+            }
+            size_t answered = 0;
+            std::vector<bool> done(last - first, false);
+            while (answered < last - first) {
+                if (steady_now_ns() >= deadline) {
+                    std::fprintf(stderr, "llmq-bench: only %zu of %zu connections answered within %.0f s\n",
+                                 first + answered, conns_.size(), o_.connect_timeout_s);
+                    return false;
+                }
+                if (zmq::poll(&items_[first], last - first, std::chrono::milliseconds(100)) <= 0) continue;
+                for (size_t i = first; i < last; ++i) {
+                    if (!(items_[i].revents & ZMQ_POLLIN)) continue;
+                    while (recv_message(*conns_[i].sock, false, in_))
+                        if (!done[i - first]) {
+                            done[i - first] = true;
+                            ++answered;
+                        }
+                }
+            }
+        }
+        connect_s_ = static_cast<double>(steady_now_ns() - t0) / 1e9;
+        return true;
+    }
+
+    int64_t due_ns(uint64_t i) const { return start_ns_ + static_cast<int64_t>(static_cast<double>(i) * 1e9 / o_.rate); }
+
+    void mark(uint32_t c) {
+        if (!conns_[c].queued) {
+            conns_[c].queued = true;
+            to_flush_.push_back(c);
+        }
+    }
+
+    void add_pending(uint32_t c, int64_t t0) {
+        auto& conn = conns_[c];
+        conn.pending.emplace_back();
+        wl_.next(conn.pending.back());
+        conn.pending_t0.push_back(t0);
+        ++generated_;
+        mark(c);
+    }
+
+    void generate_open(int64_t now) {
+        while (generated_ < limit_) {
+            int64_t due = due_ns(generated_);
+            if (due > now || due >= end_gen_ns_) break;
+            add_pending(static_cast<uint32_t>(generated_ % conns_.size()), due);
+        }
+    }
+
+    // Closed loop: top up the connections that got acks (all of them at the start)
+    // as long as they have room for a whole frame.
+    void generate_closed(int64_t now) {
+        for (uint32_t c : to_fill_) {
+            auto& conn = conns_[c];
+            conn.fill_queued = false;
+            while (generated_ < limit_ && conn.inflight + conn.pending.size() < o_.window) {
+                size_t room = o_.window - conn.inflight - conn.pending.size();
+                if (room < frame_ && limit_ - generated_ >= frame_ && conn.inflight > 0) break;  // wait for a whole frame
+                add_pending(c, now);
+            }
+        }
+        to_fill_.clear();
+    }
+
+    void want_fill(uint32_t c) {
+        if (!conns_[c].fill_queued) {
+            conns_[c].fill_queued = true;
+            to_fill_.push_back(c);
+        }
+    }
+
+    void resend_due(int64_t now) {
+        while (!retries_.empty() && retries_.top().due_ns <= now) {
+            auto r = retries_.top();
+            retries_.pop();
+            auto it = inflight_.find(r.id);
+            if (it == inflight_.end()) continue;
+            auto& f = it->second;
+            auto& conn = conns_[f.conn];
+            conn.pending.push_back(std::move(f.msg));
+            conn.pending_t0.push_back(f.t0_ns);
+            --conn.inflight;
+            mark(f.conn);
+            inflight_.erase(it);
+        }
+    }
+
+    void flush() {
+        for (uint32_t c : to_flush_) {
+            auto& conn = conns_[c];
+            conn.queued = false;
+            size_t n = conn.pending.size();
+            for (size_t off = 0; off < n; off += o_.frame_messages) {
+                size_t end = std::min(n, off + o_.frame_messages);
+                push_.req = ++req_;
+                push_.ack = ack_mode_;
+                push_.msgs.clear();
+                int64_t wall = wall_now_us();
+                for (size_t i = off; i < end; ++i) {
+                    auto& m = conn.pending[i];
+                    if (m.created_at_us == 0) m.created_at_us = wall;
+                    push_.msgs.push_back(std::move(m));
+                }
+                send_message(*conn.sock, nullptr, proto::Command::push, proto::encode(push_));
+                ++frames_;
+                int64_t now = steady_now_ns();
+                for (size_t i = off; i < end; ++i) {
+                    auto& m = push_.msgs[i - off];
+                    int64_t t0 = conn.pending_t0[i];
+                    if (!open_loop_ && t0 == 0) t0 = now;
+                    if (first_send_ns_ == 0) first_send_ns_ = now;
+                    MessageId id = m.id;
+                    inflight_.emplace(id, Inflight{std::move(m), t0, c, req_});
+                    ++conn.inflight;
+                }
+                sent_ += end - off;
+            }
+            conn.pending.clear();
+            conn.pending_t0.clear();
+        }
+        to_flush_.clear();
+    }
+
+    void finish(std::unordered_map<MessageId, Inflight, MessageIdHash>::iterator it, int64_t now, bool ok,
+                std::string_view why) {
+        auto& f = it->second;
+        --conns_[f.conn].inflight;
+        if (!open_loop_) want_fill(f.conn);
+        if (ok) {
+            ++acked_;
+            last_ack_ns_ = now;
+            int p = static_cast<int>(f.msg.priority);
+            lat_[p].add(now - f.t0_ns);
+        } else {
+            ++errors_;
+            ++error_reasons_[std::string(why)];
+        }
+        inflight_.erase(it);
+    }
+
+    void drain(uint32_t c) {
+        auto& sock = *conns_[c].sock;
+        while (recv_message(sock, false, in_)) {
+            int64_t now = steady_now_ns();
+            auto hdr = proto::parse_header(in_.sig(), in_.cmd());
+            if (in_.frames != 3 || std::holds_alternative<proto::DecodeError>(hdr)) {
+                ++bad_replies_;
+                continue;
+            }
+            auto cmd = std::get<proto::Command>(hdr);
+            if (cmd == proto::Command::ack) {
+                auto d = proto::decode_ack(in_.data());
+                if (!std::holds_alternative<proto::Ack>(d)) {
+                    ++bad_replies_;
+                    continue;
+                }
+                auto& ack = std::get<proto::Ack>(d);
+                for (auto& r : ack.results) {
+                    auto it = inflight_.find(r.id);
+                    if (it == inflight_.end() || it->second.conn != c) {
+                        ++unexpected_;
+                        continue;
+                    }
+                    if (r.status == proto::Status::busy) {
+                        ++busy_retries_;
+                        uint32_t after = ack.retry_after_ms ? ack.retry_after_ms : 250;
+                        retries_.push({now + int64_t{after} * 1'000'000, r.id});
+                    } else {
+                        finish(it, now, proto::is_success(r.status), proto::status_name(r.status));
+                    }
+                }
+            } else if (cmd == proto::Command::error) {
+                auto d = proto::decode_error(in_.data());
+                std::string why = "error";
+                uint64_t req = 0;
+                if (auto* e = std::get_if<proto::Error>(&d)) {
+                    why = std::string(proto::status_name(e->status));
+                    req = e->req;
+                }
+                // Fail every message of that request still waiting (rare: a scan is fine).
+                bool any = false;
+                for (auto it = inflight_.begin(); it != inflight_.end();) {
+                    auto next = std::next(it);
+                    if (req != 0 && it->second.req == req && it->second.conn == c) {
+                        finish(it, now, false, why);
+                        any = true;
+                    }
+                    it = next;
+                }
+                if (!any) ++error_reasons_[why + " (no request)"];
+            } else {
+                ++unexpected_;
+            }
+        }
+    }
+
+    int report() {
+        int64_t end_ns = last_ack_ns_ ? last_ack_ns_ : steady_now_ns();
+        double secs = first_send_ns_ ? static_cast<double>(end_ns - first_send_ns_) / 1e9 : 0;
+        double gen_secs = static_cast<double>((gen_end_ns_ ? gen_end_ns_ : end_ns) - start_ns_) / 1e9;
+        uint64_t unanswered = inflight_.size();  // includes messages waiting to be resent after busy
+        std::vector<uint32_t> all;
+        for (auto& l : lat_) all.insert(all.end(), l.us.begin(), l.us.end());
+        nlohmann::json j;
+        j["mode"] = open_loop_ ? "open" : "closed";
+        j["broker"] = o_.broker;
+        j["connections"] = o_.connections;
+        j["ack"] = o_.ack;
+        if (open_loop_) j["rate"] = o_.rate;
+        else j["window"] = o_.window;
+        j["frame_messages"] = o_.frame_messages;
+        j["seed"] = o_.seed;
+        j["sent"] = sent_;
+        j["frames"] = frames_;
+        j["mean_content_bytes"] = wl_.mean_content_bytes();
+        j["acked"] = acked_;
+        j["errors"] = errors_;
+        j["error_reasons"] = error_reasons_;
+        j["busy_retries"] = busy_retries_;
+        j["unanswered"] = unanswered;
+        j["bad_replies"] = bad_replies_;
+        j["unexpected_results"] = unexpected_;
+        j["seconds"] = secs;
+        j["connect_seconds"] = connect_s_;
+        j["offered_msgs_per_s"] = gen_secs > 0 ? static_cast<double>(generated_) / gen_secs : 0;
+        j["throughput_msgs_per_s"] = secs > 0 ? static_cast<double>(acked_) / secs : 0;
+        j["latency"] = lat_json(all);
+        for (int p = 0; p < kPriorityCount; ++p)
+            j["latency_by_priority"][std::string(priority_name(static_cast<Priority>(p)))] = lat_json(lat_[p].us);
+        if (o_.json) {
+            std::printf("%s\n", j.dump().c_str());
+        } else {
+            std::printf("llmq-bench: %s loop, %d connections, %s, frames of <= %zu, --ack %s, seed %" PRIu64 "\n",
+                        open_loop_ ? "open" : "closed", o_.connections,
+                        open_loop_ ? ("rate " + std::to_string(static_cast<uint64_t>(o_.rate)) + " msg/s").c_str()
+                                   : ("window " + std::to_string(o_.window) + "/connection").c_str(),
+                        o_.frame_messages, o_.ack.c_str(), o_.seed);
+            std::printf("%d connections established in %.2f s\n", o_.connections, connect_s_);
+            std::printf("sent %" PRIu64 " messages in %" PRIu64 " frames (mean content %.0f B), offered %.0f msg/s\n",
+                        sent_, frames_, wl_.mean_content_bytes(), j["offered_msgs_per_s"].get<double>());
+            std::printf("acked %" PRIu64 " in %.2f s: %.0f msg/s; busy retries %" PRIu64 ", errors %" PRIu64
+                        ", unanswered %" PRIu64 "\n",
+                        acked_, secs, j["throughput_msgs_per_s"].get<double>(), busy_retries_, errors_, unanswered);
+            for (auto& [k, v] : error_reasons_) std::printf("  error %s: %" PRIu64 "\n", k.c_str(), v);
+            if (bad_replies_ || unexpected_)
+                std::printf("bad replies %" PRIu64 ", unexpected results %" PRIu64 "\n", bad_replies_, unexpected_);
+            std::printf("%-10s %9s %9s %9s %9s %9s %9s   (ms, send -> ack)\n", "latency", "count", "p50", "p90", "p99",
+                        "p99.9", "max");
+            auto row = [](const char* name, const nlohmann::json& l) {
+                std::printf("%-10s %9" PRIu64 " %9.2f %9.2f %9.2f %9.2f %9.2f\n", name, l["count"].get<uint64_t>(),
+                            l["p50_ms"].get<double>(), l["p90_ms"].get<double>(), l["p99_ms"].get<double>(),
+                            l["p999_ms"].get<double>(), l["max_ms"].get<double>());
+            };
+            row("all", j["latency"]);
+            for (int p = 0; p < kPriorityCount; ++p) {
+                std::string name(priority_name(static_cast<Priority>(p)));
+                row(name.c_str(), j["latency_by_priority"][name]);
+            }
+        }
+        std::fflush(stdout);
+        return (errors_ || unanswered || acked_ == 0) ? 1 : 0;
+    }
+
+    Options o_;
+    Workload wl_;
+    zmq::context_t ctx_;
+    proto::AckMode ack_mode_;
+    bool open_loop_ = false;
+    std::vector<Conn> conns_;
+    std::vector<zmq::pollitem_t> items_;
+    std::vector<uint32_t> to_flush_, to_fill_;
+    std::unordered_map<MessageId, Inflight, MessageIdHash> inflight_;
+    std::priority_queue<Retry, std::vector<Retry>, std::greater<Retry>> retries_;
+    proto::Push push_;
+    Incoming in_;
+    size_t frame_ = 1;
+    uint64_t req_ = 0, generated_ = 0, limit_ = 0, sent_ = 0, frames_ = 0;
+    uint64_t acked_ = 0, errors_ = 0, busy_retries_ = 0, bad_replies_ = 0, unexpected_ = 0;
+    std::map<std::string, uint64_t> error_reasons_;
+    double connect_s_ = 0;
+    int64_t start_ns_ = 0, end_gen_ns_ = 0, gen_end_ns_ = 0, first_send_ns_ = 0, last_ack_ns_ = 0;
+    Latencies lat_[kPriorityCount];
+};
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    CLI::App app{
+        "llmq-bench: end-to-end load generator for llmq. Opens N DEALER connections to the broker's\n"
+        "frontend, pushes a realistic mix of messages over the wire protocol and reports acked msg/s and\n"
+        "send -> ack latency (p50/p90/p99/p99.9/max), overall and per priority. Exit code 1 when any\n"
+        "message ended in an error or was left unanswered."};
+    Options o;
+    app.add_option("--broker", o.broker, "The broker's frontend endpoint")->capture_default_str();
+    app.add_option("--connections", o.connections,
+                   "Client connections, each its own DEALER socket (one zmq context, one thread); the open-file "
+                   "limit is raised to the hard limit at start")
+        ->capture_default_str()
+        ->check(CLI::Range(1, 10000));
+    auto* msgs = app.add_option("--messages", o.messages, "Messages to send in total")->capture_default_str()
+                     ->check(CLI::Range(uint64_t{1}, uint64_t{1'000'000'000}));
+    app.add_option("--duration-s", o.duration_s, "Send for this long instead of a fixed --messages count")
+        ->excludes(msgs)
+        ->check(CLI::PositiveNumber);
+    auto* window = app.add_option("--window", o.window,
+                                  "Closed loop: messages in flight per connection (a new frame is sent when a "
+                                  "whole frame's worth of room is free)")
+                       ->capture_default_str()
+                       ->check(CLI::Range(size_t{1}, size_t{1'000'000}));
+    app.add_option("--frame-messages", o.frame_messages, "Most messages per push frame")
+        ->capture_default_str()
+        ->check(CLI::Range(size_t{1}, proto::kMaxMessagesPerFrame));
+    app.add_option("--rate", o.rate,
+                   "Open loop: send this many msg/s in total, paced, round-robin over the connections; latency "
+                   "counts from each message's due time (no coordinated omission)")
+        ->excludes(window)
+        ->check(CLI::PositiveNumber);
+    app.add_option("--ack", o.ack, "persisted (ack after the PostgreSQL commit) or queued (ack on lane entry)")
+        ->capture_default_str()
+        ->check(CLI::IsMember({"persisted", "queued"}));
+    app.add_option("--seed", o.seed, "Seed of the message mix (conversations, priorities, contents)")
+        ->capture_default_str();
+    app.add_option("--conversations", o.conversations, "Distinct conversations")->capture_default_str()
+        ->check(CLI::Range(1, 10'000'000));
+    app.add_option("--users", o.users, "Distinct users (each conversation belongs to one)")->capture_default_str()
+        ->check(CLI::Range(1, 10'000'000));
+    app.add_option("--connect-batch", o.connect_batch,
+                   "Connections opened at once during the handshake (the broker's listen backlog is 100 by default)")
+        ->capture_default_str()
+        ->check(CLI::Range(size_t{1}, size_t{10000}));
+    app.add_option("--io-threads", o.io_threads, "ZeroMQ I/O threads")->capture_default_str()->check(CLI::Range(1, 16));
+    app.add_option("--connect-timeout-s", o.connect_timeout_s,
+                   "Before the clock starts, every connection sends one `stats` request and waits for the answer "
+                   "(so all connections are established); give up after this long")
+        ->capture_default_str()
+        ->check(CLI::PositiveNumber);
+    app.add_option("--drain-timeout-s", o.drain_timeout_s,
+                   "After the last send, wait at most this long for outstanding acks (the rest count as unanswered)")
+        ->capture_default_str()
+        ->check(CLI::NonNegativeNumber);
+    app.add_flag("--json", o.json, "Print the results as one JSON object instead of text");
+    app.footer(
+        "Mix: --conversations 1000, --users 100, priorities urgent/high/normal/low 5/15/60/20%, content 20 B to "
+        "8 KiB\n(65% <= 160 B, 25% <= 480 B, 8% <= 2 KB, 2% up to 8 KiB; English, Chinese, emoji). Busy (300) "
+        "answers are resent\nafter retry_after_ms and counted as busy retries; any other non-2xx answer is an error.");
+    CLI11_PARSE(app, argc, argv);
+    if (!raise_fd_limit(o.connections, o.json)) return 2;
+    try {
+        Bench b(o);
+        return b.run();
+    } catch (const std::exception& e) {
+        std::fprintf(stderr, "llmq-bench: %s\n", e.what());
+        return 1;
+    }
+}

@@ -1,0 +1,239 @@
+#!/usr/bin/env bash
+# The llmq benchmark in one command (issue 5). Builds in Release (build-bench/),
+# starts PostgreSQL and Redis (scripts/services.sh start, idempotent; they are
+# left running), then measures in the same run:
+#   (a) PostgreSQL's COPY ceiling for our rows (llmq-persist-bench, 2 and 1 writer connections)
+#   (b) llmq end to end, --ack persisted: broker + 2 workers, closed loop
+#   (c) --ack queued through the broker alone (no workers; lanes large enough never to fill)
+#   (d) open loop at 25%, 50% and 75% of (b)'s throughput: latency
+#   (e) 10,000 client connections at a modest rate vs 100 connections at the same rate
+# and prints a table with the ratios to the ceilings. Results as JSON in .run/bench/.
+# Stops the broker and workers it started (also on Ctrl-C); never PostgreSQL or Redis.
+#
+# Environment: BENCH_MESSAGES (b, default 200000), BENCH_QUEUED_MESSAGES (c, 1000000),
+# BENCH_OPEN_SECONDS (d, 15), BENCH_CONN_SECONDS (e, 60), BENCH_CONN_RATE (e, 2000 msg/s),
+# BENCH_SKIP_CONNS=1 skips (e).
+set -euo pipefail
+
+REPO_DIR=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd -P)
+cd -- "$REPO_DIR"
+BUILD_DIR=build-bench
+RUN_DIR=${LLMQ_RUN_DIR:-$REPO_DIR/.run}
+OUT="$RUN_DIR/bench"
+MESSAGES=${BENCH_MESSAGES:-200000}
+QUEUED_MESSAGES=${BENCH_QUEUED_MESSAGES:-1000000}
+OPEN_SECONDS=${BENCH_OPEN_SECONDS:-15}
+CONN_SECONDS=${BENCH_CONN_SECONDS:-60}
+CONN_RATE=${BENCH_CONN_RATE:-2000}
+SKIP_CONNS=${BENCH_SKIP_CONNS:-0}
+
+section() { printf '\n==== %s ====\n' "$*"; }
+
+pids=()
+stop_cluster() {
+  ((${#pids[@]})) || return 0
+  kill -TERM "${pids[@]}" 2>/dev/null || true
+  for p in "${pids[@]}"; do
+    for _ in $(seq 100); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$p" 2>/dev/null || true
+    wait "$p" 2>/dev/null || true
+  done
+  pids=()
+}
+cleanup() {
+  local rc=$?
+  trap - EXIT INT TERM
+  stop_cluster
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'echo "run.sh: interrupted" >&2; exit 130' INT
+trap 'exit 143' TERM
+
+# Every process started from here may hold many connections.
+ulimit -n "$(ulimit -Hn)"
+
+section "Build (Release, $BUILD_DIR)"
+cmake -S . -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=Release >/dev/null
+cmake --build "$BUILD_DIR" -j"${LLMQ_JOBS:-2}" --target llmq-broker llmq-worker llmq llmq-bench llmq-persist-bench
+
+section "PostgreSQL and Redis"
+bash scripts/services.sh start
+# shellcheck disable=SC1091
+source "$RUN_DIR/env"
+DB=llmq_bench
+psql -q "$LLMQ_TEST_POSTGRES" -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" -c "CREATE DATABASE $DB"
+PG_URL="${LLMQ_TEST_POSTGRES%/*}/$DB"
+REDIS_URL="${LLMQ_TEST_REDIS%/*}/2"
+redis-cli -u "$REDIS_URL" FLUSHDB >/dev/null
+mkdir -p "$OUT"
+rm -f "$OUT"/*.json "$OUT"/*.csv
+
+# start_broker NAME [broker options...]: sets FRONTEND and BACKEND.
+start_broker() {
+  local name=$1
+  shift
+  rm -f "$OUT/$name.endpoints"
+  "$BUILD_DIR/llmq-broker" --frontend 'tcp://127.0.0.1:*' --backend 'tcp://127.0.0.1:*' --metrics 'tcp://127.0.0.1:*' \
+    --endpoints-file "$OUT/$name.endpoints" "$@" >"$OUT/$name-broker.log" 2>&1 &
+  pids+=($!)
+  for _ in $(seq 100); do [[ -s $OUT/$name.endpoints ]] && break; sleep 0.1; done
+  [[ -s $OUT/$name.endpoints ]] || { echo "run.sh: the broker did not start; see $OUT/$name-broker.log" >&2; exit 1; }
+  FRONTEND=$(sed -n 's/^frontend=//p' "$OUT/$name.endpoints")
+  BACKEND=$(sed -n 's/^backend=//p' "$OUT/$name.endpoints")
+}
+# start_workers NAME N
+start_workers() {
+  local name=$1 n=$2 i c=0
+  for i in $(seq "$n"); do
+    "$BUILD_DIR/llmq-worker" --broker "$BACKEND" --postgres "$PG_URL" --redis "$REDIS_URL" \
+      --worker-id "bench-worker-$i" >"$OUT/$name-worker$i.log" 2>&1 &
+    pids+=($!)
+  done
+  for _ in $(seq 300); do
+    c=$("$BUILD_DIR/llmq" --broker "$FRONTEND" --timeout-ms 500 stats --json 2>/dev/null |
+      python3 -c 'import json,sys; print(len(json.load(sys.stdin)["workers"]))' 2>/dev/null || echo 0)
+    ((c >= n)) && break
+    sleep 0.1
+  done
+  ((c >= n)) || { echo "run.sh: only $c of $n workers connected; see $OUT/$name-worker*.log" >&2; exit 1; }
+}
+# bench NAME [llmq-bench options...]: runs llmq-bench, shows its text, keeps JSON in $OUT/NAME.json.
+bench() {
+  local name=$1
+  shift
+  echo "+ llmq-bench $*"
+  "$BUILD_DIR/llmq-bench" --broker "$FRONTEND" --json "$@" >"$OUT/$name.json" || {
+    echo "run.sh: llmq-bench $name reported errors or unanswered messages (see $OUT/$name.json)" >&2
+  }
+  python3 - "$OUT/$name.json" <<'EOF'
+import json, sys
+j = json.load(open(sys.argv[1]))
+l = j["latency"]
+print(f'  acked {j["acked"]:,} at {j["throughput_msgs_per_s"]:,.0f} msg/s (offered {j["offered_msgs_per_s"]:,.0f}); '
+      f'busy retries {j["busy_retries"]:,}, errors {j["errors"]:,}, unanswered {j["unanswered"]:,}')
+print(f'  latency ms: p50 {l["p50_ms"]:.2f}  p90 {l["p90_ms"]:.2f}  p99 {l["p99_ms"]:.2f}  '
+      f'p99.9 {l["p999_ms"]:.2f}  max {l["max_ms"]:.2f}')
+EOF
+}
+
+section "(a) PostgreSQL COPY ceiling (llmq-persist-bench, batches of 1000)"
+for c in 2 1; do
+  "$BUILD_DIR/llmq-persist-bench" --postgres "$PG_URL" --rows 100000 --connections "$c" | tee "$OUT/copy$c.csv"
+done
+psql -q "$PG_URL" -c "TRUNCATE messages"
+
+section "(b) llmq end to end, --ack persisted: broker + 2 workers, closed loop"
+start_broker persisted
+start_workers persisted 2
+bench persisted --ack persisted --messages "$MESSAGES" --connections 50 --window 1000 --frame-messages 500
+MAX=$(python3 -c 'import json,sys; print(int(json.load(open(sys.argv[1]))["throughput_msgs_per_s"]))' "$OUT/persisted.json")
+
+section "(d) open loop at 25/50/75% of $MAX msg/s, --ack persisted, ${OPEN_SECONDS} s each"
+for pct in 25 50 75; do
+  rate=$((MAX * pct / 100))
+  ((rate > 0)) || rate=1
+  bench "open$pct" --ack persisted --rate "$rate" --messages $((rate * OPEN_SECONDS)) --connections 50 --frame-messages 500
+done
+
+if ((SKIP_CONNS)); then
+  echo "(e) skipped (BENCH_SKIP_CONNS=1)"
+else
+  section "(e) connections: 100 vs 10,000 at $CONN_RATE msg/s, ${CONN_SECONDS} s each, --ack persisted"
+  bench conn100 --ack persisted --rate "$CONN_RATE" --duration-s "$CONN_SECONDS" --connections 100
+  # One process holds ~2 descriptors per connection; with a hard limit below
+  # ~20,000 the 10,000 connections are split over two processes (5,000 each).
+  hard=$(ulimit -Hn)
+  if [[ $hard == unlimited ]] || ((hard >= 20100)); then
+    bench conn10k --ack persisted --rate "$CONN_RATE" --duration-s "$CONN_SECONDS" --connections 10000
+  else
+    echo "+ 2 x llmq-bench --connections 5000 --rate $((CONN_RATE / 2)) (open-file hard limit $hard)"
+    for k in 1 2; do
+      "$BUILD_DIR/llmq-bench" --broker "$FRONTEND" --json --ack persisted --rate $((CONN_RATE / 2)) \
+        --duration-s "$CONN_SECONDS" --connections 5000 --connect-batch 50 --seed "$k" >"$OUT/conn10k-$k.json" &
+      bpids[k]=$!
+    done
+    wait "${bpids[1]}" || echo "run.sh: conn10k-1 reported errors" >&2
+    wait "${bpids[2]}" || echo "run.sh: conn10k-2 reported errors" >&2
+    python3 - "$OUT"/conn10k-1.json "$OUT"/conn10k-2.json >"$OUT/conn10k.json" <<'EOF'
+import json, sys
+a, b = (json.load(open(p)) for p in sys.argv[1:])
+m = dict(a)
+for k in ("connections", "acked", "errors", "busy_retries", "unanswered", "sent",
+          "throughput_msgs_per_s", "offered_msgs_per_s"):
+    m[k] = a[k] + b[k]
+# Two processes' percentiles cannot be merged exactly: take the worse of the two.
+m["latency"] = {k: max(a["latency"][k], b["latency"][k]) for k in a["latency"]}
+m["processes"] = 2
+print(json.dumps(m))
+EOF
+    python3 - "$OUT"/conn10k.json <<'EOF'
+import json, sys
+j = json.load(open(sys.argv[1]))
+l = j["latency"]
+print(f'  acked {j["acked"]:,} at {j["throughput_msgs_per_s"]:,.0f} msg/s; errors {j["errors"]:,}, unanswered {j["unanswered"]:,}')
+print(f'  latency ms (worse of the two processes): p50 {l["p50_ms"]:.2f}  p90 {l["p90_ms"]:.2f}  p99 {l["p99_ms"]:.2f}  '
+      f'p99.9 {l["p999_ms"]:.2f}  max {l["max_ms"]:.2f}')
+EOF
+  fi
+  "$BUILD_DIR/llmq" --broker "$FRONTEND" stats --json 2>/dev/null |
+    python3 -c 'import json,sys; s=json.load(sys.stdin); print("broker saw", s.get("client_connections"), "client connections at the end")' || true
+fi
+stop_cluster
+
+section "(c) --ack queued through the broker alone (no workers)"
+start_broker queued --lane-capacity 2000000
+bench queued --ack queued --messages "$QUEUED_MESSAGES" --connections 10 --window 20000 --frame-messages 1000
+stop_cluster
+
+section "Summary"
+python3 - "$OUT" <<'EOF'
+import csv, json, os, sys
+out = sys.argv[1]
+def load(name):
+    p = os.path.join(out, name + ".json")
+    return json.load(open(p)) if os.path.exists(p) else None
+def copy_rate(c):
+    lines = [l for l in open(os.path.join(out, f"copy{c}.csv")) if "," in l and not l.startswith("[")]
+    for row in csv.DictReader(lines):
+        if row["method"] == "copy":
+            return float(row["rows_per_s"])
+    return 0.0
+copy2, copy1 = copy_rate(2), copy_rate(1)
+p, q = load("persisted"), load("queued")
+rows = []
+rows.append(("COPY ceiling, 2 connections", f"{copy2:,.0f} rows/s", "", ""))
+rows.append(("COPY ceiling, 1 connection", f"{copy1:,.0f} rows/s", "", ""))
+pr = p["throughput_msgs_per_s"]
+rows.append(("(b) persisted, 50 conns closed loop", f"{pr:,.0f} msg/s",
+             f"{pr / copy2:.2f} x COPY(2)" if copy2 else "",
+             f"p99 {p['latency']['p99_ms']:.1f} ms; target >= 40,000 and >= 0.6 x COPY"))
+qr = q["throughput_msgs_per_s"]
+rows.append(("(c) queued, broker alone", f"{qr:,.0f} msg/s", f"{qr / 500000:.2f} x target",
+             f"p99 {q['latency']['p99_ms']:.1f} ms; target >= 500,000"))
+for pct in (25, 50, 75):
+    o = load(f"open{pct}")
+    if o:
+        rows.append((f"(d) open loop {pct}% of (b)", f"{o['throughput_msgs_per_s']:,.0f} msg/s",
+                     f"offered {o['offered_msgs_per_s']:,.0f}",
+                     f"p50 {o['latency']['p50_ms']:.1f} / p99 {o['latency']['p99_ms']:.1f} / max {o['latency']['max_ms']:.1f} ms"
+                     + ("; target p99 <= 50 ms" if pct == 50 else "")))
+c1, c2 = load("conn100"), load("conn10k")
+if c1 and c2:
+    r = c2["latency"]["p99_ms"] / c1["latency"]["p99_ms"] if c1["latency"]["p99_ms"] else 0
+    rows.append(("(e) 100 connections", f"{c1['throughput_msgs_per_s']:,.0f} msg/s", "",
+                 f"p99 {c1['latency']['p99_ms']:.1f} ms, errors {c1['errors']}, unanswered {c1['unanswered']}"))
+    rows.append((f"(e) {c2['connections']:,} connections", f"{c2['throughput_msgs_per_s']:,.0f} msg/s",
+                 f"p99 {r:.2f} x 100-conn", f"p99 {c2['latency']['p99_ms']:.1f} ms, errors {c2['errors']}, "
+                 f"unanswered {c2['unanswered']}; target <= 2 x"))
+w = [max(len(r[i]) for r in rows) for i in range(4)]
+hdr = ("what", "throughput", "ratio", "notes")
+w = [max(w[i], len(hdr[i])) for i in range(4)]
+line = lambda r: "| " + " | ".join(r[i].ljust(w[i]) for i in range(4)) + " |"
+print(line(hdr))
+print("|" + "|".join("-" * (w[i] + 2) for i in range(4)) + "|")
+for r in rows:
+    print(line(r))
+EOF
+echo
+echo "JSON results and logs: $OUT"
