@@ -25,20 +25,6 @@ using json = nlohmann::json;
 using namespace std::chrono_literals;
 
 // A TCP port that was free a moment ago (bound to port 0, then closed).
-int free_port() {
-    int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-    sockaddr_in a{};
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    a.sin_port = 0;
-    socklen_t len = sizeof a;
-    int port = -1;
-    if (::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0 &&
-        ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) == 0)
-        port = ntohs(a.sin_port);
-    ::close(fd);
-    return port;
-}
 
 struct HttpAnswer {
     int status = 0;  // 0: no answer
@@ -246,7 +232,7 @@ TEST_F(MetricsE2E, CollectorPromtoolPrometheusStatsAndTop) {
 
     // A real Prometheus scrapes the collector and answers a query.
     {
-        int port = free_port();
+        int port = free_tcp_port();
         ASSERT_GT(port, 0);
         std::string cfg = dir_ + "/prometheus.yml";
         std::ofstream(cfg) << "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n"
@@ -309,7 +295,7 @@ TEST_F(MetricsE2E, CollectorHelpAndBadListen) {
     rc = run_capture(bin("llmq-collector") + " --listen nonsense 2>&1", out);
     EXPECT_EQ(rc, 2) << out;
     // A port already taken is an error, not a silent collector.
-    int port = free_port();
+    int port = free_tcp_port();
     httplib::Server blocker;
     ASSERT_TRUE(blocker.bind_to_port("127.0.0.1", port));
     rc = run_capture("timeout 10 " + bin("llmq-collector") + " --listen 127.0.0.1:" + std::to_string(port) + " 2>&1", out);

@@ -53,22 +53,6 @@ inline long rss_kb(pid_t pid) {
     return -1;
 }
 
-// A TCP port on 127.0.0.1 that was free a moment ago (bind to port 0, read it, close).
-inline int free_tcp_port() {
-    int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-    if (fd < 0) return -1;
-    sockaddr_in a{};
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    a.sin_port = 0;
-    socklen_t len = sizeof a;
-    int port = -1;
-    if (::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0 &&
-        ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) == 0)
-        port = ntohs(a.sin_port);
-    ::close(fd);
-    return port;
-}
 
 // ---------------------------------------------------------------------------
 // Service outages through scripts/services.sh (pg-stop/pg-start,
