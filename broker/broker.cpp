@@ -95,6 +95,9 @@ Broker::Broker(BrokerConfig cfg, zmq::context_t* ctx)
         s->set(zmq::sockopt::rcvhwm, 100'000);
         s->set(zmq::sockopt::maxmsgsize, static_cast<int64_t>(proto::kMaxFrameBytes));
         s->set(zmq::sockopt::linger, 1000);
+        // Thousands of clients may connect at once; the default backlog of 100
+        // makes the rest retry with growing delays (seconds for 5,000).
+        s->set(zmq::sockopt::backlog, 4096);
     }
     metrics_.set(zmq::sockopt::linger, 0);
     frontend_ep_ = bind_socket(frontend_, cfg_.frontend, "frontend");
