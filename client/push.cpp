@@ -21,6 +21,7 @@ struct Outstanding {
     int64_t first_sent_ns = 0;
     int64_t last_sent_ns = 0;
     int64_t resend_at_ns = 0;  // when queued for a resend (busy), else 0
+    uint32_t copies = 1;       // lines with this id read while it was in flight: they share its outcome
 };
 
 constexpr int64_t kMs = 1'000'000;
@@ -89,11 +90,11 @@ PushSummary Pusher::run(const std::function<bool(PushItem&)>& next,
     auto finish = [&](Outstanding& o, const proto::Outcome& r, int64_t now) {
         if (opts_.on_outcome) opts_.on_outcome(now, proto::is_success(r.status));
         if (proto::is_success(r.status)) {
-            ++s.persisted;
+            s.persisted += o.copies;
             s.latencies_ms.push_back(static_cast<double>(now - o.first_sent_ns) / kMs);
         } else {
-            ++s.rejected;
-            ++s.reasons[code_of(r)];
+            s.rejected += o.copies;
+            s.reasons[code_of(r)] += o.copies;
             on_reject(o.item.line, r.reason.empty() ? std::string(proto::status_name(r.status)) : r.reason);
         }
     };
@@ -109,9 +110,9 @@ PushSummary Pusher::run(const std::function<bool(PushItem&)>& next,
             }
             MessageId id = item.msg.id;
             auto [it, added] = out.try_emplace(id);
-            if (!added) {  // the same id twice in the input: one message
+            if (!added) {  // the same id again while in flight: one message, one outcome for both
+                ++it->second.copies;
                 ++s.sent;
-                ++s.persisted;
                 continue;
             }
             it->second.item = std::move(item);
@@ -182,7 +183,7 @@ PushSummary Pusher::run(const std::function<bool(PushItem&)>& next,
         }
         if (!out.empty() && now - last_heard > int64_t{opts_.give_up_after_ms} * kMs) {
             s.broker_unreachable = true;
-            s.unanswered = out.size();
+            for (const auto& [id, o] : out) s.unanswered += o.copies;
             break;
         }
         if (opts_.progress && now - last_progress > 200 * kMs) {

@@ -8,6 +8,7 @@
 
 #include "broker/broker.hpp"
 #include "client/client.hpp"
+#include "client/push.hpp"
 #include "common/time.hpp"
 #include "common/uuid.hpp"
 
@@ -306,6 +307,37 @@ TEST(Broker, ClientCommandsOnTheWorkerSocketAndViceVersaAreRefused) {
     auto e = w.expect(proto::Command::error, 2s);
     ASSERT_TRUE(e);
     EXPECT_EQ(std::get<proto::Error>(proto::decode_error(e->data())).status, Status::unknown_command);
+}
+
+TEST(Broker, APusherCountsARepeatedIdOnceWithItsRealOutcome) {
+    // Two input lines with the same id are one message: both take its outcome,
+    // which here is a rejection (a summary must never call them persisted).
+    RunningBroker b(fast_config());
+    FakeWorker w(b.backend(), 1, "w");
+    ASSERT_FALSE(w.expect(proto::Command::batch, 100ms));  // registered
+    client::Client c(b.frontend());
+    client::PushOptions opts;
+    opts.give_up_after_ms = 5000;
+    client::Pusher pusher(c, opts);
+    auto m = make(Priority::normal, 1);
+    int given = 0;
+    std::thread worker([&] {
+        auto batch = w.expect_batch();
+        w.done(batch, Status::rejected);
+    });
+    auto s = pusher.run(
+        [&](client::PushItem& it) {
+            if (given == 2) return false;
+            ++given;
+            it.msg = m;
+            it.line = static_cast<size_t>(given);
+            return true;
+        },
+        [](size_t, const std::string&) {});
+    worker.join();
+    EXPECT_EQ(s.sent, 2u);
+    EXPECT_EQ(s.persisted, 0u);
+    EXPECT_EQ(s.rejected, 2u);
 }
 
 }  // namespace
