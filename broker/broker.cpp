@@ -360,7 +360,11 @@ void Broker::on_done(Incoming& in, WorkerEntry& w, int64_t now) {
     if (auto* err = std::get_if<proto::DecodeError>(&decoded)) {
         ++bad_frames_;
         spdlog::warn("worker {} sent an undecodable done: {}", w.info.id, err->reason);
-        return;  // the batch stays in flight; if the worker dies it is redelivered
+        // We cannot tell which batch it answers: forget the worker so everything it
+        // held is redelivered now (not held for ever); its next frame gets
+        // `disconnect` and it registers again.
+        drop_worker(in.routing_id, "undecodable done");
+        return;
     }
     auto& done = std::get<proto::Done>(decoded);
     auto it = inflight_.find(done.batch);

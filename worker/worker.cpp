@@ -381,8 +381,13 @@ void Worker::handle(Incoming& in) {
         case Command::batch: {
             auto b = proto::decode_batch(in.data());
             if (auto* err = std::get_if<proto::DecodeError>(&b)) {
-                spdlog::error("undecodable batch from the broker: {}", err->reason);
-                return;  // the broker redelivers it when we leave or die
+                // Its messages cannot be answered one by one: leave and register
+                // again, so the broker redelivers everything we held at once.
+                spdlog::error("undecodable batch from the broker ({}); registering again", err->reason);
+                backlog_.clear();
+                send(Command::disconnect, proto::encode(proto::Disconnect{"undecodable batch"}));
+                send(Command::ready, proto::encode(proto::Ready{cfg_.credit, info_}));
+                return;
             }
             backlog_.push_back(std::move(std::get<proto::Batch>(b)));
             break;

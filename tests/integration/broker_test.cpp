@@ -340,5 +340,25 @@ TEST(Broker, APusherCountsARepeatedIdOnceWithItsRealOutcome) {
     EXPECT_EQ(s.rejected, 2u);
 }
 
+TEST(Broker, UndecodableDoneRedeliversTheWorkersBatchesAtOnce) {
+    RunningBroker b(fast_config());
+    client::Client c(b.frontend());
+    FakeWorker bad(b.backend(), 1, "bad");
+    ASSERT_FALSE(bad.expect(proto::Command::batch, 100ms));  // registered first, so it gets the batch
+    auto m = make(Priority::normal, 1);
+    c.send_push(push_of({m}, proto::AckMode::persisted, 1));
+    auto first = bad.expect_batch();
+    FakeWorker good(b.backend(), 1, "good");
+    bad.send(proto::Command::done, "\x80");  // a map without `batch`
+    EXPECT_TRUE(bad.expect(proto::Command::disconnect, 2s)) << "the broker should ask it to register again";
+    auto again = good.expect_batch(2s);
+    ASSERT_EQ(again.msgs.size(), 1u);
+    EXPECT_EQ(again.msgs[0].id, m.id);
+    good.done(again);
+    auto acks = collect_acks(c, 1, 2s);
+    ASSERT_EQ(acks.size(), 1u);
+    EXPECT_EQ(acks[0].status, Status::ok);
+}
+
 }  // namespace
 }  // namespace llmq::test
