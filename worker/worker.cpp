@@ -207,7 +207,18 @@ StoreStatus Worker::isolate(const proto::Batch& batch, const std::vector<size_t>
     }
     if (dead.empty()) return {};
     StoreStatus st = store_->dead_letter(dead);
-    if (!st.ok) return st;  // retried when PostgreSQL is back
+    if (st.unavailable) return st;  // the whole batch is handed back and retried later
+    if (!st.ok) {
+        // dead_letters itself refuses these rows: the broker fails them to their
+        // clients after its attempt slack, rather than retrying them for ever.
+        spdlog::error("cannot dead-letter {} messages: {}", dead.size(), st.error);
+        for (size_t k : dead_k) {
+            done.results[valid[k]].status = Status::persist_failed;
+            done.results[valid[k]].reason = "could not store nor dead-letter: " + st.error;
+        }
+        counters_.failed += dead.size();
+        return {};
+    }
     for (size_t d = 0; d < dead.size(); ++d) {
         size_t i = valid[dead_k[d]];
         done.results[i].status = Status::dead_lettered;
