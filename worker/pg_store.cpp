@@ -93,13 +93,16 @@ void mark_inserted(const pqxx::result& res, const std::vector<const StoredMessag
     ids.reserve(res.size());
     for (const auto& r : res)
         if (auto id = uuid_from_string(r[0].c_str())) ids.push_back(*id);
+    // RETURNING ids are distinct (the primary key): mark each id's first row once.
     std::sort(ids.begin(), ids.end());
+    std::vector<bool> taken(ids.size(), false);
     for (size_t i = 0; i < rows.size(); ++i) {
         auto it = std::lower_bound(ids.begin(), ids.end(), rows[i]->id);
-        if (it != ids.end() && *it == rows[i]->id) {
-            inserted[i] = true;
-            ids.erase(it);
-        }
+        if (it == ids.end() || *it != rows[i]->id) continue;
+        size_t k = static_cast<size_t>(it - ids.begin());
+        if (taken[k]) continue;
+        taken[k] = true;
+        inserted[i] = true;
     }
 }
 
