@@ -114,6 +114,18 @@ std::string hex_id(const MessageId& id) {
     return out;
 }
 
+// A history member: "<32 hex id>:<msgpack stored message>", built in one buffer
+// (the scripts take the id from its first 32 bytes and the payload after ':').
+std::string member_of(const StoredMessage& m) {
+    std::string payload = proto::encode_stored(m);
+    std::string out;
+    out.reserve(33 + payload.size());
+    out += hex_id(m.id);
+    out.push_back(':');
+    out += payload;
+    return out;
+}
+
 struct ReplyDeleter {
     void operator()(redisReply* r) const {
         if (r) freeReplyObject(r);
@@ -282,7 +294,7 @@ bool RedisCache::after_commit(const std::vector<std::string_view>& conversations
         std::sort(sorted.begin(), sorted.end(), [](auto* x, auto* y) { return x->id < y->id; });
         args.push_back(complete[i] || sorted.empty() ? kZeroFloor : hex_id(sorted.front()->id));
         args.push_back(std::to_string(sorted.size()));
-        for (const StoredMessage* m : sorted) args.push_back(hex_id(m->id) + ":" + proto::encode_stored(*m));
+        for (const StoredMessage* m : sorted) args.push_back(member_of(*m));
     }
     append(ctx_, args);
     Reply r = next_reply(ctx_);
@@ -333,7 +345,7 @@ bool RedisCache::repair(const std::string& conversation, const std::string& toke
                                   std::to_string(cfg_.history_size), std::to_string(cfg_.history_ttl_s), floor,
                                   std::to_string(wall_now_us() / 1000), token, std::to_string(leaked.size())};
     args.insert(args.end(), leaked.begin(), leaked.end());
-    for (const auto& m : recent) args.push_back(hex_id(m.id) + ":" + proto::encode_stored(m));
+    for (const auto& m : recent) args.push_back(member_of(m));
     append(ctx_, args);
     Reply r = next_reply(ctx_);
     if (!r || r->type == REDIS_REPLY_ERROR) {
