@@ -10,7 +10,13 @@
 namespace llmq::proto {
 namespace {
 
-using Packer = msgpack::packer<msgpack::sbuffer>;
+// msgpack's packer writes through any type with write(const char*, size_t):
+// packing straight into the std::string we return saves a copy per body.
+struct StringWriter {
+    std::string* out;
+    void write(const char* data, size_t n) { out->append(data, n); }
+};
+using Packer = msgpack::packer<StringWriter>;
 
 constexpr std::string_view kCommandNames[] = {
     "push", "history", "get", "stats", "dead_letters", "ack", "reply", "error",
@@ -98,10 +104,12 @@ void pack_outcomes(Packer& p, const std::vector<Outcome>& results) {
 
 template <class F>
 std::string build(F&& fill) {
-    msgpack::sbuffer buf;
-    Packer p(buf);
+    std::string out;
+    out.reserve(256);
+    StringWriter w{&out};
+    Packer p(w);
     fill(p);
-    return std::string(buf.data(), buf.size());
+    return out;
 }
 
 // ---- decoding helpers --------------------------------------------------------
@@ -796,6 +804,12 @@ Decoded<Disconnect> decode_disconnect(std::string_view body) {
 
 std::string encode_stored(const StoredMessage& m) {
     return build([&](Packer& p) { pack_stored(p, m); });
+}
+
+void encode_stored(const StoredMessage& m, std::string& out) {
+    StringWriter w{&out};
+    Packer p(w);
+    pack_stored(p, m);
 }
 
 std::optional<StoredMessage> decode_stored(std::string_view data) {

@@ -252,6 +252,7 @@ Decoded<Disconnect> decode_disconnect(std::string_view body);
 // A stored message as one msgpack map (the same map as in Reply.messages); used
 // by the worker's cache as well.
 std::string encode_stored(const StoredMessage& m);
+void encode_stored(const StoredMessage& m, std::string& out);  // appends to out
 std::optional<StoredMessage> decode_stored(std::string_view data);
 
 // Best effort: the `req` of a body that failed to decode, so the error reply can

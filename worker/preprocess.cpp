@@ -96,6 +96,39 @@ struct FreeDeleter {
     void operator()(void* p) const { std::free(p); }
 };
 
+}  // namespace
+
+bool nfc_stable(char32_t c) {
+    if (c < 0x300) return true;
+    // Hangul vowel and trailing jamo compose with what precedes them by rule,
+    // not through the composition table.
+    if ((c >= 0x1161 && c <= 0x1175) || (c >= 0x11A8 && c <= 0x11C2)) return false;
+    const utf8proc_property_t* p = utf8proc_get_property(static_cast<utf8proc_int32_t>(c));
+    if (p->combining_class != 0) return false;                                   // may reorder
+    if (p->decomp_type == 0 && p->decomp_seqindex != UINT16_MAX) return false;   // canonical decomposition
+    if (p->comb_index != UINT16_MAX && (p->comb_index & 0x8000)) return false;  // second of a composite pair
+    return true;
+}
+
+namespace {
+
+// True when text already in UTF-8 is NFC because every code point is stable:
+// then nothing decomposes, nothing reorders and nothing composes.
+bool nfc_quick_check(std::string_view s) {
+    const auto* p = reinterpret_cast<const unsigned char*>(s.data());
+    const auto* end = p + s.size();
+    while (p < end) {
+        if (*p < 0x80) {
+            ++p;
+            continue;
+        }
+        size_t n = 0;
+        if (!nfc_stable(decode(p, end, n))) return false;
+        p += n;
+    }
+    return true;
+}
+
 // normalize_content writing into `out`, so preprocess can reuse the capacity of
 // StoredMessage::content.
 void normalize_into(std::string_view in, std::string& out) {
@@ -103,7 +136,9 @@ void normalize_into(std::string_view in, std::string& out) {
     // buffer of the input's size. Code points below U+0300 (ASCII, Latin-1, Latin
     // Extended-A/B, IPA) are already in NFC and cannot compose with each other (a
     // unit test checks this exhaustively), so NFC is needed only if a lead byte of
-    // U+0300 or above (0xCC..0xF4) appears.
+    // U+0300 or above (0xCC..0xF4) appears, and then only if some code point is
+    // not nfc_stable (most CJK, emoji and other scripts' text is: utf8proc's
+    // decompose-and-recompose is skipped for it).
     out.resize(in.size());
     char* w = out.data();
     const auto* p = reinterpret_cast<const unsigned char*>(in.data());
@@ -130,7 +165,7 @@ void normalize_into(std::string_view in, std::string& out) {
     }
     out.resize(static_cast<size_t>(w - out.data()));
 
-    if (needs_nfc) {
+    if (needs_nfc && !nfc_quick_check(out)) {
         utf8proc_uint8_t* raw = nullptr;
         const utf8proc_ssize_t len =
             utf8proc_map(reinterpret_cast<const utf8proc_uint8_t*>(out.data()),

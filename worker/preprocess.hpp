@@ -36,6 +36,11 @@ bool is_valid_utf8(std::string_view s, size_t* error_offset = nullptr);
 // Unicode White_Space is trimmed (this includes U+2028/U+2029 at the very ends).
 std::string normalize_content(std::string_view utf8);
 
+// True when a code point is NFC whatever surrounds it: combining class 0, no
+// canonical decomposition and never the second of a composition (text made of
+// such code points only is NFC as it is). Exposed for its exhaustive test.
+bool nfc_stable(char32_t c);
+
 // Token estimate for normalized UTF-8; see the rule in preprocess.cpp. One pass, no allocation.
 int32_t estimate_tokens(std::string_view normalized_utf8);
 

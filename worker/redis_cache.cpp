@@ -5,7 +5,10 @@
 #include <hiredis/hiredis.h>
 #include <spdlog/spdlog.h>
 
+#include <unistd.h>
+
 #include <algorithm>
+#include <cerrno>
 #include <charconv>
 #include <memory>
 #include <stdexcept>
@@ -16,9 +19,10 @@
 namespace llmq::worker {
 namespace {
 
-// Marks a batch's conversations (one call per batch). KEYS: h:C, hm:C pairs.
-// ARGV: 1 mark field "w:<token>", 2 deadline (unix ms), 3 ttl seconds. Returns,
-// per conversation, 1 when the cache holds a history for it (set and floor).
+// Marks a batch's conversations (one call per batch) and refreshes their TTLs,
+// so the write after commit need not. KEYS: h:C, hm:C pairs. ARGV: 1 mark field
+// "w:<token>", 2 deadline (unix ms), 3 ttl seconds. Returns, per conversation,
+// 1 when the cache holds a history for it (set and floor).
 constexpr const char* kMarkScript = R"lua(
 local known = {}
 for i = 1, #KEYS, 2 do
@@ -31,43 +35,54 @@ end
 return known
 )lua";
 
-// Writes a committed batch (one call per batch). For each conversation: adds the
-// new members ("<32 hex id>:<msgpack>") at or above the floor, trims to the cap
-// (raising the floor to the oldest kept id), removes this writer's mark and
-// refreshes TTLs; and sets each message by id. A recorded floor is void when the
-// set itself is gone (expired or evicted).
-// KEYS: h:C, hm:C pairs. ARGV: 1 cap, 2 ttl, 3 message ttl, 4 mark field,
-// 5 key prefix, then per conversation: floor to use if none holds, member
-// count n, n members.
+// Writes a committed batch's histories (one call per batch; the messages by id
+// are plain SETs pipelined with it). For each conversation: adds the new
+// members ("<32 hex id>:<msgpack>", score 0, so they sort by id) at or above
+// the floor, trims back to the cap once it is exceeded by the slack (raising
+// the floor to the oldest kept id) and removes this writer's mark. A recorded
+// floor is void when the set itself is gone (expired or evicted). The mark
+// script refreshed both keys' TTLs moments ago; only keys created here get one.
+// Redis work is per conversation, not per message: one variadic ZADD.
+// KEYS: h:C, hm:C pairs. ARGV: 1 cap, 2 slack, 3 ttl, 4 mark field, then per
+// conversation: floor to use if none holds, lowest new id, member count n and
+// n pairs "0", member (ready for ZADD).
 constexpr const char* kAppendScript = R"lua(
 local cap = tonumber(ARGV[1])
-local a = 6
+local limit = cap + tonumber(ARGV[2])
+local ttl = ARGV[3]
+local a = 5
 for i = 1, #KEYS, 2 do
   local hist, meta = KEYS[i], KEYS[i + 1]
-  local candidate = ARGV[a]
-  local n = tonumber(ARGV[a + 1])
-  a = a + 2
-  local floor = redis.call('HGET', meta, 'floor')
-  if redis.call('EXISTS', hist) == 0 then floor = false end
+  local candidate, low, n = ARGV[a], ARGV[a + 1], tonumber(ARGV[a + 2])
+  a = a + 3
+  local count = redis.call('ZCARD', hist)
+  local floor = false
+  if count > 0 then floor = redis.call('HGET', meta, 'floor') end
   if not floor and n > 0 then
     floor = candidate
     redis.call('HSET', meta, 'floor', floor)
+    redis.call('EXPIRE', meta, ttl)
   end
-  for j = a, a + n - 1 do
-    local member = ARGV[j]
-    local id = string.sub(member, 1, 32)
-    redis.call('SET', ARGV[5] .. 'm:' .. id, string.sub(member, 34), 'EX', ARGV[3])
-    if floor and id >= floor then redis.call('ZADD', hist, 0, member) end
+  if n > 0 then
+    local was = count
+    local last = a + 2 * n - 1
+    if low >= floor then
+      for j = a, last, 1000 do
+        count = count + redis.call('ZADD', hist, unpack(ARGV, j, math.min(j + 999, last)))
+      end
+    else
+      for j = a + 1, last, 2 do
+        if string.sub(ARGV[j], 1, 32) >= floor then count = count + redis.call('ZADD', hist, 0, ARGV[j]) end
+      end
+    end
+    if was == 0 and count > 0 then redis.call('EXPIRE', hist, ttl) end
+    a = last + 1
   end
-  a = a + n
-  local count = redis.call('ZCARD', hist)
-  if count > cap then
+  if count > limit then
     redis.call('ZREMRANGEBYRANK', hist, 0, count - cap - 1)
     redis.call('HSET', meta, 'floor', string.sub(redis.call('ZRANGE', hist, 0, 0)[1], 1, 32))
   end
   redis.call('HDEL', meta, ARGV[4])
-  redis.call('EXPIRE', hist, ARGV[2])
-  redis.call('EXPIRE', meta, ARGV[2])
 end
 return 1
 )lua";
@@ -104,27 +119,74 @@ return n
 
 const std::string kZeroFloor(32, '0');
 
-std::string hex_id(const MessageId& id) {
+void put_hex_id(std::string& out, const MessageId& id) {
     static constexpr char hex[] = "0123456789abcdef";
-    std::string out(32, '0');
-    for (int i = 0; i < 16; ++i) {
-        out[2 * i] = hex[id[i] >> 4];
-        out[2 * i + 1] = hex[id[i] & 0xf];
+    for (uint8_t b : id) {
+        out.push_back(hex[b >> 4]);
+        out.push_back(hex[b & 0xf]);
     }
+}
+
+std::string hex_id(const MessageId& id) {
+    std::string out;
+    out.reserve(32);
+    put_hex_id(out, id);
     return out;
 }
 
-// A history member: "<32 hex id>:<msgpack stored message>", built in one buffer
-// (the scripts take the id from its first 32 bytes and the payload after ':').
+// A history member: "<32 hex id>:<msgpack stored message>" (the scripts take
+// the id from its first 32 bytes and the payload after ':').
 std::string member_of(const StoredMessage& m) {
-    std::string payload = proto::encode_stored(m);
     std::string out;
-    out.reserve(33 + payload.size());
-    out += hex_id(m.id);
+    out.reserve(64 + m.content.size() + m.conversation_id.size() + m.user_id.size());
+    put_hex_id(out, m.id);
     out.push_back(':');
-    out += payload;
+    proto::encode_stored(m, out);
     return out;
 }
+
+// Redis commands written straight in the protocol's encoding (RESP) into a
+// caller's buffer (kept across batches, so its pages stay mapped): no argument
+// strings, no argv arrays.
+class RespBuffer {
+public:
+    explicit RespBuffer(std::string& out) : out_(out) { out_.clear(); }
+    void command(size_t argc) { head('*', argc); }
+    void arg(std::string_view a) {
+        head('$', a.size());
+        out_.append(a);
+        out_.append("\r\n");
+    }
+    void arg(uint64_t v) {
+        char buf[24];
+        auto end = std::to_chars(buf, buf + sizeof buf, v).ptr;
+        arg(std::string_view(buf, static_cast<size_t>(end - buf)));
+    }
+    // "<prefix><32 hex id>" as one argument.
+    void id_arg(std::string_view prefix, const MessageId& id) {
+        head('$', prefix.size() + 32);
+        out_.append(prefix);
+        put_hex_id(out_, id);
+        out_.append("\r\n");
+    }
+    // "<32 hex id>:<payload>" as one argument.
+    void member_arg(const MessageId& id, std::string_view payload) {
+        head('$', 33 + payload.size());
+        put_hex_id(out_, id);
+        out_.push_back(':');
+        out_.append(payload);
+        out_.append("\r\n");
+    }
+private:
+    void head(char kind, size_t n) {
+        char buf[24];
+        buf[0] = kind;
+        auto end = std::to_chars(buf + 1, buf + sizeof buf, n).ptr;
+        out_.append(buf, static_cast<size_t>(end - buf));
+        out_.append("\r\n");
+    }
+    std::string& out_;
+};
 
 struct ReplyDeleter {
     void operator()(redisReply* r) const {
@@ -239,6 +301,19 @@ bool RedisCache::ensure_connected() {
     return true;
 }
 
+bool RedisCache::send_all(std::string_view data) {
+    // Straight to the socket: hiredis would copy the buffer into its own and
+    // shift it down after every partial write. Its output buffer is empty here:
+    // every command before was answered (redisGetReply flushes it first).
+    while (!data.empty()) {
+        ssize_t n = ::write(ctx_->fd, data.data(), data.size());
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) return false;  // includes the send timeout (EAGAIN)
+        data.remove_prefix(static_cast<size_t>(n));
+    }
+    return true;
+}
+
 void RedisCache::defer(std::string_view conversation, const std::string& token) {
     auto& leaked = repairs_[std::string(conversation)];
     if (!token.empty() && std::find(leaked.begin(), leaked.end(), token) == leaked.end()) leaked.push_back(token);
@@ -282,29 +357,82 @@ bool RedisCache::after_commit(const std::vector<std::string_view>& conversations
     };
     if (conversations.empty()) return true;
     if (!ensure_connected()) return give_up();
-    std::vector<std::string> args{"EVALSHA", append_sha_, std::to_string(2 * conversations.size())};
-    for (auto conv : conversations) {
-        args.push_back(history_key(conv));
-        args.push_back(meta_key(conv));
-    }
-    args.insert(args.end(), {std::to_string(cfg_.history_size), std::to_string(cfg_.history_ttl_s),
-                             std::to_string(cfg_.message_ttl_s), "w:" + token, cfg_.prefix});
+    // One buffer: a SET per message by id, then the history script for all the
+    // batch's conversations. Each payload is encoded once and written twice.
+    RespBuffer cmd(wbuf_);
+    size_t members = 0;
+    std::vector<std::vector<const StoredMessage*>> sorted(rows);
     for (size_t i = 0; i < conversations.size(); ++i) {
-        auto sorted = rows[i];
-        std::sort(sorted.begin(), sorted.end(), [](auto* x, auto* y) { return x->id < y->id; });
-        args.push_back(complete[i] || sorted.empty() ? kZeroFloor : hex_id(sorted.front()->id));
-        args.push_back(std::to_string(sorted.size()));
-        for (const StoredMessage* m : sorted) args.push_back(member_of(*m));
+        std::sort(sorted[i].begin(), sorted[i].end(), [](auto* x, auto* y) { return x->id < y->id; });
+        members += sorted[i].size();
     }
-    append(ctx_, args);
-    Reply r = next_reply(ctx_);
-    if (!r || r->type == REDIS_REPLY_ERROR) {
-        if (!r) on_error("write");
-        else {
-            ++errors_;
-            spdlog::warn("redis refused a cache write ({}); the batch's conversations will be rebuilt from PostgreSQL",
-                         std::string_view(r->str, r->len));
+    const std::string message_prefix = cfg_.prefix + "m:";
+    const uint64_t message_ttl = cfg_.message_ttl_s;
+    std::string& payloads = payloads_;  // all of them, back to back; ends[k] closes the k-th
+    std::vector<size_t>& ends = payload_ends_;
+    payloads.clear();
+    ends.clear();
+    auto payload = [&](size_t k) {
+        size_t begin = k ? ends[k - 1] : 0;
+        return std::string_view(payloads).substr(begin, ends[k] - begin);
+    };
+    size_t k = 0;
+    for (const auto& conv : sorted)
+        for (const StoredMessage* m : conv) {
+            proto::encode_stored(*m, payloads);
+            ends.push_back(payloads.size());
+            cmd.command(5);
+            cmd.arg("SET");
+            cmd.id_arg(message_prefix, m->id);
+            cmd.arg(payload(k++));
+            cmd.arg("EX");
+            cmd.arg(message_ttl);
         }
+    cmd.command(3 + 2 * conversations.size() + 4 + 3 * conversations.size() + 2 * members);
+    cmd.arg("EVALSHA");
+    cmd.arg(append_sha_);
+    cmd.arg(uint64_t{2 * conversations.size()});
+    for (auto conv : conversations) {
+        cmd.arg(history_key(conv));
+        cmd.arg(meta_key(conv));
+    }
+    cmd.arg(uint64_t{cfg_.history_size});
+    cmd.arg(uint64_t{std::max<uint32_t>(1, cfg_.history_size / 10)});  // trim slack
+    cmd.arg(uint64_t{cfg_.history_ttl_s});
+    cmd.arg("w:" + token);
+    k = 0;
+    for (size_t i = 0; i < conversations.size(); ++i) {
+        if (complete[i] || sorted[i].empty()) cmd.arg(kZeroFloor);
+        else cmd.id_arg("", sorted[i].front()->id);
+        if (sorted[i].empty()) cmd.arg(kZeroFloor);
+        else cmd.id_arg("", sorted[i].front()->id);
+        cmd.arg(uint64_t{sorted[i].size()});
+        for (const StoredMessage* m : sorted[i]) {
+            cmd.arg("0");
+            cmd.member_arg(m->id, payload(k++));
+        }
+    }
+    if (!send_all(wbuf_)) {
+        on_error("write");
+        return give_up();
+    }
+    bool ok = true;
+    for (size_t i = 0; i <= members; ++i) {
+        Reply r = next_reply(ctx_);
+        if (!r) {
+            on_error("write");
+            return give_up();
+        }
+        if (r->type == REDIS_REPLY_ERROR) {
+            if (ok)
+                spdlog::warn("redis refused a cache write ({}); the batch's conversations will be rebuilt from "
+                             "PostgreSQL",
+                             std::string_view(r->str, r->len));
+            ok = false;
+        }
+    }
+    if (!ok) {
+        ++errors_;
         return give_up();
     }
     return true;

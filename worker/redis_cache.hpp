@@ -56,6 +56,8 @@ public:
 
 private:
     bool ensure_connected();
+    // Writes pre-encoded commands to the connection; false on a failure.
+    bool send_all(std::string_view data);
     void on_error(const char* what);
     // Remembers that a conversation needs a repair, and the marks this worker may
     // have left on it (removed by the repair).
@@ -72,6 +74,9 @@ private:
     std::string mark_sha_, append_sha_, repair_sha_;
     std::map<std::string, std::vector<std::string>> repairs_;  // conversation -> our leaked marks
     uint64_t errors_ = 0;
+    // Reused by every batch write: the encoded commands and the payloads.
+    std::string wbuf_, payloads_;
+    std::vector<size_t> payload_ends_;
 };
 
 // Parses redis://host[:port][/db]; throws std::invalid_argument with a reason.

@@ -78,7 +78,7 @@ Worker::Worker(WorkerConfig cfg, std::unique_ptr<Store> store, std::unique_ptr<C
 
 Worker::~Worker() = default;
 
-proto::Done Worker::process_batch(const proto::Batch& batch) {
+proto::Done Worker::process_batch(const proto::Batch& batch, const std::function<void(const proto::Done&)>& committed) {
     proto::Done done;
     done.batch = batch.batch;
     done.results.resize(batch.msgs.size());
@@ -157,6 +157,10 @@ proto::Done Worker::process_batch(const proto::Batch& batch) {
     inserted.resize(kept);
     counters_.persisted += kept;
     counters_.duplicates += already.size();
+    // The outcome is final once committed: acknowledge before the cache write,
+    // which the clients need not wait for (until it lands, readers of these
+    // conversations see this writer's mark and are served by PostgreSQL).
+    if (committed) committed(done);
     if (marked) write_cache(convs, conv_index, conv_of, rows, inserted, known, already, token);
     return done;
 }
@@ -502,10 +506,15 @@ void Worker::run(const std::atomic<bool>& stop) {
         } else if (!backlog_.empty()) {
             proto::Batch batch = std::move(backlog_.front());
             backlog_.pop_front();
-            proto::Done done = process_batch(batch);
-            if (health_changed_) next_hb = 0;  // tell the broker before it gets the batch back
-            flush_health(next_hb);
-            send(Command::done, proto::encode(done));
+            bool sent = false;
+            auto answer = [&](const proto::Done& done) {
+                if (health_changed_) next_hb = 0;  // tell the broker before it gets the batch back
+                flush_health(next_hb);
+                send(Command::done, proto::encode(done));
+                sent = true;
+            };
+            proto::Done done = process_batch(batch, answer);
+            if (!sent) answer(done);
         }
         if (healthy_) run_repairs(16);
         if (health_changed_) next_hb = 0;

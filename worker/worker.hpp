@@ -6,6 +6,7 @@
 #include <atomic>
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <memory>
 #include <string>
 #include <unordered_map>
@@ -59,7 +60,10 @@ public:
     void run(const std::atomic<bool>& stop);
 
     // The logic of one batch and one query, without sockets (tests use these).
-    proto::Done process_batch(const proto::Batch& batch);
+    // `committed`, if given, receives the outcome as soon as it is final (after
+    // the commit, before the cache write); the same outcome is returned.
+    proto::Done process_batch(const proto::Batch& batch,
+                              const std::function<void(const proto::Done&)>& committed = {});
     proto::Reply answer_query(const proto::Query& q);
 
     const WorkerCounters& counters() const { return counters_; }

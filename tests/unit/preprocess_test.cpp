@@ -9,6 +9,7 @@
 #include <chrono>
 #include <cstdlib>
 #include <string>
+#include <vector>
 
 namespace llmq {
 namespace {
@@ -190,22 +191,85 @@ TEST(NormalizeContent, LeavesCleanTextUnchanged) {
     }
 }
 
+// utf8proc's own mapping of s with the given options (NFC: COMPOSE, NFD: DECOMPOSE).
+std::string utf8proc_of(const std::string& s, int options) {
+    utf8proc_uint8_t* raw = nullptr;
+    const auto len = utf8proc_map(reinterpret_cast<const utf8proc_uint8_t*>(s.data()),
+                                  static_cast<utf8proc_ssize_t>(s.size()), &raw,
+                                  static_cast<utf8proc_option_t>(UTF8PROC_STABLE | options));
+    std::string r = len >= 0 ? std::string(reinterpret_cast<char*>(raw), static_cast<size_t>(len))
+                             : "<error>";
+    std::free(raw);
+    return r;
+}
+std::string nfc(const std::string& s) { return utf8proc_of(s, UTF8PROC_COMPOSE); }
+std::string nfd(const std::string& s) { return utf8proc_of(s, UTF8PROC_DECOMPOSE); }
+
+std::vector<char32_t> code_points(const std::string& s) {
+    std::vector<char32_t> out;
+    const auto* p = reinterpret_cast<const utf8proc_uint8_t*>(s.data());
+    auto left = static_cast<utf8proc_ssize_t>(s.size());
+    while (left > 0) {
+        utf8proc_int32_t c = 0;
+        const auto n = utf8proc_iterate(p, left, &c);
+        if (n <= 0) break;
+        out.push_back(static_cast<char32_t>(c));
+        p += n;
+        left -= n;
+    }
+    return out;
+}
+
+bool is_scalar(char32_t c) { return c < 0xD800 || (c > 0xDFFF && c <= 0x10FFFF); }
+
+// normalize_content skips NFC when every code point is nfc_stable. Sound only if
+// (1) each stable code point is NFC on its own and (2) none is the last code
+// point of a composite's decomposition (what would compose with a preceding
+// starter). Both checked over every code point.
+TEST(NormalizeContent, NfcStableCodePointsNeitherChangeNorCompose) {
+    int bad = 0;
+    size_t stable = 0;
+    for (char32_t c = 1; c <= 0x10FFFF && bad < 5; ++c) {
+        if (!is_scalar(c) || !nfc_stable(c)) continue;
+        ++stable;
+        const std::string s = utf8_of(c);
+        if (nfc(s) != s) {
+            ++bad;
+            ADD_FAILURE() << "stable U+" << std::hex << uint32_t{c} << " changes under NFC";
+        }
+    }
+    EXPECT_GT(stable, 200000u);  // CJK, Hangul syllables, emoji, most scripts' letters
+    for (char32_t y = 0xC0; y <= 0x10FFFF && bad < 5; ++y) {
+        if (!is_scalar(y)) continue;
+        const std::string s = utf8_of(y);
+        if (nfc(s) != s) continue;  // not a composite NFC produces
+        const auto parts = code_points(nfd(s));
+        if (parts.size() < 2) continue;
+        // y is a composite: its last part composes with what precedes it.
+        if (nfc_stable(parts.back())) {
+            ++bad;
+            ADD_FAILURE() << "U+" << std::hex << uint32_t{parts.back()} << " composes into U+" << uint32_t{y}
+                          << " but is called stable";
+        }
+    }
+    EXPECT_FALSE(nfc_stable(0x0301));  // combining acute
+    EXPECT_FALSE(nfc_stable(0x11A8));  // Hangul trailing jamo
+    EXPECT_FALSE(nfc_stable(0x212B));  // ANGSTROM SIGN: a singleton decomposition
+    EXPECT_TRUE(nfc_stable(0x4F60));   // 你
+    EXPECT_TRUE(nfc_stable(0x1F600));  // 😀
+}
+
+TEST(NormalizeContent, NfcIsAppliedWhenAStableCodePointMeetsAnUnstableOne) {
+    EXPECT_EQ(normalize_content("你 é"), "你 é");
+    EXPECT_EQ(normalize_content("가"), "가");            // L + V jamo -> 가
+    EXPECT_EQ(normalize_content("각"), "각");            // LV + T -> 각
+    EXPECT_EQ(normalize_content("Å 😀"), "Å 😀");
+}
+
 // normalize_content skips NFC when every code point is below U+0300. That is sound
 // only if each such code point is NFC on its own and no two of them compose (they
 // all have combining class 0, so nothing reorders and only neighbours interact).
 TEST(NormalizeContent, NfcFastPathPremiseHoldsForAllCodePointsBelowU0300) {
-    auto nfc = [](const std::string& s) {
-        utf8proc_uint8_t* raw = nullptr;
-        const auto len = utf8proc_map(reinterpret_cast<const utf8proc_uint8_t*>(s.data()),
-                                      static_cast<utf8proc_ssize_t>(s.size()), &raw,
-                                      static_cast<utf8proc_option_t>(UTF8PROC_STABLE |
-                                                                     UTF8PROC_COMPOSE));
-        std::string r = len >= 0 ? std::string(reinterpret_cast<char*>(raw),
-                                               static_cast<size_t>(len))
-                                 : "<error>";
-        std::free(raw);
-        return r;
-    };
     int bad = 0;
     for (char32_t a = 1; a < 0x300 && bad < 5; ++a) {
         const std::string sa = utf8_of(a);
