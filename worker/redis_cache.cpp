@@ -35,56 +35,50 @@ end
 return known
 )lua";
 
-// Writes a committed batch's histories (one call per batch; the messages by id
-// are plain SETs pipelined with it). For each conversation: adds the new
-// members ("<32 hex id>:<msgpack>", score 0, so they sort by id) at or above
-// the floor, trims back to the cap once it is exceeded by the slack (raising
-// the floor to the oldest kept id) and removes this writer's mark. A recorded
-// floor is void when the set itself is gone (expired or evicted). The mark
-// script refreshed both keys' TTLs moments ago; only keys created here get one.
-// Redis work is per conversation, not per message: one variadic ZADD.
+// Finishes a committed batch's cache write (one call per batch). The batch's
+// members ("<32 hex id>:<msgpack>", score 0, so they sort by id) were added by
+// plain ZADDs pipelined just before it; members below the floor are harmless
+// (readers check the floor; trimming drops the lowest first). For each
+// conversation: if its set or floor was gone — the set then has no TTL, as our
+// ZADD created it (every set we keep has one) — a batch holding the whole
+// stored history starts the floor at zero; otherwise the set is dropped and the
+// conversation is returned for a rebuild from PostgreSQL (its other stored
+// messages cannot be known here). Else it trims back to the cap once the cap is
+// passed by the slack, raising the floor to the oldest kept id. Always removes
+// this writer's mark. The mark script refreshed the TTLs moments ago.
 // KEYS: h:C, hm:C pairs. ARGV: 1 cap, 2 slack, 3 ttl, 4 mark field, then per
-// conversation: floor to use if none holds, lowest new id, member count n and
-// n pairs "0", member (ready for ZADD).
+// conversation 'c' (rows, and they are its whole stored history), 'r' (rows)
+// or '-' (no rows). Returns the 1-based conversations to rebuild.
 constexpr const char* kAppendScript = R"lua(
 local cap = tonumber(ARGV[1])
 local limit = cap + tonumber(ARGV[2])
 local ttl = ARGV[3]
-local a = 5
+local rebuild = {}
 for i = 1, #KEYS, 2 do
   local hist, meta = KEYS[i], KEYS[i + 1]
-  local candidate, low, n = ARGV[a], ARGV[a + 1], tonumber(ARGV[a + 2])
-  a = a + 3
-  local count = redis.call('ZCARD', hist)
-  local floor = false
-  if count > 0 then floor = redis.call('HGET', meta, 'floor') end
-  if not floor and n > 0 then
-    floor = candidate
-    redis.call('HSET', meta, 'floor', floor)
-    redis.call('EXPIRE', meta, ttl)
-  end
-  if n > 0 then
-    local was = count
-    local last = a + 2 * n - 1
-    if low >= floor then
-      for j = a, last, 1000 do
-        count = count + redis.call('ZADD', hist, unpack(ARGV, j, math.min(j + 999, last)))
-      end
-    else
-      for j = a + 1, last, 2 do
-        if string.sub(ARGV[j], 1, 32) >= floor then count = count + redis.call('ZADD', hist, 0, ARGV[j]) end
-      end
+  local c = (i + 1) / 2
+  local rows = ARGV[4 + c]
+  local left = redis.call('TTL', hist)
+  local floor = redis.call('HGET', meta, 'floor')
+  if left < 0 or not floor then
+    if rows == 'c' then
+      redis.call('HSET', meta, 'floor', '00000000000000000000000000000000')
+      redis.call('EXPIRE', meta, ttl)
+      redis.call('EXPIRE', hist, ttl)
+    elseif rows == 'r' then
+      redis.call('DEL', hist)
+      rebuild[#rebuild + 1] = c
     end
-    if was == 0 and count > 0 then redis.call('EXPIRE', hist, ttl) end
-    a = last + 1
-  end
-  if count > limit then
-    redis.call('ZREMRANGEBYRANK', hist, 0, count - cap - 1)
-    redis.call('HSET', meta, 'floor', string.sub(redis.call('ZRANGE', hist, 0, 0)[1], 1, 32))
+  else
+    local count = redis.call('ZCARD', hist)
+    if count > limit then
+      redis.call('ZREMRANGEBYRANK', hist, 0, count - cap - 1)
+      redis.call('HSET', meta, 'floor', string.sub(redis.call('ZRANGE', hist, 0, 0)[1], 1, 32))
+    end
   end
   redis.call('HDEL', meta, ARGV[4])
 end
-return 1
+return rebuild
 )lua";
 
 // Rebuilds a conversation from a snapshot of the store's most recent rows taken
@@ -118,6 +112,14 @@ return n
 )lua";
 
 const std::string kZeroFloor(32, '0');
+
+// Messages by id live in hashes of ids sharing their first 9 hex digits (36
+// bits: for UUIDv7 ids, 4.1 s of creation time), so a batch writes them with a
+// few HSETs and EXPIREs rather than a SET per message.
+constexpr size_t kBucketHex = 9;
+bool same_bucket(const MessageId& a, const MessageId& b) {
+    return std::equal(a.begin(), a.begin() + 4, b.begin()) && (a[4] >> 4) == (b[4] >> 4);
+}
 
 void put_hex_id(std::string& out, const MessageId& id) {
     static constexpr char hex[] = "0123456789abcdef";
@@ -167,6 +169,15 @@ public:
         head('$', prefix.size() + 32);
         out_.append(prefix);
         put_hex_id(out_, id);
+        out_.append("\r\n");
+    }
+    // "<prefix><first kBucketHex hex digits of id>": the id's by-id bucket.
+    void bucket_arg(std::string_view prefix, const MessageId& id) {
+        head('$', prefix.size() + kBucketHex);
+        out_.append(prefix);
+        size_t at = out_.size();
+        put_hex_id(out_, id);
+        out_.resize(at + kBucketHex);
         out_.append("\r\n");
     }
     // "<32 hex id>:<payload>" as one argument.
@@ -357,38 +368,58 @@ bool RedisCache::after_commit(const std::vector<std::string_view>& conversations
     };
     if (conversations.empty()) return true;
     if (!ensure_connected()) return give_up();
-    // One buffer: a SET per message by id, then the history script for all the
-    // batch's conversations. Each payload is encoded once and written twice.
+    // One buffer, one round trip: the messages by id (one HSET per id bucket),
+    // each conversation's members (one ZADD each), then the script that checks
+    // floors, trims and unmarks. Each payload is encoded once, written twice.
     RespBuffer cmd(wbuf_);
-    size_t members = 0;
-    std::vector<std::vector<const StoredMessage*>> sorted(rows);
-    for (size_t i = 0; i < conversations.size(); ++i) {
-        std::sort(sorted[i].begin(), sorted[i].end(), [](auto* x, auto* y) { return x->id < y->id; });
-        members += sorted[i].size();
-    }
-    const std::string message_prefix = cfg_.prefix + "m:";
-    const uint64_t message_ttl = cfg_.message_ttl_s;
-    std::string& payloads = payloads_;  // all of them, back to back; ends[k] closes the k-th
-    std::vector<size_t>& ends = payload_ends_;
+    std::vector<const StoredMessage*> by_id;
+    for (const auto& conv : rows) by_id.insert(by_id.end(), conv.begin(), conv.end());
+    std::sort(by_id.begin(), by_id.end(), [](auto* x, auto* y) { return x->id < y->id; });
+    std::string& payloads = payloads_;  // back to back; payload_ends_[k] closes the k-th of by_id
     payloads.clear();
-    ends.clear();
+    payload_ends_.clear();
+    std::unordered_map<const StoredMessage*, size_t> index;
+    index.reserve(by_id.size());
+    for (size_t k = 0; k < by_id.size(); ++k) {
+        proto::encode_stored(*by_id[k], payloads);
+        payload_ends_.push_back(payloads.size());
+        index.emplace(by_id[k], k);
+    }
     auto payload = [&](size_t k) {
-        size_t begin = k ? ends[k - 1] : 0;
-        return std::string_view(payloads).substr(begin, ends[k] - begin);
+        size_t begin = k ? payload_ends_[k - 1] : 0;
+        return std::string_view(payloads).substr(begin, payload_ends_[k] - begin);
     };
-    size_t k = 0;
-    for (const auto& conv : sorted)
-        for (const StoredMessage* m : conv) {
-            proto::encode_stored(*m, payloads);
-            ends.push_back(payloads.size());
-            cmd.command(5);
-            cmd.arg("SET");
-            cmd.id_arg(message_prefix, m->id);
-            cmd.arg(payload(k++));
-            cmd.arg("EX");
-            cmd.arg(message_ttl);
+    const std::string bucket_prefix = cfg_.prefix + "m:";
+    size_t replies = 0;
+    for (size_t k = 0; k < by_id.size();) {
+        size_t end = k + 1;  // ids sorted: a bucket's ids are adjacent
+        while (end < by_id.size() && same_bucket(by_id[k]->id, by_id[end]->id)) ++end;
+        cmd.command(2 + 2 * (end - k));
+        cmd.arg("HSET");
+        cmd.bucket_arg(bucket_prefix, by_id[k]->id);
+        for (size_t j = k; j < end; ++j) {
+            cmd.id_arg("", by_id[j]->id);
+            cmd.arg(payload(j));
         }
-    cmd.command(3 + 2 * conversations.size() + 4 + 3 * conversations.size() + 2 * members);
+        cmd.command(3);
+        cmd.arg("EXPIRE");
+        cmd.bucket_arg(bucket_prefix, by_id[k]->id);
+        cmd.arg(uint64_t{cfg_.message_ttl_s});
+        replies += 2;
+        k = end;
+    }
+    for (size_t i = 0; i < conversations.size(); ++i) {
+        if (rows[i].empty()) continue;
+        cmd.command(2 + 2 * rows[i].size());
+        cmd.arg("ZADD");
+        cmd.arg(history_key(conversations[i]));
+        for (const StoredMessage* m : rows[i]) {
+            cmd.arg("0");
+            cmd.member_arg(m->id, payload(index.at(m)));
+        }
+        ++replies;
+    }
+    cmd.command(3 + 2 * conversations.size() + 4 + conversations.size());
     cmd.arg("EVALSHA");
     cmd.arg(append_sha_);
     cmd.arg(uint64_t{2 * conversations.size()});
@@ -400,24 +431,13 @@ bool RedisCache::after_commit(const std::vector<std::string_view>& conversations
     cmd.arg(uint64_t{std::max<uint32_t>(1, cfg_.history_size / 10)});  // trim slack
     cmd.arg(uint64_t{cfg_.history_ttl_s});
     cmd.arg("w:" + token);
-    k = 0;
-    for (size_t i = 0; i < conversations.size(); ++i) {
-        if (complete[i] || sorted[i].empty()) cmd.arg(kZeroFloor);
-        else cmd.id_arg("", sorted[i].front()->id);
-        if (sorted[i].empty()) cmd.arg(kZeroFloor);
-        else cmd.id_arg("", sorted[i].front()->id);
-        cmd.arg(uint64_t{sorted[i].size()});
-        for (const StoredMessage* m : sorted[i]) {
-            cmd.arg("0");
-            cmd.member_arg(m->id, payload(k++));
-        }
-    }
+    for (size_t i = 0; i < conversations.size(); ++i) cmd.arg(rows[i].empty() ? "-" : complete[i] ? "c" : "r");
     if (!send_all(wbuf_)) {
         on_error("write");
         return give_up();
     }
     bool ok = true;
-    for (size_t i = 0; i <= members; ++i) {
+    for (size_t i = 0; i <= replies; ++i) {
         Reply r = next_reply(ctx_);
         if (!r) {
             on_error("write");
@@ -429,6 +449,15 @@ bool RedisCache::after_commit(const std::vector<std::string_view>& conversations
                              "PostgreSQL",
                              std::string_view(r->str, r->len));
             ok = false;
+        } else if (i == replies && ok) {  // the script: conversations to rebuild
+            if (r->type != REDIS_REPLY_ARRAY) ok = false;
+            else
+                for (size_t e = 0; e < r->elements; ++e) {
+                    const redisReply* x = r->element[e];
+                    if (x->type == REDIS_REPLY_INTEGER && x->integer >= 1 &&
+                        static_cast<size_t>(x->integer) <= conversations.size())
+                        defer(conversations[static_cast<size_t>(x->integer) - 1], {});
+                }
         }
     }
     if (!ok) {
@@ -546,7 +575,8 @@ std::optional<std::vector<StoredMessage>> RedisCache::history(const std::string&
 
 std::optional<StoredMessage> RedisCache::get(const MessageId& id) {
     if (!ensure_connected()) return std::nullopt;
-    append(ctx_, {"GET", cfg_.prefix + "m:" + hex_id(id)});
+    std::string hex = hex_id(id);
+    append(ctx_, {"HGET", cfg_.prefix + "m:" + hex.substr(0, kBucketHex), hex});
     Reply r = next_reply(ctx_);
     if (!r) {
         on_error("read");

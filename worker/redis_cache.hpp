@@ -5,7 +5,8 @@
 //   <prefix>hm:C  hash: `floor` (32 hex, or all zeros for "from the start"):
 //                 every stored message with id >= floor is in the set; and one
 //                 field "w:<token>" = deadline (unix ms) per writer in progress;
-// and <prefix>m:<hex id> for each message by id, with a TTL.
+// and <prefix>m:<first 9 hex digits of id>, a hash of messages by id (32 hex
+// digits -> msgpack), so ids close in time share a key and a TTL.
 // Readers use the set only when no writer mark is present, the set exists and
 // `floor` proves the requested range complete; a mark past its deadline (its
 // writer died) makes the conversation be repaired from PostgreSQL.

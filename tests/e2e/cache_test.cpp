@@ -31,14 +31,15 @@ protected:
         return v;
     }
 
-    void push(size_t n, const std::string& conv) {
+    // Pushes n messages; their ids are given, or new UUIDv7s.
+    void push(size_t n, const std::string& conv, const std::vector<MessageId>& ids = {}) {
         client::Client c(frontend_);
         client::Pusher pusher(c, {});
         size_t i = 0;
         auto s = pusher.run(
             [&](client::PushItem& it) {
                 if (i == n) return false;
-                it.msg.id = uuid_v7();
+                it.msg.id = i < ids.size() ? ids[i] : uuid_v7();
                 it.msg.conversation_id = conv;
                 it.msg.user_id = "u";
                 it.msg.content = "message " + std::to_string(i++);
@@ -49,9 +50,9 @@ protected:
         ASSERT_EQ(s.persisted, n);
     }
 
-    proto::Reply history(const std::string& conv, uint32_t limit) {
+    proto::Reply history(const std::string& conv, uint32_t limit, std::optional<MessageId> after = std::nullopt) {
         client::Client c(frontend_);
-        auto r = c.history(conv, std::nullopt, limit, std::chrono::seconds(10));
+        auto r = c.history(conv, after, limit, std::chrono::seconds(10));
         auto* reply = std::get_if<proto::Reply>(&r);
         if (!reply) throw std::runtime_error("history failed");
         return *reply;
@@ -150,6 +151,28 @@ TEST_F(CacheE2E, MarkOfALiveWriterMakesReadsMissWithoutRepair) {
     EXPECT_EQ(history("conv-d", 5).source, "db");
     ASSERT_EQ(redis({"HDEL", prefix_ + "hm:conv-d", "w:busy-worker:1"}), 1);
     EXPECT_EQ(history("conv-d", 5).source, "cache");
+}
+
+// A message committed late with an older id than one already stored, while the
+// conversation's set is gone (evicted or expired): the cache must not claim that
+// everything from the late message's id on is cached.
+TEST_F(CacheE2E, AnOlderIdArrivingAfterTheSetIsLostDoesNotHideNewerMessages) {
+    start_broker();
+    start_workers(1);
+    const MessageId older = uuid_v7();  // created first, persisted last (a low-priority lane, a retry)
+    push(3, "conv-f");
+    push(1, "conv-f");  // "newer": stored and cached
+    ASSERT_EQ(redis({"DEL", prefix_ + "h:conv-f"}), 1);
+    push(1, "conv-f", {older});
+    // Every message after `older` is the 4 pushed before it.
+    for (int i = 0; i < 20; ++i) {
+        auto r = history("conv-f", 10, older);
+        ASSERT_EQ(ids_of(r).size(), 4u) << "served from " << r.source;
+        if (r.source == "cache") break;
+        std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    auto r = history("conv-f", 10);
+    EXPECT_EQ(ids_of(r), db_ids("conv-f", 10)) << "served from " << r.source;
 }
 
 TEST_F(CacheE2E, HistoryIsTrimmedNearItsCapAndKeepsItsTtl) {

@@ -172,6 +172,7 @@ TEST_F(Mesh, GetReturnsTheStoredMessageAndNotFoundForUnknownIds) {
     ASSERT_EQ(reply->messages.size(), 1u);
     EXPECT_EQ(reply->messages[0].content, kSamples[2].normalized + " #2");
     EXPECT_EQ(reply->messages[0].conversation_id, "conv_2");
+    EXPECT_EQ(reply->source, "cache");  // the by-id entry written after commit
     auto missing = c.get(uuid_v7(), std::chrono::seconds(10));
     auto* mr = std::get_if<proto::Reply>(&missing);
     ASSERT_NE(mr, nullptr);
