@@ -27,7 +27,9 @@ public:
                                std::vector<bool>& known) = 0;
     // After the store committed: appends each conversation's new rows, trims to
     // the cap and removes the mark. complete[i]: conversation i's whole stored
-    // history is in rows[i] (it was new).
+    // history is in rows[i] (it was new). May return before the cache applied
+    // the write: its outcome is learnt by the next after_commit or settle (and
+    // counted in write_counts); false when it could not even be sent.
     virtual bool after_commit(const std::vector<std::string_view>& conversations, const std::string& token,
                               const std::vector<bool>& complete,
                               const std::vector<std::vector<const StoredMessage*>>& rows) = 0;
@@ -49,6 +51,13 @@ public:
     virtual std::optional<StoredMessage> get(const MessageId& id) = 0;
     virtual uint32_t history_size() const = 0;
     virtual uint64_t errors() const = 0;  // failed operations so far
+    struct WriteCounts {
+        uint64_t ok = 0, failed = 0;  // after_commit writes applied / not applied
+    };
+    virtual WriteCounts write_counts() const = 0;
+    // Waits for the outcome of a write still in flight (the worker calls this
+    // when it has nothing else to do, so failures are known promptly).
+    virtual void settle() = 0;
 };
 
 }  // namespace llmq::worker

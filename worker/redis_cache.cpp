@@ -270,27 +270,43 @@ RedisCache::RedisCache(RedisConfig cfg) : cfg_(std::move(cfg)) { parse_redis_url
 
 RedisCache::~RedisCache() {
     if (ctx_) redisFree(ctx_);
+    if (wctx_) redisFree(wctx_);
 }
 
-void RedisCache::on_error(const char* what) {
+void RedisCache::on_error(const char* what, redisContext* failed) {
     ++errors_;
+    if (!failed) failed = ctx_;
     spdlog::warn("redis {}: {}; cache writes deferred and reads served by PostgreSQL until it is back", what,
-                 ctx_ && ctx_->err ? ctx_->errstr : "unexpected reply");
+                 failed && failed->err ? failed->errstr : "unexpected reply");
     if (ctx_) redisFree(ctx_);
-    ctx_ = nullptr;
+    if (wctx_) redisFree(wctx_);
+    ctx_ = wctx_ = nullptr;
     retry_at_ = std::chrono::steady_clock::now() + std::chrono::seconds(1);
+    if (in_flight_) {  // its outcome is unknown now: rebuild its conversations
+        ++writes_.failed;
+        for (const auto& c : in_flight_->conversations) defer(c, in_flight_->token);
+        in_flight_.reset();
+    }
 }
 
 bool RedisCache::ensure_connected() {
-    if (ctx_) return true;
+    if (ctx_ && wctx_) return true;
     if (std::chrono::steady_clock::now() < retry_at_) return false;
     timeval tv{cfg_.timeout_ms / 1000, (cfg_.timeout_ms % 1000) * 1000};
-    ctx_ = redisConnectWithTimeout(host_.c_str(), port_, tv);
-    if (!ctx_ || ctx_->err) {
-        on_error("connect");
+    for (redisContext** c : {&ctx_, &wctx_}) {
+        if (*c) continue;
+        *c = redisConnectWithTimeout(host_.c_str(), port_, tv);
+        if (!*c || (*c)->err) {
+            on_error("connect", *c);
+            return false;
+        }
+        redisSetTimeout(*c, tv);
+    }
+    append(wctx_, {"SELECT", std::to_string(db_)});
+    if (Reply w = next_reply(wctx_); !w || w->type == REDIS_REPLY_ERROR) {
+        on_error("setup", wctx_);
         return false;
     }
-    redisSetTimeout(ctx_, tv);
     append(ctx_, {"SELECT", std::to_string(db_)});
     append(ctx_, {"SCRIPT", "LOAD", kMarkScript});
     append(ctx_, {"SCRIPT", "LOAD", kAppendScript});
@@ -312,12 +328,12 @@ bool RedisCache::ensure_connected() {
     return true;
 }
 
-bool RedisCache::send_all(std::string_view data) {
+bool RedisCache::send_all(redisContext* c, std::string_view data) {
     // Straight to the socket: hiredis would copy the buffer into its own and
     // shift it down after every partial write. Its output buffer is empty here:
     // every command before was answered (redisGetReply flushes it first).
     while (!data.empty()) {
-        ssize_t n = ::write(ctx_->fd, data.data(), data.size());
+        ssize_t n = ::write(c->fd, data.data(), data.size());
         if (n < 0 && errno == EINTR) continue;
         if (n <= 0) return false;  // includes the send timeout (EAGAIN)
         data.remove_prefix(static_cast<size_t>(n));
@@ -362,7 +378,9 @@ bool RedisCache::before_commit(const std::vector<std::string_view>& conversation
 bool RedisCache::after_commit(const std::vector<std::string_view>& conversations, const std::string& token,
                               const std::vector<bool>& complete,
                               const std::vector<std::vector<const StoredMessage*>>& rows) {
+    settle();  // at most one write in flight
     auto give_up = [&] {
+        ++writes_.failed;
         for (auto c : conversations) defer(c, token);
         return false;
     };
@@ -432,16 +450,24 @@ bool RedisCache::after_commit(const std::vector<std::string_view>& conversations
     cmd.arg(uint64_t{cfg_.history_ttl_s});
     cmd.arg("w:" + token);
     for (size_t i = 0; i < conversations.size(); ++i) cmd.arg(rows[i].empty() ? "-" : complete[i] ? "c" : "r");
-    if (!send_all(wbuf_)) {
-        on_error("write");
+    if (!send_all(wctx_, wbuf_)) {
+        on_error("write", wctx_);
         return give_up();
     }
+    // The replies are read later (settle): on its own connection, the write
+    // runs in Redis while the worker stores its next batch.
+    in_flight_ = InFlight{{conversations.begin(), conversations.end()}, token, replies + 1};
+    return true;
+}
+
+void RedisCache::settle() {
+    if (!in_flight_ || !wctx_) return;
     bool ok = true;
-    for (size_t i = 0; i <= replies; ++i) {
-        Reply r = next_reply(ctx_);
+    for (size_t i = 0; i < in_flight_->replies; ++i) {
+        Reply r = next_reply(wctx_);
         if (!r) {
-            on_error("write");
-            return give_up();
+            on_error("write", wctx_);  // defers the write's conversations
+            return;
         }
         if (r->type == REDIS_REPLY_ERROR) {
             if (ok)
@@ -449,22 +475,25 @@ bool RedisCache::after_commit(const std::vector<std::string_view>& conversations
                              "PostgreSQL",
                              std::string_view(r->str, r->len));
             ok = false;
-        } else if (i == replies && ok) {  // the script: conversations to rebuild
+        } else if (i + 1 == in_flight_->replies && ok) {  // the script: conversations to rebuild
             if (r->type != REDIS_REPLY_ARRAY) ok = false;
             else
                 for (size_t e = 0; e < r->elements; ++e) {
                     const redisReply* x = r->element[e];
                     if (x->type == REDIS_REPLY_INTEGER && x->integer >= 1 &&
-                        static_cast<size_t>(x->integer) <= conversations.size())
-                        defer(conversations[static_cast<size_t>(x->integer) - 1], {});
+                        static_cast<size_t>(x->integer) <= in_flight_->conversations.size())
+                        defer(in_flight_->conversations[static_cast<size_t>(x->integer) - 1], {});
                 }
         }
     }
-    if (!ok) {
+    if (ok) {
+        ++writes_.ok;
+    } else {
         ++errors_;
-        return give_up();
+        ++writes_.failed;
+        for (const auto& c : in_flight_->conversations) defer(c, in_flight_->token);
     }
-    return true;
+    in_flight_.reset();
 }
 
 void RedisCache::abandon(const std::vector<std::string_view>& conversations, const std::string& token) {

@@ -14,6 +14,7 @@
 
 #include <chrono>
 #include <map>
+#include <optional>
 #include <string>
 #include <unordered_map>
 
@@ -53,13 +54,17 @@ public:
     uint32_t history_size() const override { return cfg_.history_size; }
 
     uint64_t errors() const override { return errors_; }
+    WriteCounts write_counts() const override { return writes_; }
+    void settle() override;
     bool connected() const { return ctx_ != nullptr; }
 
 private:
     bool ensure_connected();
-    // Writes pre-encoded commands to the connection; false on a failure.
-    bool send_all(std::string_view data);
-    void on_error(const char* what);
+    // Writes pre-encoded commands to a connection; false on a failure.
+    static bool send_all(redisContext* c, std::string_view data);
+    // Drops both connections (retried after 1 s); `failed` names the one that
+    // failed (default: the reads/marks connection).
+    void on_error(const char* what, redisContext* failed = nullptr);
     // Remembers that a conversation needs a repair, and the marks this worker may
     // have left on it (removed by the repair).
     void defer(std::string_view conversation, const std::string& token);
@@ -70,11 +75,19 @@ private:
     std::string host_;
     int port_ = 6379;
     int db_ = 0;
-    redisContext* ctx_ = nullptr;
+    redisContext* ctx_ = nullptr;   // marks, reads, repairs: answered at once
+    redisContext* wctx_ = nullptr;  // batch writes: answered at the next settle()
     std::chrono::steady_clock::time_point retry_at_{};
     std::string mark_sha_, append_sha_, repair_sha_;
     std::map<std::string, std::vector<std::string>> repairs_;  // conversation -> our leaked marks
     uint64_t errors_ = 0;
+    WriteCounts writes_;
+    struct InFlight {  // the write sent on wctx_ whose replies are not read yet
+        std::vector<std::string> conversations;
+        std::string token;
+        size_t replies = 0;
+    };
+    std::optional<InFlight> in_flight_;
     // Reused by every batch write: the encoded commands and the payloads.
     std::string wbuf_, payloads_;
     std::vector<size_t> payload_ends_;

@@ -285,8 +285,7 @@ void Worker::write_cache(const std::vector<std::string_view>& convs,
                 complete[c] = n == new_in_batch[c];
             }
     }
-    if (cache_->after_commit(convs, token, complete, per_conv)) ++counters_.cache_writes;
-    else ++counters_.cache_write_errors;
+    cache_->after_commit(convs, token, complete, per_conv);  // counted by the cache: write_counts()
 }
 
 void Worker::run_repairs(size_t max) {
@@ -450,8 +449,8 @@ proto::WorkerMetrics Worker::metrics() const {
     m.redis_errors = cache_->errors();
     m.cache_read_hits = counters_.cache_hits;
     m.cache_read_misses = counters_.cache_misses;
-    m.cache_writes = counters_.cache_writes;
-    m.cache_write_errors = counters_.cache_write_errors;
+    m.cache_writes = cache_->write_counts().ok;
+    m.cache_write_errors = cache_->write_counts().failed;
     m.cache_repairs = counters_.cache_repairs;
     m.persist_us = persist_us_;
     return m;
@@ -488,6 +487,7 @@ void Worker::run(const std::atomic<bool>& stop) {
             backoff_ms = 100;
             handle(in);
         }
+        if (backlog_.empty()) cache_->settle();  // idle: learn how the last cache write went
         if (!healthy_) {
             // Batches that reached us anyway go straight back (not counted as attempts).
             while (!backlog_.empty()) {

@@ -46,7 +46,7 @@ void add_worker_options(CLI::App& app, WorkerConfig& cfg);
 struct WorkerCounters {
     uint64_t batches = 0, persisted = 0, rejected = 0, failed = 0, duplicates = 0, dead_lettered = 0;
     uint64_t cache_hits = 0, cache_misses = 0, cache_repairs = 0, queries = 0;
-    uint64_t cache_writes = 0, cache_write_errors = 0, db_errors = 0;
+    uint64_t db_errors = 0;
 };
 
 class Worker {
