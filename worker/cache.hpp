@@ -20,11 +20,19 @@ namespace llmq::worker {
 class Cache {
 public:
     virtual ~Cache() = default;
-    // Marks the conversations with `token` (unique per write). known[i] tells
-    // whether the cache already holds a history for conversation i. Returns false
-    // when the cache is unreachable (the conversations are then queued for repair).
-    virtual bool before_commit(const std::vector<std::string_view>& conversations, const std::string& token,
-                               std::vector<bool>& known) = 0;
+    // Marks the conversations with `token` (unique per write), in two steps so
+    // the marks are set while the store works on its transaction: send_marks,
+    // then await_marks before the commit. known[i] tells whether the cache
+    // already holds a history for conversation i. Both return false when the
+    // cache is unreachable (the conversations are then queued for repair).
+    virtual bool send_marks(const std::vector<std::string_view>& conversations, const std::string& token) = 0;
+    virtual bool await_marks(const std::vector<std::string_view>& conversations, const std::string& token,
+                             std::vector<bool>& known) = 0;
+    bool before_commit(const std::vector<std::string_view>& conversations, const std::string& token,
+                       std::vector<bool>& known) {
+        bool sent = send_marks(conversations, token);
+        return await_marks(conversations, token, known) && sent;
+    }
     // After the store committed: appends each conversation's new rows, trims to
     // the cap and removes the mark. complete[i]: conversation i's whole stored
     // history is in rows[i] (it was new). May return before the cache applied

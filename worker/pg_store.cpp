@@ -208,7 +208,8 @@ StoreStatus PgStore::migrate() {
     });
 }
 
-void PgStore::persist_copy(const std::vector<const StoredMessage*>& rows, bool staged, std::vector<bool>& inserted) {
+void PgStore::persist_copy(const std::vector<const StoredMessage*>& rows, bool staged, std::vector<bool>& inserted,
+                           const std::function<void()>& before_commit) {
     pqxx::work txn(conn());
     std::string table = "messages";
     if (staged) {
@@ -255,10 +256,12 @@ void PgStore::persist_copy(const std::vector<const StoredMessage*>& rows, bool s
     } else {
         inserted.assign(rows.size(), true);
     }
+    if (before_commit) before_commit();
     txn.commit();
 }
 
-void PgStore::persist_unnest(const std::vector<const StoredMessage*>& rows, std::vector<bool>& inserted) {
+void PgStore::persist_unnest(const std::vector<const StoredMessage*>& rows, std::vector<bool>& inserted,
+                             const std::function<void()>& before_commit) {
     std::string a[10];
     for (auto& s : a) s = "{";
     for (size_t i = 0; i < rows.size(); ++i) {
@@ -288,25 +291,28 @@ void PgStore::persist_unnest(const std::vector<const StoredMessage*>& rows, std:
                         "ON CONFLICT (id) DO NOTHING RETURNING id::text",
                     a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9]);
     mark_inserted(res, rows, inserted);
+    if (before_commit) before_commit();
     txn.commit();
 }
 
-StoreStatus PgStore::persist(const std::vector<const StoredMessage*>& rows, std::vector<bool>& inserted) {
+StoreStatus PgStore::persist(const std::vector<const StoredMessage*>& rows, std::vector<bool>& inserted,
+                             const std::function<void()>& before_commit) {
     inserted.assign(rows.size(), false);
     if (rows.empty()) return {};
-    if (method_ == PersistMethod::unnest) return guarded("persist", [&] { persist_unnest(rows, inserted); });
+    if (method_ == PersistMethod::unnest)
+        return guarded("persist", [&] { persist_unnest(rows, inserted, before_commit); });
     // Fast path: COPY straight into the table. A batch holding an id that is
     // already stored (a retry or redelivery) fails with unique_violation; it is
     // then redone through a staging table with ON CONFLICT DO NOTHING.
     try {
-        persist_copy(rows, false, inserted);
+        persist_copy(rows, false, inserted, before_commit);
         return {};
     } catch (const pqxx::unique_violation&) {
         ++conflict_fallbacks_;
     } catch (...) {
         return failure("persist", std::current_exception());
     }
-    return guarded("persist", [&] { persist_copy(rows, true, inserted); });
+    return guarded("persist", [&] { persist_copy(rows, true, inserted, before_commit); });
 }
 
 StoreStatus PgStore::count_by_conversation(const std::vector<std::string_view>& conversations,

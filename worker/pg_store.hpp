@@ -20,7 +20,8 @@ public:
     ~PgStore() override;
 
     StoreStatus migrate() override;
-    StoreStatus persist(const std::vector<const StoredMessage*>& rows, std::vector<bool>& inserted) override;
+    StoreStatus persist(const std::vector<const StoredMessage*>& rows, std::vector<bool>& inserted,
+                        const std::function<void()>& before_commit = {}) override;
     StoreStatus count_by_conversation(const std::vector<std::string_view>& conversations,
                                       std::vector<std::pair<std::string, int64_t>>& out) override;
     StoreStatus history(const std::string& conversation, const std::optional<MessageId>& after, uint32_t limit,
@@ -42,8 +43,10 @@ private:
     // itself was unavailable.
     StoreStatus failure(const char* what, std::exception_ptr ep);
     // Both fill `inserted`; copy with staged=false inserts all or throws unique_violation.
-    void persist_copy(const std::vector<const StoredMessage*>& rows, bool staged, std::vector<bool>& inserted);
-    void persist_unnest(const std::vector<const StoredMessage*>& rows, std::vector<bool>& inserted);
+    void persist_copy(const std::vector<const StoredMessage*>& rows, bool staged, std::vector<bool>& inserted,
+                      const std::function<void()>& before_commit);
+    void persist_unnest(const std::vector<const StoredMessage*>& rows, std::vector<bool>& inserted,
+                        const std::function<void()>& before_commit);
 
     std::string url_;
     PersistMethod method_;

@@ -60,8 +60,10 @@ for i = 1, #KEYS, 2 do
   local rows = ARGV[4 + c]
   local left = redis.call('TTL', hist)
   local floor = redis.call('HGET', meta, 'floor')
+  local kept = true
   if left < 0 or not floor then
-    if rows == 'c' then
+    kept = rows == 'c'
+    if kept then
       redis.call('HSET', meta, 'floor', '00000000000000000000000000000000')
       redis.call('EXPIRE', meta, ttl)
       redis.call('EXPIRE', hist, ttl)
@@ -69,7 +71,8 @@ for i = 1, #KEYS, 2 do
       redis.call('DEL', hist)
       rebuild[#rebuild + 1] = c
     end
-  else
+  end
+  if kept then
     local count = redis.call('ZCARD', hist)
     if count > limit then
       redis.call('ZREMRANGEBYRANK', hist, 0, count - cap - 1)
@@ -346,15 +349,13 @@ void RedisCache::defer(std::string_view conversation, const std::string& token) 
     if (!token.empty() && std::find(leaked.begin(), leaked.end(), token) == leaked.end()) leaked.push_back(token);
 }
 
-bool RedisCache::before_commit(const std::vector<std::string_view>& conversations, const std::string& token,
-                               std::vector<bool>& known) {
-    known.assign(conversations.size(), false);
-    auto give_up = [&] {
+bool RedisCache::send_marks(const std::vector<std::string_view>& conversations, const std::string& token) {
+    marks_sent_ = false;
+    if (conversations.empty()) return true;
+    if (!ensure_connected()) {
         for (auto c : conversations) defer(c, token);
         return false;
-    };
-    if (conversations.empty()) return true;
-    if (!ensure_connected()) return give_up();
+    }
     std::vector<std::string> args{"EVALSHA", mark_sha_, std::to_string(2 * conversations.size())};
     args.reserve(3 + 2 * conversations.size() + 3);
     for (auto conv : conversations) {
@@ -364,11 +365,29 @@ bool RedisCache::before_commit(const std::vector<std::string_view>& conversation
     args.insert(args.end(), {"w:" + token, std::to_string(wall_now_us() / 1000 + cfg_.mark_ttl_ms),
                              std::to_string(cfg_.history_ttl_s)});
     append(ctx_, args);
+    // Out now, so Redis sets the marks while the caller works on its transaction.
+    for (int done = 0; !done;)
+        if (redisBufferWrite(ctx_, &done) != REDIS_OK) {
+            on_error("mark");
+            for (auto c : conversations) defer(c, token);
+            return false;
+        }
+    marks_sent_ = true;
+    return true;
+}
+
+bool RedisCache::await_marks(const std::vector<std::string_view>& conversations, const std::string& token,
+                             std::vector<bool>& known) {
+    known.assign(conversations.size(), false);
+    if (conversations.empty()) return true;
+    if (!marks_sent_) return false;  // send_marks failed (and deferred the conversations)
+    marks_sent_ = false;
     Reply r = next_reply(ctx_);
     if (!r || r->type != REDIS_REPLY_ARRAY || r->elements != conversations.size()) {
         if (!r) on_error("mark");
         else ++errors_;
-        return give_up();
+        for (auto c : conversations) defer(c, token);
+        return false;
     }
     for (size_t i = 0; i < conversations.size(); ++i)
         known[i] = r->element[i]->type == REDIS_REPLY_INTEGER && r->element[i]->integer == 1;
@@ -547,6 +566,7 @@ bool RedisCache::repair(const std::string& conversation, const std::string& toke
 
 std::optional<std::vector<StoredMessage>> RedisCache::history(const std::string& conversation,
                                                               const std::optional<MessageId>& after, uint32_t limit) {
+    settle();  // this worker's last write is visible to its own readers
     if (repairs_.count(conversation) || !ensure_connected()) return std::nullopt;
     std::string key = history_key(conversation);
     append(ctx_, {"HGETALL", meta_key(conversation)});
@@ -603,6 +623,7 @@ std::optional<std::vector<StoredMessage>> RedisCache::history(const std::string&
 }
 
 std::optional<StoredMessage> RedisCache::get(const MessageId& id) {
+    settle();  // this worker's last write is visible to its own readers
     if (!ensure_connected()) return std::nullopt;
     std::string hex = hex_id(id);
     append(ctx_, {"HGET", cfg_.prefix + "m:" + hex.substr(0, kBucketHex), hex});

@@ -39,8 +39,9 @@ public:
     explicit RedisCache(RedisConfig cfg);
     ~RedisCache() override;
 
-    bool before_commit(const std::vector<std::string_view>& conversations, const std::string& token,
-                       std::vector<bool>& known) override;
+    bool send_marks(const std::vector<std::string_view>& conversations, const std::string& token) override;
+    bool await_marks(const std::vector<std::string_view>& conversations, const std::string& token,
+                     std::vector<bool>& known) override;
     bool after_commit(const std::vector<std::string_view>& conversations, const std::string& token,
                       const std::vector<bool>& complete,
                       const std::vector<std::vector<const StoredMessage*>>& rows) override;
@@ -88,6 +89,7 @@ private:
         size_t replies = 0;
     };
     std::optional<InFlight> in_flight_;
+    bool marks_sent_ = false;  // send_marks sent; await_marks reads the reply
     // Reused by every batch write: the encoded commands and the payloads.
     std::string wbuf_, payloads_;
     std::vector<size_t> payload_ends_;

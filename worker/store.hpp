@@ -2,6 +2,7 @@
 // PostgreSQL implementation in pg_store.{hpp,cpp}.
 #pragma once
 
+#include <functional>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -42,7 +43,10 @@ public:
     // Stores the rows in one transaction, idempotent on id: rows whose id is
     // already stored are left as they are (and count as persisted).
     // inserted[i] tells whether rows[i] was new (false: it was already stored).
-    virtual StoreStatus persist(const std::vector<const StoredMessage*>& rows, std::vector<bool>& inserted) = 0;
+    // before_commit, if given, runs once, right before the commit (not if the
+    // transaction fails earlier).
+    virtual StoreStatus persist(const std::vector<const StoredMessage*>& rows, std::vector<bool>& inserted,
+                                const std::function<void()>& before_commit = {}) = 0;
     // For each conversation, how many messages are stored (conversations with
     // none are absent). Used to tell whether a cache holds a full history.
     virtual StoreStatus count_by_conversation(const std::vector<std::string_view>& conversations,

@@ -115,12 +115,21 @@ proto::Done Worker::process_batch(const proto::Batch& batch, const std::function
     }
 
     std::string token = info_.id + ":" + std::to_string(++write_seq_);
+    // The marks go out now and must be in place before the commit: Redis sets
+    // them while PostgreSQL takes the rows.
     std::vector<bool> known;
-    bool marked = cache_->before_commit(convs, token, known);
+    bool marked = false, awaited = false;
+    const bool sent = cache_->send_marks(convs, token);
+    auto await_marks = [&] {
+        if (awaited) return;
+        awaited = true;
+        marked = cache_->await_marks(convs, token, known) && sent;
+    };
     std::vector<bool> inserted;
     std::vector<bool> stored(rows.size(), true);
     int64_t persist_start = steady_now_ns();
-    StoreStatus st = store_->persist(rows, inserted);
+    StoreStatus st = store_->persist(rows, inserted, await_marks);
+    await_marks();  // if the transaction failed before its commit
     if (!st.ok) ++counters_.db_errors;
     if (!st.ok && !st.unavailable) {
         // Something in the batch fails (PostgreSQL itself is fine): store the
