@@ -114,12 +114,26 @@ std::string build(F&& fill) {
 
 // ---- decoding helpers --------------------------------------------------------
 
+class Map;
+
+// Where a value sits, for error messages: made into text only when one fails,
+// so decoding a valid body builds no strings for it.
+struct What {
+    const Map* map = nullptr;  // a field of this map, named `key`;
+    std::string_view key;
+    std::string_view text;     // or a fixed label ("after: "), or an array name
+    int64_t index = -1;        // with the element's index ("msgs[3]: ")
+    What(const Map* m, std::string_view k) : map(m), key(k) {}
+    What(const char* label) : text(label) {}  // NOLINT: labels read as plain strings
+    What(std::string_view array, int64_t i) : text(array), index(i) {}
+    std::string str() const;
+};
+
 class Map {
 public:
-    Map(const msgpack::object& o, std::string path) : path_(std::move(path)) {
-        if (o.type != msgpack::type::MAP) fail(Status::bad_field, where() + "expected a map");
-        map_ = &o.via.map;
-    }
+    Map(const msgpack::object& o, std::string path) : path_(std::move(path)) { init(o); }
+    // An element of an array field ("msgs", 3): its path is built only for an error.
+    Map(const msgpack::object& o, std::string_view array, uint32_t index) : array_(array), index_(index) { init(o); }
     const msgpack::object* find(std::string_view k) const {
         for (uint32_t i = 0; i < map_->size; ++i) {
             const auto& kv = map_->ptr[i];
@@ -135,9 +149,14 @@ public:
             fail(Status::bad_field, where() + "missing field '" + std::string(k) + "'");
         return *v;
     }
-    std::string field(std::string_view k) const { return where() + std::string(k) + ": "; }
-    std::string where() const { return path_.empty() ? std::string() : path_ + ": "; }
-    const std::string& path() const { return path_; }
+    What field(std::string_view k) const { return {this, k}; }
+    std::string where() const {
+        std::string p = path();
+        return p.empty() ? p : p + ": ";
+    }
+    std::string path() const {
+        return array_.empty() ? path_ : std::string(array_) + "[" + std::to_string(index_) + "]";
+    }
 
     uint64_t u64(std::string_view k) const { return as_u64(need(k), field(k)); }
     uint64_t u64_or(std::string_view k, uint64_t dflt) const {
@@ -157,11 +176,11 @@ public:
         int64_t x = std::is_signed_v<T> ? as_i64(*v, field(k)) : 0;
         if constexpr (!std::is_signed_v<T>) {
             uint64_t u = as_u64(*v, field(k));
-            if (u > std::numeric_limits<T>::max()) fail(Status::bad_field, field(k) + "out of range");
+            if (u > std::numeric_limits<T>::max()) fail(Status::bad_field, field(k).str() + "out of range");
             return static_cast<T>(u);
         }
         if (x < std::numeric_limits<T>::min() || x > std::numeric_limits<T>::max())
-            fail(Status::bad_field, field(k) + "out of range");
+            fail(Status::bad_field, field(k).str() + "out of range");
         return static_cast<T>(x);
     }
     std::string str(std::string_view k) const { return std::string(as_bytes(need(k), field(k))); }
@@ -172,44 +191,56 @@ public:
     MessageId id(std::string_view k) const { return as_id(need(k), field(k)); }
     const msgpack::object_array& array(std::string_view k) const {
         const auto& v = need(k);
-        if (v.type != msgpack::type::ARRAY) fail(Status::bad_field, field(k) + "expected an array");
+        if (v.type != msgpack::type::ARRAY) fail(Status::bad_field, field(k).str() + "expected an array");
         return v.via.array;
     }
 
-    static uint64_t as_u64(const msgpack::object& v, const std::string& what) {
+    static uint64_t as_u64(const msgpack::object& v, const What& what) {
         if (v.type != msgpack::type::POSITIVE_INTEGER)
-            fail(Status::bad_field, what + "expected a non-negative integer");
+            fail(Status::bad_field, what.str() + "expected a non-negative integer");
         return v.via.u64;
     }
-    static int64_t as_i64(const msgpack::object& v, const std::string& what) {
+    static int64_t as_i64(const msgpack::object& v, const What& what) {
         if (v.type == msgpack::type::NEGATIVE_INTEGER) return v.via.i64;
         if (v.type == msgpack::type::POSITIVE_INTEGER && v.via.u64 <= INT64_MAX)
             return static_cast<int64_t>(v.via.u64);
-        fail(Status::bad_field, what + "expected an integer");
+        fail(Status::bad_field, what.str() + "expected an integer");
     }
-    static std::string_view as_bytes(const msgpack::object& v, const std::string& what) {
+    static std::string_view as_bytes(const msgpack::object& v, const What& what) {
         if (v.type == msgpack::type::STR) return {v.via.str.ptr, v.via.str.size};
         if (v.type == msgpack::type::BIN) return {v.via.bin.ptr, v.via.bin.size};
-        fail(Status::bad_field, what + "expected a string");
+        fail(Status::bad_field, what.str() + "expected a string");
     }
-    static MessageId as_id(const msgpack::object& v, const std::string& what) {
+    static MessageId as_id(const msgpack::object& v, const What& what) {
         std::string_view b;
         if (v.type == msgpack::type::BIN) b = {v.via.bin.ptr, v.via.bin.size};
         else if (v.type == msgpack::type::STR) b = {v.via.str.ptr, v.via.str.size};
-        if (b.size() != 16) fail(Status::bad_field, what + "expected a 16-byte binary id");
+        if (b.size() != 16) fail(Status::bad_field, what.str() + "expected a 16-byte binary id");
         MessageId id;
         std::memcpy(id.data(), b.data(), 16);
         return id;
     }
 
 private:
+    void init(const msgpack::object& o) {
+        if (o.type != msgpack::type::MAP) fail(Status::bad_field, where() + "expected a map");
+        map_ = &o.via.map;
+    }
     const msgpack::object_map* map_ = nullptr;
     std::string path_;
+    std::string_view array_;
+    uint32_t index_ = 0;
 };
 
-Priority as_priority(uint64_t v, const std::string& what) {
+std::string What::str() const {
+    if (map) return map->where() + std::string(key) + ": ";
+    if (index >= 0) return std::string(text) + "[" + std::to_string(index) + "]: ";
+    return std::string(text);
+}
+
+Priority as_priority(uint64_t v, const What& what) {
     if (v >= kPriorityCount)
-        fail(Status::bad_field, what + "priority must be 0 (urgent) .. 3 (low)");
+        fail(Status::bad_field, what.str() + "priority must be 0 (urgent) .. 3 (low)");
     return static_cast<Priority>(v);
 }
 
@@ -251,8 +282,7 @@ WorkerMetrics read_worker_metrics(const Map& m) {
     return w;
 }
 
-Message read_message(const msgpack::object& o, const std::string& path) {
-    Map m(o, path);
+Message read_message(const Map& m) {
     Message msg;
     msg.id = m.id("id");
     msg.conversation_id = m.str("conversation_id");
@@ -285,13 +315,13 @@ std::vector<Outcome> read_outcomes(const msgpack::object_array& arr, const std::
     out.reserve(arr.size);
     for (uint32_t i = 0; i < arr.size; ++i) {
         const auto& e = arr.ptr[i];
-        std::string where = path + "[" + std::to_string(i) + "]: ";
+        const What where(path, i);
         if (e.type != msgpack::type::ARRAY || e.via.array.size < 2)
-            fail(Status::bad_field, where + "expected [id, status, reason]");
+            fail(Status::bad_field, where.str() + "expected [id, status, reason]");
         Outcome r;
         r.id = Map::as_id(e.via.array.ptr[0], where);
         auto st = status_from_int(Map::as_i64(e.via.array.ptr[1], where));
-        if (!st) fail(Status::bad_field, where + "status out of range 200..599");
+        if (!st) fail(Status::bad_field, where.str() + "status out of range 200..599");
         r.status = *st;
         if (e.via.array.size > 2 && e.via.array.ptr[2].type != msgpack::type::NIL)
             r.reason = std::string(Map::as_bytes(e.via.array.ptr[2], where));
@@ -585,7 +615,7 @@ Decoded<Push> decode_push(std::string_view body) {
         if (arr.size == 0) fail(Status::bad_field, "msgs: must hold at least one message");
         out.msgs.reserve(arr.size);
         for (uint32_t i = 0; i < arr.size; ++i)
-            out.msgs.push_back(read_message(arr.ptr[i], "msgs[" + std::to_string(i) + "]"));
+            out.msgs.push_back(read_message(Map(arr.ptr[i], "msgs", i)));
         return out;
     });
 }
@@ -648,14 +678,14 @@ Decoded<Reply> decode_reply(std::string_view body) {
         if (const auto* v = m.find("messages"); v && v->type != msgpack::type::NIL) {
             if (v->type != msgpack::type::ARRAY) fail(Status::bad_field, "messages: expected an array");
             for (uint32_t i = 0; i < v->via.array.size; ++i)
-                r.messages.push_back(read_stored(Map(v->via.array.ptr[i], "messages[" + std::to_string(i) + "]")));
+                r.messages.push_back(read_stored(Map(v->via.array.ptr[i], "messages", i)));
         }
         if (const auto* v = m.find("dead_letters"); v && v->type != msgpack::type::NIL) {
             if (v->type != msgpack::type::ARRAY) fail(Status::bad_field, "dead_letters: expected an array");
             for (uint32_t i = 0; i < v->via.array.size; ++i) {
-                Map d(v->via.array.ptr[i], "dead_letters[" + std::to_string(i) + "]");
+                Map d(v->via.array.ptr[i], "dead_letters", i);
                 DeadLetter dl;
-                dl.msg = read_message(d.need("msg"), d.path() + ".msg");
+                dl.msg = read_message(Map(d.need("msg"), d.path() + ".msg"));
                 dl.reason = d.str_or("reason", "");
                 dl.attempts = d.narrow_or<uint32_t>("attempts", 0);
                 dl.dead_at_us = d.i64_or("dead_at", 0);
@@ -673,7 +703,7 @@ Decoded<Stats> decode_stats(std::string_view body) {
         s.uptime_ms = m.i64_or("uptime_ms", 0);
         const auto& lanes = m.array("lanes");
         for (uint32_t i = 0; i < lanes.size && i < kPriorityCount; ++i) {
-            Map l(lanes.ptr[i], "lanes[" + std::to_string(i) + "]");
+            Map l(lanes.ptr[i], "lanes", i);
             s.lanes[i] = {l.u64_or("depth", 0),     l.u64_or("capacity", 0),  l.u64_or("received", 0),
                           l.u64_or("dispatched", 0), l.u64_or("busy", 0),      l.u64_or("persisted", 0),
                           l.i64_or("oldest_age_ms", 0)};
@@ -689,7 +719,7 @@ Decoded<Stats> decode_stats(std::string_view body) {
         s.expired = m.u64_or("expired", 0);
         if (const auto* v = m.find("workers"); v && v->type == msgpack::type::ARRAY) {
             for (uint32_t i = 0; i < v->via.array.size; ++i) {
-                Map w(v->via.array.ptr[i], "workers[" + std::to_string(i) + "]");
+                Map w(v->via.array.ptr[i], "workers", i);
                 WorkerStats ws;
                 ws.id = w.str_or("id", "");
                 ws.host = w.str_or("host", "");
@@ -762,7 +792,7 @@ Decoded<Batch> decode_batch(std::string_view body) {
         const auto& arr = m.array("msgs");
         b.msgs.reserve(arr.size);
         for (uint32_t i = 0; i < arr.size; ++i)
-            b.msgs.push_back(read_message(arr.ptr[i], "msgs[" + std::to_string(i) + "]"));
+            b.msgs.push_back(read_message(Map(arr.ptr[i], "msgs", i)));
         if (const auto* a = m.find("attempts"); a && a->type != msgpack::type::NIL) {
             if (a->type != msgpack::type::ARRAY || a->via.array.size != arr.size)
                 fail(Status::bad_field, "attempts: expected one integer per message");

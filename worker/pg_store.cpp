@@ -284,22 +284,26 @@ void PgStore::persist_unnest(const std::vector<const StoredMessage*>& rows, std:
         a[9].push_back('"');
     }
     for (auto& s : a) s.push_back('}');
-    pqxx::work txn(conn());
+    // One statement is its own transaction: autocommit saves the BEGIN and
+    // COMMIT round trips, which dominate small batches. So the hook runs first.
+    if (before_commit) before_commit();
+    pqxx::nontransaction txn(conn());
     auto res = txn.exec_params(std::string("INSERT INTO messages (") + kColumns +
                         ") SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::smallint[], "
                         "$6::text[], $7::int[], $8::bigint[], $9::timestamptz[], $10::timestamptz[]) "
                         "ON CONFLICT (id) DO NOTHING RETURNING id::text",
                     a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9]);
     mark_inserted(res, rows, inserted);
-    if (before_commit) before_commit();
-    txn.commit();
 }
 
 StoreStatus PgStore::persist(const std::vector<const StoredMessage*>& rows, std::vector<bool>& inserted,
                              const std::function<void()>& before_commit) {
     inserted.assign(rows.size(), false);
     if (rows.empty()) return {};
-    if (method_ == PersistMethod::unnest)
+    // Small batches (light load) go as one INSERT … unnest statement: one round
+    // trip instead of COPY's four (BEGIN, COPY, end of data, COMMIT), which on a
+    // busy machine cost more than COPY saves on a few rows.
+    if (method_ == PersistMethod::unnest || rows.size() <= kSingleStatementRows)
         return guarded("persist", [&] { persist_unnest(rows, inserted, before_commit); });
     // Fast path: COPY straight into the table. A batch holding an id that is
     // already stored (a retry or redelivery) fails with unique_violation; it is

@@ -16,6 +16,10 @@ enum class PersistMethod { copy, unnest };
 
 class PgStore final : public Store {
 public:
+    // Batches of at most this many rows are stored with one INSERT … unnest
+    // statement even under --persist-method copy (see persist()).
+    static constexpr size_t kSingleStatementRows = 256;
+
     PgStore(std::string url, PersistMethod method);
     ~PgStore() override;
 

@@ -538,6 +538,7 @@ TEST(CodecMalformed, IdOfFifteenOrSeventeenBytesIsBadField) {
     for (size_t n : {size_t{0}, size_t{15}, size_t{17}}) {
         auto e = must_fail(decode_push(push_body([&](P& p) { pack_msg(p, "", std::string(n, 'a')); })));
         EXPECT_EQ(e.status, Status::bad_field) << n;
+        EXPECT_EQ(e.reason, "msgs[0]: id: expected a 16-byte binary id") << n;  // the path, built on failure only
     }
 }
 
