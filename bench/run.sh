@@ -29,23 +29,14 @@ CONN_SECONDS=${BENCH_CONN_SECONDS:-60}
 CONN_RATE=${BENCH_CONN_RATE:-2000}
 SKIP_CONNS=${BENCH_SKIP_CONNS:-0}
 
-section() { printf '\n==== %s ====\n' "$*"; }
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
 
 pids=()
-stop_cluster() {
-  ((${#pids[@]})) || return 0
-  kill -TERM "${pids[@]}" 2>/dev/null || true
-  for p in "${pids[@]}"; do
-    for _ in $(seq 100); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$p" 2>/dev/null || true
-    wait "$p" 2>/dev/null || true
-  done
-  pids=()
-}
 cleanup() {
   local rc=$?
   trap - EXIT INT TERM
-  stop_cluster
+  stop_started
   exit "$rc"
 }
 trap cleanup EXIT
@@ -75,35 +66,6 @@ redis-cli -u "$REDIS_URL" FLUSHDB >/dev/null
 mkdir -p "$OUT"
 rm -f "$OUT"/*.json "$OUT"/*.csv
 
-# start_broker NAME [broker options...]: sets FRONTEND and BACKEND.
-start_broker() {
-  local name=$1
-  shift
-  rm -f "$OUT/$name.endpoints"
-  "$BUILD_DIR/llmq-broker" --frontend 'tcp://127.0.0.1:*' --backend 'tcp://127.0.0.1:*' --metrics 'tcp://127.0.0.1:*' \
-    --endpoints-file "$OUT/$name.endpoints" "$@" >"$OUT/$name-broker.log" 2>&1 &
-  pids+=($!)
-  for _ in $(seq 100); do [[ -s $OUT/$name.endpoints ]] && break; sleep 0.1; done
-  [[ -s $OUT/$name.endpoints ]] || { echo "run.sh: the broker did not start; see $OUT/$name-broker.log" >&2; exit 1; }
-  FRONTEND=$(sed -n 's/^frontend=//p' "$OUT/$name.endpoints")
-  BACKEND=$(sed -n 's/^backend=//p' "$OUT/$name.endpoints")
-}
-# start_workers NAME N
-start_workers() {
-  local name=$1 n=$2 i c=0
-  for i in $(seq "$n"); do
-    "$BUILD_DIR/llmq-worker" --broker "$BACKEND" --postgres "$PG_URL" --redis "$REDIS_URL" \
-      --worker-id "bench-worker-$i" >"$OUT/$name-worker$i.log" 2>&1 &
-    pids+=($!)
-  done
-  for _ in $(seq 300); do
-    c=$("$BUILD_DIR/llmq" --broker "$FRONTEND" --timeout-ms 500 stats --json 2>/dev/null |
-      python3 -c 'import json,sys; print(len(json.load(sys.stdin)["workers"]))' 2>/dev/null || echo 0)
-    ((c >= n)) && break
-    sleep 0.1
-  done
-  ((c >= n)) || { echo "run.sh: only $c of $n workers connected; see $OUT/$name-worker*.log" >&2; exit 1; }
-}
 # bench NAME [llmq-bench options...]: runs llmq-bench, shows its text, keeps JSON in $OUT/NAME.json.
 bench() {
   local name=$1
@@ -130,8 +92,8 @@ done
 psql -q "$PG_URL" -c "TRUNCATE messages"
 
 section "(b) llmq end to end, --ack persisted: broker + 2 workers, closed loop"
-start_broker persisted
-start_workers persisted 2
+start_broker "$OUT" persisted
+start_workers "$OUT" persisted 2 "$PG_URL" "$REDIS_URL"
 bench persisted --ack persisted --messages "$MESSAGES" --connections 50 --window 1000 --frame-messages 500
 MAX=$(python3 -c 'import json,sys; print(int(json.load(open(sys.argv[1]))["throughput_msgs_per_s"]))' "$OUT/persisted.json")
 
@@ -194,16 +156,15 @@ EOF
   "$BUILD_DIR/llmq" --broker "$FRONTEND" stats --json 2>/dev/null |
     python3 -c 'import json,sys; s=json.load(sys.stdin); print("broker saw", s.get("client_connections"), "client connections at the end")' || true
 fi
-stop_cluster
+stop_started
 
 section "(c) --ack queued through the broker alone (no workers)"
-start_broker queued --lane-capacity 2000000
+start_broker "$OUT" queued --lane-capacity 2000000
 bench queued --ack queued --messages "$QUEUED_MESSAGES" --connections 10 --window 20000 --frame-messages 1000
-stop_cluster
+stop_started
 
 section "(f) broker memory with 100,000 .. 400,000 messages queued (no workers)"
-start_broker backlog --lane-capacity 1000000 --drain-timeout-ms 100
-BROKER_PID=${pids[-1]}
+start_broker "$OUT" backlog --lane-capacity 1000000 --drain-timeout-ms 100
 rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$BROKER_PID/status"; }
 echo "queued,rss_kb" >"$OUT/backlog.csv"
 echo "0,$(rss_kb)" >>"$OUT/backlog.csv"
@@ -214,7 +175,7 @@ for k in 1 2 3 4; do
   echo "$((k * 100000)),$(rss_kb)" >>"$OUT/backlog.csv"
 done
 sed 's/^/  /' "$OUT/backlog.csv"
-stop_cluster
+stop_started
 
 section "Summary"
 python3 - "$OUT" <<'EOF'

@@ -29,7 +29,8 @@ done
 BUILD_DIR=${LLMQ_BUILD_DIR:-build}
 RUN_DIR=${LLMQ_RUN_DIR:-$REPO_DIR/.run}
 DEMO_DIR="$RUN_DIR/demo"
-section() { printf '\n==== %s ====\n' "$*"; }
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
 
 pids=()
 started_services=0
@@ -38,11 +39,7 @@ cleanup() {
   trap - EXIT INT TERM
   if ((${#pids[@]})); then
     section "Stopping the broker and workers"
-    kill -TERM "${pids[@]}" 2>/dev/null || true
-    for p in "${pids[@]}"; do
-      for _ in $(seq 100); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-      kill -KILL "$p" 2>/dev/null || true
-    done
+    stop_started
   fi
   if ((started_services)); then
     section "Stopping PostgreSQL and Redis"
@@ -80,27 +77,10 @@ redis-cli -u "$REDIS_URL" FLUSHDB >/dev/null
 
 mkdir -p "$DEMO_DIR"
 section "Broker and $WORKERS workers (logs in $DEMO_DIR)"
-rm -f "$DEMO_DIR/endpoints"
-"$BUILD_DIR/llmq-broker" --frontend 'tcp://127.0.0.1:*' --backend 'tcp://127.0.0.1:*' --metrics 'tcp://127.0.0.1:*' \
-  --endpoints-file "$DEMO_DIR/endpoints" >"$DEMO_DIR/broker.log" 2>&1 &
-pids+=($!)
-for _ in $(seq 100); do [[ -s $DEMO_DIR/endpoints ]] && break; sleep 0.1; done
-[[ -s $DEMO_DIR/endpoints ]] || { echo "demo.sh: the broker did not start; see $DEMO_DIR/broker.log" >&2; exit 1; }
-FRONTEND=$(sed -n 's/^frontend=//p' "$DEMO_DIR/endpoints")
-BACKEND=$(sed -n 's/^backend=//p' "$DEMO_DIR/endpoints")
+start_broker "$DEMO_DIR" demo
 echo "broker: clients $FRONTEND, workers $BACKEND"
-for i in $(seq "$WORKERS"); do
-  "$BUILD_DIR/llmq-worker" --broker "$BACKEND" --postgres "$PG_URL" --redis "$REDIS_URL" \
-    --worker-id "demo-worker-$i" >"$DEMO_DIR/worker$i.log" 2>&1 &
-  pids+=($!)
-done
-for _ in $(seq 200); do
-  n=$("$BUILD_DIR/llmq" --broker "$FRONTEND" --timeout-ms 500 stats --json 2>/dev/null |
-    python3 -c 'import json,sys; print(len(json.load(sys.stdin)["workers"]))' 2>/dev/null || echo 0)
-  ((n >= WORKERS)) && break
-  sleep 0.1
-done
-echo "$n workers connected"
+start_workers "$DEMO_DIR" demo "$WORKERS" "$PG_URL" "$REDIS_URL"
+echo "$WORKERS workers connected"
 
 section "Workload: $COUNT messages (5,000 conversations, mixed priorities, English, Chinese, emoji, 1 in 1,000 lines invalid)"
 "$BUILD_DIR/llmq-gen" --count "$COUNT" --conversations 5000 --users 500 --invalid-every 1000 --seed 7 -o "$DEMO_DIR/workload.jsonl"

@@ -1,0 +1,54 @@
+# Shared by scripts/demo.sh and bench/run.sh (sourced, not run). Both keep the
+# pids of what they start in the array `pids` and stop them on exit; BUILD_DIR
+# names the build with the binaries.
+
+section() { printf '\n==== %s ====\n' "$*"; }
+
+# stop_started: SIGTERM to every pid in `pids`, SIGKILL after 10 s; empties it.
+stop_started() {
+  ((${#pids[@]})) || return 0
+  kill -TERM "${pids[@]}" 2>/dev/null || true
+  local p
+  for p in "${pids[@]}"; do
+    for _ in $(seq 100); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$p" 2>/dev/null || true
+    wait "$p" 2>/dev/null || true
+  done
+  pids=()
+}
+
+# start_broker DIR NAME [broker options...]: a broker on loopback with ports the
+# system picks, logging to DIR/NAME-broker.log. Sets FRONTEND, BACKEND and
+# BROKER_PID once it has bound its sockets.
+start_broker() {
+  local dir=$1 name=$2
+  shift 2
+  rm -f "$dir/$name.endpoints"
+  "$BUILD_DIR/llmq-broker" --frontend 'tcp://127.0.0.1:*' --backend 'tcp://127.0.0.1:*' --metrics 'tcp://127.0.0.1:*' \
+    --endpoints-file "$dir/$name.endpoints" "$@" >"$dir/$name-broker.log" 2>&1 &
+  BROKER_PID=$!
+  pids+=("$BROKER_PID")
+  for _ in $(seq 100); do [[ -s $dir/$name.endpoints ]] && break; sleep 0.1; done
+  [[ -s $dir/$name.endpoints ]] || { echo "the broker did not start; see $dir/$name-broker.log" >&2; return 1; }
+  FRONTEND=$(sed -n 's/^frontend=//p' "$dir/$name.endpoints")
+  BACKEND=$(sed -n 's/^backend=//p' "$dir/$name.endpoints")
+}
+
+# start_workers DIR NAME N PG_URL REDIS_URL: N workers on BACKEND (ids NAME-worker-I,
+# logs DIR/NAME-workerI.log); returns once the broker lists all N.
+start_workers() {
+  local dir=$1 name=$2 n=$3 pg=$4 redis=$5 i c=0
+  for i in $(seq "$n"); do
+    "$BUILD_DIR/llmq-worker" --broker "$BACKEND" --postgres "$pg" --redis "$redis" \
+      --worker-id "$name-worker-$i" >"$dir/$name-worker$i.log" 2>&1 &
+    pids+=($!)
+  done
+  for _ in $(seq 300); do
+    c=$("$BUILD_DIR/llmq" --broker "$FRONTEND" --timeout-ms 500 stats --json 2>/dev/null |
+      python3 -c 'import json,sys; print(len(json.load(sys.stdin)["workers"]))' 2>/dev/null || echo 0)
+    ((c >= n)) && return 0
+    sleep 0.1
+  done
+  echo "only $c of $n workers connected; see $dir/$name-worker*.log" >&2
+  return 1
+}
