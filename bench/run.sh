@@ -5,7 +5,7 @@
 #   (a) PostgreSQL's COPY ceiling for our rows (llmq-persist-bench, 2 and 1 writer connections)
 #   (b) llmq end to end, --ack persisted: broker + 2 workers, closed loop
 #   (c) --ack queued through the broker alone (no workers; lanes large enough never to fill)
-#   (d) open loop at 25%, 50% and 75% of (b)'s throughput: latency
+#   (d) open loop at 25%, 50%, 75% and 90% of (b)'s throughput: latency
 #   (e) 10,000 client connections at a modest rate vs 100 connections at the same rate
 #   (f) the broker's memory with a backlog of 400,000 queued messages (no workers)
 #   (g) `llmq push --file` as the load source instead of llmq-bench
@@ -14,8 +14,13 @@
 #
 # Environment: BENCH_MESSAGES (b, default 200000), BENCH_QUEUED_MESSAGES (c, 1000000),
 # BENCH_OPEN_SECONDS (d, 15), BENCH_CONN_SECONDS (e, 60), BENCH_CONN_RATE (e, 2000 msg/s),
-# BENCH_SKIP_CONNS=1 skips (e).
+# BENCH_SKIP_CONNS=1 skips (e). Takes about 6 minutes on 2 cores; see bench/RESULTS.md.
 set -euo pipefail
+case "${1:-}" in
+  -h|--help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+  "") ;;
+  *) echo "run.sh: no arguments expected (got '$1'); see --help" >&2; exit 2 ;;
+esac
 
 REPO_DIR=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd -P)
 cd -- "$REPO_DIR"
