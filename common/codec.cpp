@@ -330,8 +330,8 @@ std::vector<Outcome> read_outcomes(const msgpack::object_array& arr, const std::
     return out;
 }
 
-msgpack::object_handle unpack_body(std::string_view body) {
-    if (body.empty()) fail(Status::bad_frame, "empty body frame (expected a msgpack map)");
+// Unpacks one msgpack value that must fill `body`.
+msgpack::object_handle unpack_value(std::string_view body) {
     // Bounded so that a hostile header cannot make us allocate gigabytes.
     msgpack::unpack_limit limit(kMaxMessagesPerFrame, 64, kMaxFrameBytes, kMaxFrameBytes, 1024, 8);
     size_t off = 0;
@@ -344,6 +344,12 @@ msgpack::object_handle unpack_body(std::string_view body) {
         fail(Status::bad_frame, std::string("body is not valid msgpack: ") + e.what());
     }
     if (off != body.size()) fail(Status::bad_frame, "trailing bytes after the msgpack body");
+    return oh;
+}
+
+msgpack::object_handle unpack_body(std::string_view body) {
+    if (body.empty()) fail(Status::bad_frame, "empty body frame (expected a msgpack map)");
+    auto oh = unpack_value(body);
     if (oh.get().type != msgpack::type::MAP) fail(Status::bad_frame, "body must be a msgpack map");
     return oh;
 }
@@ -836,16 +842,58 @@ std::string encode_stored(const StoredMessage& m) {
     return build([&](Packer& p) { pack_stored(p, m); });
 }
 
-void encode_stored(const StoredMessage& m, std::string& out) {
-    StringWriter w{&out};
-    Packer p(w);
-    pack_stored(p, m);
-}
-
 std::optional<StoredMessage> decode_stored(std::string_view data) {
     auto d = decode_with<StoredMessage>(data, [](const Map& m) { return read_stored(m); });
     if (auto* s = std::get_if<StoredMessage>(&d)) return std::move(*s);
     return std::nullopt;
+}
+
+void encode_cached(const StoredMessage& m, std::string& out) {
+    StringWriter w{&out};
+    Packer p(w);
+    p.pack_array(9);
+    pack_str(p, m.conversation_id);
+    pack_str(p, m.user_id);
+    pack_str(p, m.content);
+    p.pack(static_cast<uint8_t>(m.priority));
+    pack_str(p, m.status);
+    p.pack(m.token_count);
+    p.pack(m.content_hash);
+    p.pack(m.created_at_us);
+    p.pack(m.persisted_at_us);
+}
+
+std::optional<StoredMessage> decode_cached(std::string_view data, const MessageId& id) {
+    try {
+        if (data.empty()) return std::nullopt;
+        auto oh = unpack_value(data);
+        const msgpack::object& o = oh.get();
+        if (o.type == msgpack::type::MAP) {  // the full map (what the cache held before the compact form)
+            StoredMessage s = read_stored(Map(o, "cached"));
+            if (s.id != id) return std::nullopt;
+            return s;
+        }
+        if (o.type != msgpack::type::ARRAY || o.via.array.size != 9) return std::nullopt;
+        const msgpack::object* f = o.via.array.ptr;
+        const What what("cached: ");
+        StoredMessage s;
+        s.id = id;
+        s.conversation_id = Map::as_bytes(f[0], what);
+        s.user_id = Map::as_bytes(f[1], what);
+        s.content = Map::as_bytes(f[2], what);
+        s.priority = as_priority(Map::as_u64(f[3], what), what);
+        s.status = Map::as_bytes(f[4], what);
+        const int64_t tokens = Map::as_i64(f[5], what);
+        if (tokens < std::numeric_limits<int32_t>::min() || tokens > std::numeric_limits<int32_t>::max())
+            return std::nullopt;
+        s.token_count = static_cast<int32_t>(tokens);
+        s.content_hash = Map::as_i64(f[6], what);
+        s.created_at_us = Map::as_i64(f[7], what);
+        s.persisted_at_us = Map::as_i64(f[8], what);
+        return s;
+    } catch (...) {  // FieldError, or bad msgpack: not a usable entry
+        return std::nullopt;
+    }
 }
 
 uint64_t peek_req(std::string_view body) {

@@ -146,7 +146,7 @@ std::string member_of(const StoredMessage& m) {
     out.reserve(64 + m.content.size() + m.conversation_id.size() + m.user_id.size());
     put_hex_id(out, m.id);
     out.push_back(':');
-    proto::encode_stored(m, out);
+    proto::encode_cached(m, out);
     return out;
 }
 
@@ -228,9 +228,23 @@ Reply next_reply(redisContext* c) {
     return Reply(static_cast<redisReply*>(r));
 }
 
+std::optional<MessageId> parse_hex_id(std::string_view hex) {
+    if (hex.size() != 32) return std::nullopt;
+    MessageId id;
+    for (size_t i = 0; i < 16; ++i) {
+        uint8_t b = 0;
+        auto [end, ec] = std::from_chars(hex.data() + 2 * i, hex.data() + 2 * i + 2, b, 16);
+        if (ec != std::errc() || end != hex.data() + 2 * i + 2) return std::nullopt;
+        id[i] = b;
+    }
+    return id;
+}
+
 std::optional<StoredMessage> decode_member(const char* data, size_t len) {
     if (len < 33 || data[32] != ':') return std::nullopt;
-    return proto::decode_stored(std::string_view(data + 33, len - 33));
+    auto id = parse_hex_id(std::string_view(data, 32));
+    if (!id) return std::nullopt;
+    return proto::decode_cached(std::string_view(data + 33, len - 33), *id);
 }
 
 }  // namespace
@@ -418,7 +432,7 @@ bool RedisCache::after_commit(const std::vector<std::string_view>& conversations
     std::unordered_map<const StoredMessage*, size_t> index;
     index.reserve(by_id.size());
     for (size_t k = 0; k < by_id.size(); ++k) {
-        proto::encode_stored(*by_id[k], payloads);
+        proto::encode_cached(*by_id[k], payloads);
         payload_ends_.push_back(payloads.size());
         index.emplace(by_id[k], k);
     }
@@ -633,7 +647,7 @@ std::optional<StoredMessage> RedisCache::get(const MessageId& id) {
         return std::nullopt;
     }
     if (r->type != REDIS_REPLY_STRING) return std::nullopt;
-    return proto::decode_stored(std::string_view(r->str, r->len));
+    return proto::decode_cached(std::string_view(r->str, r->len), id);
 }
 
 }  // namespace llmq::worker

@@ -372,6 +372,32 @@ TEST(CodecRoundTrip, StoredMessage) {
     EXPECT_FALSE(decode_stored(encode(Heartbeat{})).has_value());
 }
 
+TEST(CodecRoundTrip, CachedFormIsCompactAndReadsTheMapFormToo) {
+    StoredMessage in = stored_of(7);
+    in.content = "binary-ish \0\x01\xff end"s;
+    std::string compact;
+    encode_cached(in, compact);
+    EXPECT_LT(compact.size() + 100, encode_stored(in).size());  // no id, no field names
+    auto out = decode_cached(compact, in.id);
+    ASSERT_TRUE(out.has_value());
+    EXPECT_EQ(fields(*out), fields(in));
+    // An entry written in the map form (before the compact one) still reads, for its own id only.
+    auto old = decode_cached(encode_stored(in), in.id);
+    ASSERT_TRUE(old.has_value());
+    EXPECT_EQ(fields(*old), fields(in));
+    MessageId other = in.id;
+    other[0] ^= 1;
+    EXPECT_FALSE(decode_cached(encode_stored(in), other).has_value());
+    // Anything else is a miss, never an exception.
+    EXPECT_FALSE(decode_cached("", in.id).has_value());
+    EXPECT_FALSE(decode_cached("\xc1garbage", in.id).has_value());
+    EXPECT_FALSE(decode_cached(compact.substr(0, compact.size() - 1), in.id).has_value());
+    EXPECT_FALSE(decode_cached("\x93\x01\x02\x03"s, in.id).has_value());  // an array of the wrong size
+    std::string wrong_type = compact;
+    wrong_type[1] = '\x05';  // conversation_id as an integer
+    EXPECT_FALSE(decode_cached(wrong_type, in.id).has_value());
+}
+
 TEST(CodecRoundTrip, CommandNamesParseBack) {
     for (int c = 0; c <= static_cast<int>(Command::disconnect); ++c) {
         auto cmd = static_cast<Command>(c);
