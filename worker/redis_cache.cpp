@@ -36,7 +36,7 @@ return known
 )lua";
 
 // Finishes a committed batch's cache write (one call per batch). The batch's
-// members ("<32 hex id>:<msgpack>", score 0, so they sort by id) were added by
+// members ("<32 hex id>:<cached message>", score 0, so they sort by id) were added by
 // plain ZADDs pipelined just before it; members below the floor are harmless
 // (readers check the floor; trimming drops the lowest first). For each
 // conversation: if its set or floor was gone — the set then has no TTL, as our
@@ -139,8 +139,8 @@ std::string hex_id(const MessageId& id) {
     return out;
 }
 
-// A history member: "<32 hex id>:<msgpack stored message>" (the scripts take
-// the id from its first 32 bytes and the payload after ':').
+// A history member: "<32 hex id>:<cached message>" (proto::encode_cached; the
+// scripts take the id from its first 32 bytes).
 std::string member_of(const StoredMessage& m) {
     std::string out;
     out.reserve(64 + m.content.size() + m.conversation_id.size() + m.user_id.size());

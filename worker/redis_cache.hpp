@@ -1,12 +1,13 @@
 // Redis implementation of the worker's Cache (hiredis, pipelined). Per
 // conversation C:
 //   <prefix>h:C   sorted set of its most recent messages, members
-//                 "<32 hex id>:<msgpack>" with score 0, so they sort by id;
+//                 "<32 hex id>:<cached message>" with score 0, so they sort by id;
 //   <prefix>hm:C  hash: `floor` (32 hex, or all zeros for "from the start"):
 //                 every stored message with id >= floor is in the set; and one
 //                 field "w:<token>" = deadline (unix ms) per writer in progress;
 // and <prefix>m:<first 9 hex digits of id>, a hash of messages by id (32 hex
-// digits -> msgpack), so ids close in time share a key and a TTL.
+// digits -> cached message), so ids close in time share a key and a TTL. A
+// cached message is proto::encode_cached's compact array.
 // Readers use the set only when no writer mark is present, the set exists and
 // `floor` proves the requested range complete; a mark past its deadline (its
 // writer died) makes the conversation be repaired from PostgreSQL.
