@@ -344,17 +344,6 @@ void Broker::on_ready(Incoming& in, int64_t now) {
                      w.info.host, w.info.pid, w.credit, workers_.size());
 }
 
-void Broker::count_reason(const proto::Outcome& r) {
-    // The label is the stable code before ':' of a rejection, else the status name.
-    std::string code;
-    if (r.status == Status::rejected) {
-        auto colon = r.reason.find(':');
-        code = r.reason.substr(0, std::min<size_t>(colon, 48));
-    }
-    if (code.empty()) code = proto::status_name(r.status);
-    ++rejected_by_reason_[code];
-}
-
 void Broker::on_done(Incoming& in, WorkerEntry& w, int64_t now) {
     auto decoded = proto::decode_done(in.data());
     if (auto* err = std::get_if<proto::DecodeError>(&decoded)) {
@@ -413,7 +402,7 @@ void Broker::on_done(Incoming& in, WorkerEntry& w, int64_t now) {
         } else {
             if (r.status == Status::dead_lettered) ++dead_lettered_;
             else ++rejected_;
-            count_reason(r);
+            ++rejected_by_reason_[proto::outcome_code(r)];
         }
         finished.push_back(std::move(item));
         outcomes.push_back(std::move(r));
@@ -442,8 +431,9 @@ void Broker::on_reply(Incoming& in, int64_t now) {
 
 void Broker::absorb_worker_metrics(WorkerEntry& w, proto::WorkerMetrics m) {
     // Cluster totals grow by each report's increment over the worker's previous
-    // one, so they stay monotonic when workers come and go.
-    const proto::WorkerMetrics& prev = w.metrics;
+    // one, so they stay monotonic when workers come and go (a restarted worker's
+    // counters start again from zero: then its whole report is the increment).
+    proto::WorkerMetrics& prev = last_reports_[w.info.id];
     auto delta = [](uint64_t now, uint64_t before) { return now >= before ? now - before : now; };
     db_errors_ += delta(m.db_errors, prev.db_errors);
     redis_errors_ += delta(m.redis_errors, prev.redis_errors);
@@ -454,6 +444,7 @@ void Broker::absorb_worker_metrics(WorkerEntry& w, proto::WorkerMetrics m) {
     metrics::Histogram inc = m.persist_us;
     if (!inc.subtract(prev.persist_us)) inc = m.persist_us;
     persist_us_.merge(inc);
+    prev = m;
     w.metrics = std::move(m);
 }
 

@@ -80,7 +80,6 @@ private:
     void on_ready(Incoming& in, int64_t now);
     void on_done(Incoming& in, WorkerEntry& w, int64_t now);
     void on_reply(Incoming& in, int64_t now);
-    void count_reason(const proto::Outcome& r);
     void absorb_worker_metrics(WorkerEntry& w, proto::WorkerMetrics m);
     void dispatch(int64_t now);
     void heartbeat_and_reap(int64_t now);
@@ -117,6 +116,10 @@ private:
     std::array<metrics::Histogram, kPriorityCount> latency_us_;
     metrics::Histogram batch_size_, persist_us_;
     std::map<std::string, uint64_t> rejected_by_reason_;
+    // Each worker's last report, by worker id: it outlives the registry entry,
+    // so a worker that registers again (same process, same running totals) adds
+    // only its increments to the cluster totals.
+    std::unordered_map<std::string, proto::WorkerMetrics> last_reports_;
     uint64_t expired_ = 0, db_errors_ = 0, redis_errors_ = 0;
     uint64_t cache_read_hits_ = 0, cache_read_misses_ = 0, cache_writes_ = 0, cache_write_errors_ = 0;
     uint64_t persisted_ = 0, rejected_ = 0, dead_lettered_ = 0, redeliveries_ = 0, bad_frames_ = 0, unroutable_ = 0;

@@ -360,5 +360,44 @@ TEST(Broker, UndecodableDoneRedeliversTheWorkersBatchesAtOnce) {
     EXPECT_EQ(acks[0].status, Status::ok);
 }
 
+TEST(Broker, AWorkerRegisteringAgainAddsOnlyItsIncrementsToTheTotals) {
+    RunningBroker b(fast_config());
+    client::Client c(b.frontend());
+    FakeWorker w(b.backend(), 1, "again");
+    proto::WorkerMetrics m;
+    m.db_errors = 5;
+    m.cache_writes = 7;
+    auto report = [&] {
+        proto::Heartbeat hb;
+        hb.metrics = m;
+        w.send(proto::Command::heartbeat, proto::encode(hb));
+    };
+    auto totals = [&] {
+        for (int i = 0; i < 100; ++i) {
+            auto st = c.stats(1s);
+            auto* s = std::get_if<proto::Stats>(&st);
+            if (s && s->db_errors == m.db_errors) return *s;
+            std::this_thread::sleep_for(20ms);
+        }
+        auto st = c.stats(1s);
+        return std::get<proto::Stats>(st);
+    };
+    report();
+    EXPECT_EQ(totals().db_errors, 5u);
+    // It leaves and registers again (as after a broker restart or a `disconnect`),
+    // its running totals unchanged, then counts 2 more errors.
+    w.send(proto::Command::disconnect, proto::encode(proto::Disconnect{"bye"}));
+    proto::Ready r;
+    r.credit = 1;
+    r.worker = {"again", "test", 1};
+    w.send(proto::Command::ready, proto::encode(r));
+    report();
+    m.db_errors = 7;
+    report();
+    auto s = totals();
+    EXPECT_EQ(s.db_errors, 7u) << "a re-registration must not count the old totals again";
+    EXPECT_EQ(s.cache_writes, 7u);
+}
+
 }  // namespace
 }  // namespace llmq::test
