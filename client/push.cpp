@@ -26,13 +26,6 @@ struct Outstanding {
 
 constexpr int64_t kMs = 1'000'000;
 
-std::string code_of(const proto::Outcome& r) {
-    auto colon = r.reason.find(':');
-    if (proto::is_success(r.status)) return "ok";
-    if (r.status == proto::Status::rejected && colon != std::string::npos) return r.reason.substr(0, colon);
-    return std::string(proto::status_name(r.status));
-}
-
 }  // namespace
 
 double PushSummary::percentile(double p) const {
@@ -94,7 +87,7 @@ PushSummary Pusher::run(const std::function<bool(PushItem&)>& next,
             s.latencies_ms.push_back(static_cast<double>(now - o.first_sent_ns) / kMs);
         } else {
             s.rejected += o.copies;
-            s.reasons[code_of(r)] += o.copies;
+            s.reasons[proto::outcome_code(r)] += o.copies;
             on_reject(o.item.line, r.reason.empty() ? std::string(proto::status_name(r.status)) : r.reason);
         }
     };

@@ -1,4 +1,5 @@
 // msgpack encoding and defensive decoding of every llmq protocol body.
+#include <algorithm>
 #include <cstring>
 #include <limits>
 #include <type_traits>
@@ -406,6 +407,15 @@ std::optional<Command> parse_command(std::string_view name) {
     for (size_t i = 0; i < std::size(kCommandNames); ++i)
         if (kCommandNames[i] == name) return static_cast<Command>(i);
     return std::nullopt;
+}
+
+std::string outcome_code(const Outcome& r) {
+    if (is_success(r.status)) return "ok";
+    if (r.status == Status::rejected) {
+        auto colon = r.reason.find(':');
+        if (colon != std::string::npos && colon > 0) return r.reason.substr(0, std::min<size_t>(colon, 48));
+    }
+    return std::string(status_name(r.status));
 }
 
 std::string_view status_name(Status s) {

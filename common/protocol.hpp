@@ -80,6 +80,10 @@ struct Outcome {
     Status status = Status::ok;
     std::string reason;  // empty on success; "code: detail" on rejection
 };
+// A short, stable label for an outcome (summaries, the rejected_by_reason
+// metric): "ok" for a success, the code before ':' of a rejection (at most 48
+// bytes), else the status name.
+std::string outcome_code(const Outcome& r);
 
 // client -> broker
 struct Push {

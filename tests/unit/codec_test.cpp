@@ -398,6 +398,17 @@ TEST(CodecRoundTrip, CachedFormIsCompactAndReadsTheMapFormToo) {
     EXPECT_FALSE(decode_cached(wrong_type, in.id).has_value());
 }
 
+TEST(Outcome, CodeIsOkTheRejectionCodeOrTheStatusName) {
+    auto code = [](Status st, std::string reason) { return outcome_code(Outcome{{}, st, std::move(reason)}); };
+    EXPECT_EQ(code(Status::ok, ""), "ok");
+    EXPECT_EQ(code(Status::queued, ""), "ok");
+    EXPECT_EQ(code(Status::rejected, "content_empty: nothing left after normalization"), "content_empty");
+    EXPECT_EQ(code(Status::rejected, "no code here"), "rejected");
+    EXPECT_EQ(code(Status::rejected, ": starts with a colon"), "rejected");
+    EXPECT_EQ(code(Status::rejected, std::string(100, 'x') + ": long"), std::string(48, 'x'));  // a bounded label
+    EXPECT_EQ(code(Status::dead_lettered, "dead_lettered after 5 attempts: boom"), "dead_lettered");
+}
+
 TEST(CodecRoundTrip, CommandNamesParseBack) {
     for (int c = 0; c <= static_cast<int>(Command::disconnect); ++c) {
         auto cmd = static_cast<Command>(c);
