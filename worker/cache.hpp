@@ -30,8 +30,8 @@ public:
                              std::vector<bool>& known) = 0;
     bool before_commit(const std::vector<std::string_view>& conversations, const std::string& token,
                        std::vector<bool>& known) {
-        bool sent = send_marks(conversations, token);
-        return await_marks(conversations, token, known) && sent;
+        send_marks(conversations, token);  // a failure shows in await_marks
+        return await_marks(conversations, token, known);
     }
     // After the store committed: appends each conversation's new rows, trims to
     // the cap and removes the mark. complete[i]: conversation i's whole stored
@@ -43,6 +43,10 @@ public:
                               const std::vector<std::vector<const StoredMessage*>>& rows) = 0;
     // The commit did not happen: removes the marks (or queues a repair).
     virtual void abandon(const std::vector<std::string_view>& conversations, const std::string& token) = 0;
+    // Rows may have been committed but will not be written (a store failure
+    // after part of a batch was stored, a commit in doubt): the marks stay, so
+    // readers miss, until the conversations are rebuilt from the store.
+    virtual void invalidate(const std::vector<std::string_view>& conversations, const std::string& token) = 0;
 
     // Conversations whose cached history must be rebuilt from the store (after
     // a failed write, or a mark left by a writer that died). Up to `max`.

@@ -47,6 +47,9 @@ public:
                       const std::vector<bool>& complete,
                       const std::vector<std::vector<const StoredMessage*>>& rows) override;
     void abandon(const std::vector<std::string_view>& conversations, const std::string& token) override;
+    void invalidate(const std::vector<std::string_view>& conversations, const std::string& token) override {
+        for (auto c : conversations) defer(c, token);
+    }
     std::vector<std::string> needs_repair(size_t max) override;
     bool repair(const std::string& conversation, const std::string& token, const std::vector<StoredMessage>& recent,
                 bool complete) override;

@@ -119,11 +119,11 @@ proto::Done Worker::process_batch(const proto::Batch& batch, const std::function
     // them while PostgreSQL takes the rows.
     std::vector<bool> known;
     bool marked = false, awaited = false;
-    const bool sent = cache_->send_marks(convs, token);
+    cache_->send_marks(convs, token);  // a failure shows in await_marks
     auto await_marks = [&] {
         if (awaited) return;
         awaited = true;
-        marked = cache_->await_marks(convs, token, known) && sent;
+        marked = cache_->await_marks(convs, token, known);
     };
     std::vector<bool> inserted;
     std::vector<bool> stored(rows.size(), true);
@@ -141,7 +141,8 @@ proto::Done Worker::process_batch(const proto::Batch& batch, const std::function
     if (!st.ok) {  // PostgreSQL unavailable: hand the whole batch back
         spdlog::error("batch {}: {} messages handed back: {}", batch.batch, rows.size(), st.error);
         set_healthy(false, st.error);
-        if (marked) cache_->abandon(convs, token);
+        // Bisected halves may be stored already, or the commit is in doubt.
+        if (marked) cache_->invalidate(convs, token);
         for (size_t i : valid) {
             done.results[i].status = Status::storage_error;
             done.results[i].reason = st.error;
@@ -261,7 +262,7 @@ void Worker::write_cache(const std::vector<std::string_view>& convs,
     // whose first worker died between commit and cache write.
     std::vector<StoredMessage> stored_before;
     if (!already.empty() && !store_->get_many(already, stored_before).ok) {
-        cache_->abandon(convs, token);
+        cache_->invalidate(convs, token);  // the batch's rows are committed
         return;
     }
     std::unordered_map<MessageId, const StoredMessage*, MessageIdHash> by_id;
@@ -543,6 +544,7 @@ void Worker::run(const std::atomic<bool>& stop) {
     // Stop: finish nothing new; the broker redelivers what we still hold.
     spdlog::info("worker {} leaving: {} batches, {} persisted, {} rejected", info_.id, counters_.batches,
                  counters_.persisted, counters_.rejected);
+    cache_->settle();  // read the last cache write's replies (a failure is logged; its marks expire, readers rebuild)
     send(Command::disconnect, proto::encode(proto::Disconnect{"shutting down"}));
 }
 
