@@ -57,17 +57,8 @@ cmake --build "$BUILD_DIR" -j"${LLMQ_JOBS:-2}" --target llmq-broker llmq-worker 
 
 section "PostgreSQL and Redis"
 bash scripts/services.sh start
-# From here on (not for PostgreSQL and Redis): glibc backs the heap with
-# transparent huge pages, far fewer page faults as the broker's lanes grow
-# (README, "Tuning"). An exported GLIBC_TUNABLES is kept as it is.
-export GLIBC_TUNABLES=${GLIBC_TUNABLES:-glibc.malloc.hugetlb=1}
-# shellcheck disable=SC1091
-source "$RUN_DIR/env"
-DB=llmq_bench
-psql -q "$LLMQ_TEST_POSTGRES" -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" -c "CREATE DATABASE $DB"
-PG_URL="${LLMQ_TEST_POSTGRES%/*}/$DB"
-REDIS_URL="${LLMQ_TEST_REDIS%/*}/2"
-redis-cli -u "$REDIS_URL" FLUSHDB >/dev/null
+use_huge_page_heap
+fresh_databases llmq_bench 2
 mkdir -p "$OUT"
 rm -f "$OUT"/*.json "$OUT"/*.csv
 
@@ -134,6 +125,7 @@ else
       "$BUILD_DIR/llmq-bench" --broker "$FRONTEND" --json --ack persisted --rate $((CONN_RATE / 2)) \
         --duration-s "$CONN_SECONDS" --connections 5000 --connect-batch 50 --seed "$k" >"$OUT/conn10k-$k.json" &
       bpids[k]=$!
+      pids+=("${bpids[k]}")  # stopped with the cluster if the script is interrupted
     done
     wait "${bpids[1]}" || echo "run.sh: conn10k-1 reported errors" >&2
     wait "${bpids[2]}" || echo "run.sh: conn10k-2 reported errors" >&2

@@ -62,18 +62,9 @@ cmake --build "$BUILD_DIR" -j"${LLMQ_JOBS:-2}" --target llmq-broker llmq-worker 
 section "PostgreSQL and Redis"
 bash scripts/services.sh status >/dev/null 2>&1 || started_services=1
 bash scripts/services.sh start
-# From here on (not for PostgreSQL and Redis): glibc backs the heap with
-# transparent huge pages, far fewer page faults as the broker's lanes grow
-# (README, "Tuning"). An exported GLIBC_TUNABLES is kept as it is.
-export GLIBC_TUNABLES=${GLIBC_TUNABLES:-glibc.malloc.hugetlb=1}
-# shellcheck disable=SC1091
-source "$RUN_DIR/env"
+use_huge_page_heap
 # A fresh database and Redis database for the demo, so the counts below are its own.
-DEMO_DB=llmq_demo
-psql -q "$LLMQ_TEST_POSTGRES" -c "DROP DATABASE IF EXISTS $DEMO_DB WITH (FORCE)" -c "CREATE DATABASE $DEMO_DB"
-PG_URL="${LLMQ_TEST_POSTGRES%/*}/$DEMO_DB"
-REDIS_URL="${LLMQ_TEST_REDIS%/*}/1"
-redis-cli -u "$REDIS_URL" FLUSHDB >/dev/null
+fresh_databases llmq_demo 1
 
 mkdir -p "$DEMO_DIR"
 section "Broker and $WORKERS workers (logs in $DEMO_DIR)"

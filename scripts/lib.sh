@@ -1,6 +1,6 @@
 # Shared by scripts/demo.sh and bench/run.sh (sourced, not run). Both keep the
 # pids of what they start in the array `pids` and stop them on exit; BUILD_DIR
-# names the build with the binaries.
+# names the build with the binaries, RUN_DIR the services' directory.
 
 section() { printf '\n==== %s ====\n' "$*"; }
 
@@ -51,4 +51,23 @@ start_workers() {
   done
   echo "only $c of $n workers connected; see $dir/$name-worker*.log" >&2
   return 1
+}
+
+# use_huge_page_heap: the processes started from here on (not PostgreSQL and
+# Redis, started before) get glibc's heap backed by transparent huge pages: far
+# fewer page faults as the broker's lanes grow (README, "Tuning"). An exported
+# GLIBC_TUNABLES is kept as it is.
+use_huge_page_heap() { export GLIBC_TUNABLES=${GLIBC_TUNABLES:-glibc.malloc.hugetlb=1}; }
+
+# fresh_databases DB REDIS_DB: once `scripts/services.sh start` has run, sets
+# PG_URL to a new, empty database DB and REDIS_URL to Redis database REDIS_DB,
+# emptied.
+fresh_databases() {
+  local db=$1 redis_db=$2
+  # shellcheck disable=SC1091
+  source "$RUN_DIR/env"
+  psql -q "$LLMQ_TEST_POSTGRES" -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" -c "CREATE DATABASE $db"
+  PG_URL="${LLMQ_TEST_POSTGRES%/*}/$db"
+  REDIS_URL="${LLMQ_TEST_REDIS%/*}/$redis_db"
+  redis-cli -u "$REDIS_URL" FLUSHDB >/dev/null
 }

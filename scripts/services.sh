@@ -318,45 +318,29 @@ EOF
   done
 }
 
+# stop_redis [save]: SIGTERM (the config has no save points, so its contents
+# are forgotten), or with `save`: SHUTDOWN SAVE writes dump.rdb, which the next
+# start loads. Killed if it does not stop within TIMEOUT seconds.
 stop_redis() {
-  local pid
+  local pid mode=${1:-}
   if ! pid=$(redis_pid); then
     say "Redis not running"
     rm -f -- "$REDIS_DIR/redis.pid"
     return 0
   fi
-  say "stopping Redis"
-  kill -TERM "$pid" 2>/dev/null || true
+  if [[ $mode == save ]]; then
+    say "stopping Redis (saving its data)"
+    redis-cli -h 127.0.0.1 -p "$REDIS_PORT" shutdown save >/dev/null 2>&1 || true
+  else
+    say "stopping Redis"
+    kill -TERM "$pid" 2>/dev/null || true
+  fi
   local waited=0
   while kill -0 "$pid" 2>/dev/null; do
     if ((waited >= TIMEOUT * 10)); then
-      say "Redis (pid $pid) ignored SIGTERM; killing it"
+      say "Redis (pid $pid) did not stop; killing it"
       kill -KILL "$pid" 2>/dev/null || true
       break
-    fi
-    sleep 0.1
-    waited=$((waited + 1))
-  done
-  rm -f -- "$REDIS_DIR/redis.pid"
-}
-
-# Stops Redis but keeps its contents: SHUTDOWN SAVE writes dump.rdb, which the
-# next start loads (the config has no save points, so a plain stop forgets).
-stop_redis_keep_data() {
-  local pid
-  if ! pid=$(redis_pid); then
-    say "Redis not running"
-    rm -f -- "$REDIS_DIR/redis.pid"
-    return 0
-  fi
-  say "stopping Redis (saving its data)"
-  redis-cli -h 127.0.0.1 -p "$REDIS_PORT" shutdown save >/dev/null 2>&1 || true
-  local waited=0
-  while kill -0 "$pid" 2>/dev/null; do
-    if ((waited >= TIMEOUT * 10)); then
-      say "Redis (pid $pid) did not shut down; stopping it without saving"
-      stop_redis
-      return 0
     fi
     sleep 0.1
     waited=$((waited + 1))
@@ -440,7 +424,7 @@ cmd_one() {
   case "$1" in
     pg-stop) stop_pg ;;
     pg-start) start_pg ;;
-    redis-stop) stop_redis_keep_data ;;
+    redis-stop) stop_redis save ;;
     redis-start) start_redis ;;
   esac
 }
