@@ -2,6 +2,7 @@
 // workers by credit, acks after commit, queries, heartbeats and redelivery.
 #include "broker/broker.hpp"
 
+#include <algorithm>
 #include <chrono>
 #include <fstream>
 #include <stdexcept>
@@ -21,7 +22,13 @@ constexpr int64_t kMs = 1'000'000;
 constexpr int kMaxMessagesPerWake = 1000;  // per socket, so neither side starves the other
 // A worker that keeps answering persist_failed past max_attempts (it should
 // dead-letter first) gets the message failed to its client after this many more.
+// Pending::attempts counts persist_failed answers only (a batch carries
+// attempts + 1), so the client sees 507 after max_attempts + kAttemptSlack of
+// them, however often the message was redelivered for other reasons.
 constexpr uint32_t kAttemptSlack = 2;
+// Undecodable heartbeats from one worker: a warning (and an `error` to it) at
+// most this often; every one is counted in bad_frames.
+constexpr int64_t kBadHeartbeatWarnEveryNs = 60'000 * kMs;
 
 std::string bind_socket(zmq::socket_t& s, const std::string& ep, const char* what) {
     try {
@@ -88,6 +95,10 @@ Broker::Broker(BrokerConfig cfg, zmq::context_t* ctx)
     sc.weights = *weights;
     sc.max_wait_ns = int64_t{cfg_.max_wait_ms} * kMs;
     scheduler_ = Scheduler(sc);
+    proto::Heartbeat hb;
+    hb.heartbeat_ms = static_cast<uint32_t>(std::max(cfg_.heartbeat_ms, 0));
+    hb.liveness = static_cast<uint32_t>(std::max(cfg_.liveness, 0));
+    heartbeat_body_ = proto::encode(hb);
 
     for (auto* s : {&frontend_, &backend_}) {
         s->set(zmq::sockopt::router_mandatory, 1);  // never drop an unroutable reply silently
@@ -309,23 +320,51 @@ void Broker::on_backend(Incoming& in, int64_t now) {
     }
     w->last_seen_ns = now;
     switch (cmd) {
-        case Command::heartbeat: {
-            auto hb = proto::decode_heartbeat(in.data());
-            auto* h = std::get_if<proto::Heartbeat>(&hb);
-            if (!h) break;
-            if (h->healthy != w->healthy) {
-                w->healthy = h->healthy;
-                if (w->healthy) spdlog::info("worker {} is healthy again; it gets batches", w->info.id);
-                else spdlog::warn("worker {} reports itself unhealthy; no batches for it until it recovers", w->info.id);
-            }
-            if (h->metrics) absorb_worker_metrics(*w, std::move(*h->metrics));
-            break;
-        }
+        case Command::heartbeat: on_heartbeat(in, *w, now); break;
         case Command::done: on_done(in, *w, now); break;
         case Command::reply: on_reply(in, now); break;
         case Command::disconnect: drop_worker(in.routing_id, "said goodbye"); break;
         default: reply_error(Status::unknown_command, "command '" + std::string(in.cmd()) + "' is not accepted from workers");
     }
+}
+
+void Broker::set_health(WorkerEntry& w, bool healthy) {
+    if (healthy == w.healthy) return;
+    w.healthy = healthy;
+    if (w.healthy) spdlog::info("worker {} is healthy again; it gets batches", w.info.id);
+    else spdlog::warn("worker {} reports itself unhealthy; no batches for it until it recovers", w.info.id);
+}
+
+void Broker::on_heartbeat(Incoming& in, WorkerEntry& w, int64_t now) {
+    auto hb = proto::decode_heartbeat(in.data());
+    if (auto* err = std::get_if<proto::DecodeError>(&hb)) {
+        // It is alive (any frame counts), but we cannot read what it says. Its
+        // health matters most: a readable `healthy` is honoured anyway, else the
+        // last known state stays (and the warning says which).
+        ++bad_frames_;
+        auto healthy = proto::peek_healthy(in.data());
+        if (healthy) set_health(w, *healthy);
+        if (now < w.next_bad_heartbeat_warn_ns) {
+            ++w.quiet_bad_heartbeats;
+            return;
+        }
+        std::string quiet = w.quiet_bad_heartbeats
+                                ? " (and " + std::to_string(w.quiet_bad_heartbeats) + " more since the last warning)"
+                                : std::string();
+        spdlog::warn("worker {} sent an undecodable heartbeat{}: {}; {}", w.info.id, quiet, err->reason,
+                     healthy ? (*healthy ? "its healthy=true was applied" : "its healthy=false was applied")
+                             : (w.healthy ? "it stays healthy" : "it stays unhealthy"));
+        w.next_bad_heartbeat_warn_ns = now + kBadHeartbeatWarnEveryNs;
+        w.quiet_bad_heartbeats = 0;
+        send_message(backend_, &in.routing_id, Command::error,
+                     proto::encode(proto::Error{0, err->status, "heartbeat: " + err->reason}), true);
+        return;
+    }
+    auto& h = std::get<proto::Heartbeat>(hb);
+    set_health(w, h.healthy);
+    if (h.metrics) absorb_worker_metrics(w, std::move(*h.metrics));
+    w.busy = std::move(h.busy);
+    w.busy_at_ns = now;
 }
 
 void Broker::on_ready(Incoming& in, int64_t now) {
@@ -342,6 +381,10 @@ void Broker::on_ready(Incoming& in, int64_t now) {
     if (!known)
         spdlog::info("worker {} (host {}, pid {}) registered with credit {}; {} connected", w.info.id,
                      w.info.host, w.info.pid, w.credit, workers_.size());
+    // The answer to every `ready`: a heartbeat carrying our --heartbeat-ms and
+    // --liveness, so the worker judges our silence by our own settings.
+    if (!send_message(backend_, &in.routing_id, Command::heartbeat, heartbeat_body_, true))
+        drop_worker(in.routing_id, "unreachable when answered ready");
 }
 
 void Broker::on_done(Incoming& in, WorkerEntry& w, int64_t now) {
@@ -356,6 +399,8 @@ void Broker::on_done(Incoming& in, WorkerEntry& w, int64_t now) {
         return;
     }
     auto& done = std::get<proto::Done>(decoded);
+    // Whatever becomes of this done, the worker no longer works on that batch.
+    std::erase_if(w.busy, [&](const proto::BusyBatch& b) { return b.batch == done.batch; });
     auto it = inflight_.find(done.batch);
     if (it == inflight_.end() || it->second.worker != in.routing_id) {
         spdlog::debug("late or unknown done for batch {} ignored", done.batch);
@@ -384,12 +429,14 @@ void Broker::on_done(Incoming& in, WorkerEntry& w, int64_t now) {
     for (size_t i = 0; i < batch.items.size(); ++i) {
         auto& r = done.results[i];
         auto& item = batch.items[i];
-        // storage_error: PostgreSQL was unavailable; the attempt does not count.
-        // persist_failed: this message failed; retried until the worker dead-letters it.
+        // 3xx, storage_error (PostgreSQL was unavailable): not this message's
+        // fault; retried, the attempt does not count.
+        // persist_failed: this message failed to store: the attempt counts; it is
+        // retried until the worker dead-letters it (or kAttemptSlack more).
+        if (r.status == Status::persist_failed) ++item.attempts;
         bool again = proto::is_retry(r.status) || r.status == Status::storage_error ||
                      (r.status == Status::persist_failed && item.attempts < cfg_.max_attempts + kAttemptSlack);
         if (again) {
-            if (r.status == Status::storage_error && item.attempts > 0) --item.attempts;
             retry.push_back(std::move(item));
             continue;
         }
@@ -497,7 +544,7 @@ void Broker::dispatch(int64_t now) {
         attempts.reserve(batch_buf_.size());
         for (auto& p : batch_buf_) {
             msgs.push_back(&p.msg);
-            attempts.push_back(++p.attempts);
+            attempts.push_back(p.attempts + 1);  // raised only by a persist_failed answer (on_done)
         }
         uint64_t id = next_batch_++;
         if (!send_message(backend_, &w->routing_id, Command::batch,
@@ -548,10 +595,9 @@ void Broker::heartbeat_and_reap(int64_t now) {
     for (const auto& id : workers_.expired(now, timeout)) drop_worker(id, "missed heartbeats");
     if (now < next_heartbeat_ns_) return;
     next_heartbeat_ns_ = now + int64_t{cfg_.heartbeat_ms} * kMs;
-    static const std::string hb = proto::encode(proto::Heartbeat{});
     std::vector<std::string> gone;
     for (const auto& [id, w] : workers_.all())
-        if (!send_message(backend_, &id, Command::heartbeat, hb, true)) gone.push_back(id);
+        if (!send_message(backend_, &id, Command::heartbeat, heartbeat_body_, true)) gone.push_back(id);
     for (const auto& id : gone) drop_worker(id, "unreachable");
     // Forget clients idle for a minute (they only matter for the connection gauge).
     for (auto it = clients_.begin(); it != clients_.end();)
@@ -597,9 +643,19 @@ proto::Stats Broker::snapshot(int64_t now) const {
     s.client_connections = clients_.size();
     s.bad_frames = bad_frames_;
     s.unroutable = unroutable_;
-    for (const auto& [id, w] : workers_.all())
-        s.workers.push_back(
-            {w.info.id, w.info.host, w.info.pid, w.inflight.size(), w.credit, w.batches_done, w.healthy, w.metrics});
+    for (const auto& [id, w] : workers_.all()) {
+        proto::WorkerStats ws{w.info.id,   w.info.host,       w.info.pid, w.inflight.size(),
+                              w.credit,    w.batches_done,    w.healthy,  w.metrics};
+        ws.busy_batches = w.busy.size();
+        if (!w.busy.empty()) {
+            // As reported, plus the time since the report.
+            int64_t longest = 0;
+            for (const auto& b : w.busy) longest = std::max(longest, b.ms);
+            ws.busy_ms = longest + std::max<int64_t>(0, now - w.busy_at_ns) / kMs;
+        }
+        ws.heartbeat_age_ms = std::max<int64_t>(0, now - w.last_seen_ns) / kMs;
+        s.workers.push_back(std::move(ws));
+    }
     return s;
 }
 

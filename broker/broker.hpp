@@ -78,6 +78,8 @@ private:
     void on_client_query(Incoming& in, proto::Command cmd, int64_t now);
     void on_stats(Incoming& in, int64_t now);
     void on_ready(Incoming& in, int64_t now);
+    void on_heartbeat(Incoming& in, WorkerEntry& w, int64_t now);
+    void set_health(WorkerEntry& w, bool healthy);
     void on_done(Incoming& in, WorkerEntry& w, int64_t now);
     void on_reply(Incoming& in, int64_t now);
     void absorb_worker_metrics(WorkerEntry& w, proto::WorkerMetrics m);
@@ -109,6 +111,8 @@ private:
     bool draining_ = false;
     int64_t started_ns_ = 0, next_heartbeat_ns_ = 0, next_stats_ns_ = 0;
     std::vector<Pending> batch_buf_;
+    // Our heartbeat body: it tells workers our --heartbeat-ms and --liveness.
+    std::string heartbeat_body_;
 
     // counters
     std::array<uint64_t, kPriorityCount> received_{}, dispatched_{}, busy_{};

@@ -18,7 +18,11 @@ struct Pending {
     uint64_t req = 0;    // the client's push request id
     int64_t received_ns = 0;  // steady clock, for latency and starvation checks
     proto::AckMode ack = proto::AckMode::persisted;
-    uint32_t attempts = 0;    // dispatches so far (redeliveries + 1)
+    // Failed attempts at storing it so far (persist_failed answers): its next
+    // delivery is attempt attempts + 1. A redelivery for any other reason (a
+    // worker lost or unreachable, a storage_error hand-back, a done that did
+    // not match its batch) does not count.
+    uint32_t attempts = 0;
 };
 
 class Lanes {

@@ -16,6 +16,7 @@
 #include "common/config.hpp"
 #include "common/time.hpp"
 #include "common/uuid.hpp"
+#include "common/signals.hpp"
 
 namespace {
 
@@ -296,6 +297,9 @@ json stats_json(const proto::Stats& s) {
                            {"inflight_batches", w.inflight_batches},
                            {"credit", w.credit},
                            {"batches_done", w.batches_done},
+                           {"busy_batches", w.busy_batches},
+                           {"busy_ms", w.busy_ms},
+                           {"heartbeat_age_ms", w.heartbeat_age_ms},
                            {"uptime_ms", m.uptime_ms},
                            {"batches", m.batches},
                            {"persisted", m.persisted},
@@ -370,17 +374,26 @@ int run_stats(const Global& g, bool as_json) {
                 s->persist_us.quantile(0.99) / 1000, (unsigned long long)s->db_errors,
                 (unsigned long long)s->redis_errors);
     std::printf("%zu workers\n", s->workers.size());
-    for (const auto& w : s->workers)
-        std::printf("  %-32s host %-16s pid %-7lld in flight %llu/%llu  batches %llu  persisted %llu%s\n", w.id.c_str(),
-                    w.host.c_str(), (long long)w.pid, (unsigned long long)w.inflight_batches,
-                    (unsigned long long)w.credit, (unsigned long long)w.metrics.batches,
-                    (unsigned long long)w.metrics.persisted, w.healthy ? "" : "  UNHEALTHY (PostgreSQL unavailable)");
+    for (const auto& w : s->workers) {
+        // "busy 1 (4.2 s)": batches it works on now and the longest one's age; "idle" when none.
+        char busy[48] = "idle";
+        if (w.busy_batches)
+            std::snprintf(busy, sizeof busy, "busy %llu (%.1f s)", (unsigned long long)w.busy_batches,
+                          w.busy_ms / 1000.0);
+        std::printf("  %-32s host %-16s pid %-7lld in flight %llu/%llu  %-16s heard %.1f s ago  batches %llu  "
+                    "persisted %llu%s\n",
+                    w.id.c_str(), w.host.c_str(), (long long)w.pid, (unsigned long long)w.inflight_batches,
+                    (unsigned long long)w.credit, busy, w.heartbeat_age_ms / 1000.0,
+                    (unsigned long long)w.metrics.batches, (unsigned long long)w.metrics.persisted,
+                    w.healthy ? "" : "  UNHEALTHY (PostgreSQL unavailable)");
+    }
     return kExitOk;
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
+    llmq::ignore_sigpipe();
     CLI::App app{"llmq: push messages to an llmq broker and read them back.\n"
                  "Exit codes: 0 all persisted / ok, 1 some rejected or not found, 2 usage, 3 broker unreachable or timed out.\n"
                  "Options come from flags, --config FILE (TOML) or LLMQ_<OPTION> environment variables."};

@@ -252,7 +252,7 @@ std::string render_prometheus(const proto::Stats* stats, const ExpositionInfo& i
     p.sample("llmq_redis_errors_total", {}, s.redis_errors);
     p.family("llmq_client_connections", "gauge", "Distinct clients heard from in the last minute");
     p.sample("llmq_client_connections", {}, s.client_connections);
-    p.family("llmq_bad_frames_total", "counter", "error replies sent by the broker (malformed frames from clients and workers)");
+    p.family("llmq_bad_frames_total", "counter", "Malformed frames the broker received from clients and workers (most answered with error)");
     p.sample("llmq_bad_frames_total", {}, s.bad_frames);
     p.family("llmq_unroutable_replies_total", "counter", "Replies dropped because the peer had gone or stopped reading");
     p.sample("llmq_unroutable_replies_total", {}, s.unroutable);
@@ -286,6 +286,13 @@ std::string render_prometheus(const proto::Stats* stats, const ExpositionInfo& i
                [](const WS& w) { return w.inflight_batches; });
     per_worker("llmq_worker_credit", "gauge", "Batches the worker may hold at once",
                [](const WS& w) { return w.credit; });
+    per_worker("llmq_worker_busy_batches", "gauge", "Batches the worker said (on its last heartbeat) it is working on",
+               [](const WS& w) { return w.busy_batches; });
+    per_worker("llmq_worker_busy_seconds", "gauge",
+               "How long the worker has been working on the oldest of those batches (0 when idle)",
+               [](const WS& w) { return static_cast<double>(w.busy_ms) / 1000.0; });
+    per_worker("llmq_worker_heartbeat_age_seconds", "gauge", "Time since the broker last heard from the worker",
+               [](const WS& w) { return static_cast<double>(w.heartbeat_age_ms) / 1000.0; });
     per_worker("llmq_worker_uptime_seconds", "gauge", "Time since the worker started",
                [](const WS& w) { return static_cast<double>(w.metrics.uptime_ms) / 1000.0; });
     per_worker("llmq_worker_batches_total", "counter", "Batches the worker processed since it started",

@@ -535,7 +535,7 @@ std::string encode(const Stats& s) {
         key(p, "expired"), p.pack(s.expired);
         key(p, "workers"), p.pack_array(static_cast<uint32_t>(s.workers.size()));
         for (const auto& w : s.workers) {
-            p.pack_map(8);
+            p.pack_map(11);
             key(p, "id"), pack_str(p, w.id);
             key(p, "host"), pack_str(p, w.host);
             key(p, "pid"), p.pack(w.pid);
@@ -544,6 +544,9 @@ std::string encode(const Stats& s) {
             key(p, "batches_done"), p.pack(w.batches_done);
             key(p, "healthy"), p.pack(w.healthy);
             key(p, "metrics"), pack_worker_metrics(p, w.metrics);
+            key(p, "busy_batches"), p.pack(w.busy_batches);
+            key(p, "busy_ms"), p.pack(w.busy_ms);
+            key(p, "heartbeat_age_ms"), p.pack(w.heartbeat_age_ms);
         }
         key(p, "rejected_by_reason"), p.pack_map(static_cast<uint32_t>(s.rejected_by_reason.size()));
         for (const auto& [code, n] : s.rejected_by_reason) pack_str(p, code), p.pack(n);
@@ -606,9 +609,23 @@ std::string encode(const Done& m) {
 }
 std::string encode(const Heartbeat& h) {
     return build([&](Packer& p) {
-        p.pack_map(h.metrics ? 2 : 1);
+        // Optional keys only when they say something: an idle worker's or an
+        // older peer's heartbeat stays the small map it always was.
+        uint32_t n = 1 + (h.metrics ? 1 : 0) + (h.busy.empty() ? 0 : 1) + (h.heartbeat_ms ? 1 : 0) +
+                     (h.liveness ? 1 : 0);
+        p.pack_map(n);
         key(p, "healthy"), p.pack(h.healthy);
         if (h.metrics) key(p, "metrics"), pack_worker_metrics(p, *h.metrics);
+        if (!h.busy.empty()) {
+            key(p, "busy"), p.pack_array(static_cast<uint32_t>(h.busy.size()));
+            for (const auto& b : h.busy) {
+                p.pack_map(2);
+                key(p, "batch"), p.pack(b.batch);
+                key(p, "ms"), p.pack(b.ms);
+            }
+        }
+        if (h.heartbeat_ms) key(p, "heartbeat_ms"), p.pack(h.heartbeat_ms);
+        if (h.liveness) key(p, "liveness"), p.pack(h.liveness);
     });
 }
 std::string encode(const Disconnect& m) {
@@ -746,6 +763,9 @@ Decoded<Stats> decode_stats(std::string_view body) {
                 if (const auto* h = w.find("healthy"); h && h->type == msgpack::type::BOOLEAN) ws.healthy = h->via.boolean;
                 if (const auto* mm = w.find("metrics"); mm && mm->type == msgpack::type::MAP)
                     ws.metrics = read_worker_metrics(Map(*mm, w.path() + ".metrics"));
+                ws.busy_batches = w.u64_or("busy_batches", 0);
+                ws.busy_ms = w.i64_or("busy_ms", 0);
+                ws.heartbeat_age_ms = w.i64_or("heartbeat_age_ms", 0);
                 s.workers.push_back(std::move(ws));
             }
         }
@@ -840,6 +860,24 @@ Decoded<Heartbeat> decode_heartbeat(std::string_view body) {
         }
         if (const auto* v = m.find("metrics"); v && v->type != msgpack::type::NIL)
             h.metrics = read_worker_metrics(Map(*v, "metrics"));
+        if (const auto* v = m.find("busy"); v && v->type != msgpack::type::NIL) {
+            if (v->type != msgpack::type::ARRAY) fail(Status::bad_field, "busy: expected an array");
+            const auto& arr = v->via.array;
+            if (arr.size > kMaxBusyBatches)
+                fail(Status::bad_field, "busy: " + std::to_string(arr.size) + " entries, at most " +
+                                            std::to_string(kMaxBusyBatches));
+            h.busy.reserve(arr.size);
+            for (uint32_t i = 0; i < arr.size; ++i) {
+                Map e(arr.ptr[i], "busy", i);
+                BusyBatch b;
+                b.batch = e.u64("batch");
+                b.ms = e.i64("ms");
+                if (b.ms < 0) fail(Status::bad_field, e.field("ms").str() + "must not be negative");
+                h.busy.push_back(b);
+            }
+        }
+        h.heartbeat_ms = m.narrow_or<uint32_t>("heartbeat_ms", 0);
+        h.liveness = m.narrow_or<uint32_t>("liveness", 0);
         return h;
     });
 }
@@ -915,6 +953,17 @@ uint64_t peek_req(std::string_view body) {
     } catch (...) {
     }
     return 0;
+}
+
+std::optional<bool> peek_healthy(std::string_view body) {
+    try {
+        auto oh = unpack_body(body);
+        Map m(oh.get(), "");
+        const auto* v = m.find("healthy");
+        if (v && v->type == msgpack::type::BOOLEAN) return v->via.boolean;
+    } catch (...) {
+    }
+    return std::nullopt;
 }
 
 }  // namespace llmq::proto

@@ -152,6 +152,9 @@ struct WorkerStats {
     uint64_t batches_done = 0;
     bool healthy = true;
     WorkerMetrics metrics;  // as last reported on a heartbeat
+    uint64_t busy_batches = 0;     // batches it said it is working on (its last heartbeat's `busy`)
+    int64_t busy_ms = 0;           // how long the longest of them has been worked on now; 0 when idle
+    int64_t heartbeat_age_ms = 0;  // since the broker last heard from it (any frame)
 };
 struct Stats {
     uint64_t req = 0;
@@ -195,9 +198,11 @@ struct Ready {
 struct Batch {
     uint64_t batch = 0;
     std::vector<Message> msgs;
-    // attempts[i]: how many times msgs[i] has been tried, this time included
-    // (1 = first); a worker dead-letters a message whose storing fails on
-    // attempt >= max_attempts. Absent: all 1.
+    // attempts[i]: which attempt at storing msgs[i] this delivery is: 1 + the
+    // times a worker answered persist_failed for it before (1 = first). Other
+    // redeliveries (a worker lost, a storage_error hand-back, a done that did
+    // not match its batch) do not count. A worker dead-letters a message whose
+    // storing fails on attempt >= max_attempts. Absent: all 1.
     std::vector<uint32_t> attempts;
     uint32_t max_attempts = 5;
 };
@@ -205,9 +210,22 @@ struct Done {
     uint64_t batch = 0;
     std::vector<Outcome> results;  // one per message, in batch order
 };
+// One batch a worker is working on, as carried on its heartbeats.
+struct BusyBatch {
+    uint64_t batch = 0;  // the batch id
+    int64_t ms = 0;      // since the worker started on it (>= 0)
+    bool operator==(const BusyBatch&) const = default;
+};
+inline constexpr size_t kMaxBusyBatches = 1024;  // entries decode_heartbeat accepts in `busy`
 struct Heartbeat {
     bool healthy = true;  // worker -> broker: false = send me no batches (e.g. PostgreSQL down)
     std::optional<WorkerMetrics> metrics;  // worker -> broker
+    std::vector<BusyBatch> busy;           // worker -> broker: what it works on now; empty = idle (or not said)
+    // broker -> worker: the broker's --heartbeat-ms and --liveness, for the
+    // worker to adopt (it is declared dead after heartbeat_ms x liveness of
+    // silence). 0 = not said (an older broker): the worker keeps its own.
+    uint32_t heartbeat_ms = 0;
+    uint32_t liveness = 0;
 };
 struct Disconnect {
     std::string reason;
@@ -268,6 +286,10 @@ std::optional<StoredMessage> decode_cached(std::string_view data, const MessageI
 // Best effort: the `req` of a body that failed to decode, so the error reply can
 // name it (0 if not even that is readable).
 uint64_t peek_req(std::string_view body);
+// Best effort: the `healthy` flag of a heartbeat body that failed to decode
+// (e.g. a malformed `busy`), so a worker's health is not lost with the rest;
+// nullopt when the body is no map or holds no boolean `healthy`.
+std::optional<bool> peek_healthy(std::string_view body);
 
 // Frames 0 and 1 checked together. On success returns the command.
 Decoded<Command> parse_header(std::string_view signature, std::string_view command);

@@ -9,8 +9,11 @@ std::atomic<bool> g_stop{false};
 extern "C" void on_stop_signal(int) { g_stop.store(true); }
 }  // namespace
 
+void ignore_sigpipe() { std::signal(SIGPIPE, SIG_IGN); }
+
 std::atomic<bool>& stop_on_signals() {
     static_assert(std::atomic<bool>::is_always_lock_free);
+    ignore_sigpipe();
     std::signal(SIGINT, on_stop_signal);
     std::signal(SIGTERM, on_stop_signal);
     return g_stop;

@@ -7,6 +7,11 @@
 namespace llmq {
 
 // Returns the process-wide stop flag, set by SIGINT or SIGTERM once installed.
+// Also ignores SIGPIPE (see ignore_sigpipe).
 std::atomic<bool>& stop_on_signals();
+
+// A peer that closes a socket must show as an error (EPIPE) on that call, never
+// kill the process: ZeroMQ and libpq guard their own writes, hiredis does not.
+void ignore_sigpipe();
 
 }  // namespace llmq

@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <functional>
 #include <thread>
 
 #include "broker/broker.hpp"
@@ -60,8 +61,9 @@ public:
     void send(proto::Command cmd, const std::string& body) { send_message(sock_, nullptr, cmd, body); }
     void heartbeat() { send(proto::Command::heartbeat, proto::encode(proto::Heartbeat{})); }
     // Waits for the next message with command `want`, answering nothing else
-    // (heartbeats from the broker are skipped). Sends heartbeats while waiting.
-    std::optional<Incoming> expect(proto::Command want, std::chrono::milliseconds timeout) {
+    // (heartbeats from the broker are skipped). Sends heartbeats while waiting,
+    // unless `quiet`.
+    std::optional<Incoming> expect(proto::Command want, std::chrono::milliseconds timeout, bool quiet = false) {
         auto deadline = std::chrono::steady_clock::now() + timeout;
         while (std::chrono::steady_clock::now() < deadline) {
             Incoming in;
@@ -69,7 +71,7 @@ public:
                 if (in.cmd() == proto::command_name(want)) return in;
                 continue;
             }
-            heartbeat();
+            if (!quiet) heartbeat();
             std::this_thread::sleep_for(10ms);
         }
         return std::nullopt;
@@ -213,6 +215,8 @@ TEST(Broker, DeadWorkersBatchGoesToAnotherAndItsLateDoneIsIgnored) {
     ASSERT_EQ(second.msgs.size(), 2u);
     EXPECT_EQ(second.msgs[0].id, msgs[0].id);
     EXPECT_EQ(second.msgs[1].id, msgs[1].id);
+    EXPECT_EQ(first.attempts, (std::vector<uint32_t>{1, 1}));
+    EXPECT_EQ(second.attempts, (std::vector<uint32_t>{1, 1})) << "a lost worker's batch is no failed attempt";
     alive.done(second);
     auto acks = collect_acks(c, 2, 2s);
     ASSERT_EQ(acks.size(), 2u);
@@ -255,7 +259,51 @@ TEST(Broker, MismatchedDoneIsRedeliveredNotAcked) {
     w.send(proto::Command::done, proto::encode(wrong));
     auto again = w.expect_batch();
     EXPECT_EQ(again.msgs[0].id, batch.msgs[0].id);
+    EXPECT_EQ(again.attempts, std::vector<uint32_t>{1}) << "a mismatched done is no failed attempt";
     EXPECT_TRUE(collect_acks(c, 1, 200ms).empty());
+}
+
+TEST(Broker, OnlyPersistFailedRaisesTheAttemptNumber) {
+    auto cfg = fast_config();
+    cfg.max_attempts = 3;
+    RunningBroker b(cfg);
+    client::Client c(b.frontend());
+    FakeWorker w(b.backend(), 1, "w");
+    auto m = make(Priority::normal, 1);
+    c.send_push(push_of({m}, proto::AckMode::persisted, 1));
+    // PostgreSQL "down" for a while: every hand-back is free.
+    for (int i = 0; i < 6; ++i) {
+        auto batch = w.expect_batch();
+        ASSERT_EQ(batch.msgs.size(), 1u);
+        EXPECT_EQ(batch.attempts, std::vector<uint32_t>{1}) << "after " << i << " storage_error answers";
+        EXPECT_EQ(batch.max_attempts, 3u);
+        w.done(batch, Status::storage_error);
+    }
+    // A failure of the message itself counts, once per persist_failed.
+    auto batch = w.expect_batch();
+    EXPECT_EQ(batch.attempts, std::vector<uint32_t>{1});
+    w.done(batch, Status::persist_failed);
+    batch = w.expect_batch();
+    EXPECT_EQ(batch.attempts, std::vector<uint32_t>{2});
+    w.done(batch, Status::storage_error);  // does not undo the counted failure
+    batch = w.expect_batch();
+    EXPECT_EQ(batch.attempts, std::vector<uint32_t>{2});
+    w.done(batch, Status::busy);  // nor does a 3xx
+    batch = w.expect_batch();
+    EXPECT_EQ(batch.attempts, std::vector<uint32_t>{2});
+    w.done(batch, Status::persist_failed);
+    // A worker that does not dead-letter at max_attempts (3) gets kAttemptSlack (2) more tries,
+    // then the client is told.
+    for (uint32_t attempt : {3u, 4u, 5u}) {
+        batch = w.expect_batch();
+        EXPECT_EQ(batch.attempts, std::vector<uint32_t>{attempt});
+        w.done(batch, Status::persist_failed);
+    }
+    auto acks = collect_acks(c, 1, 2s);
+    ASSERT_EQ(acks.size(), 1u);
+    EXPECT_EQ(acks[0].id, m.id);
+    EXPECT_EQ(acks[0].status, Status::persist_failed);
+    EXPECT_FALSE(w.expect(proto::Command::batch, 200ms)) << "no sixth attempt";
 }
 
 TEST(Broker, QueriesGoToAWorkerAndFailClearlyWithoutOne) {
@@ -397,6 +445,155 @@ TEST(Broker, AWorkerRegisteringAgainAddsOnlyItsIncrementsToTheTotals) {
     auto s = totals();
     EXPECT_EQ(s.db_errors, 7u) << "a re-registration must not count the old totals again";
     EXPECT_EQ(s.cache_writes, 7u);
+}
+
+TEST(Broker, ReadyIsAnsweredWithAHeartbeatCarryingTheBrokersSettings) {
+    auto cfg = fast_config();
+    cfg.heartbeat_ms = 5000;  // the periodic one would come much later
+    cfg.liveness = 7;
+    RunningBroker b(cfg);
+    std::this_thread::sleep_for(100ms);  // past the broker's first periodic round
+    FakeWorker w(b.backend(), 1, "w");
+    auto t0 = std::chrono::steady_clock::now();
+    auto hb = w.expect(proto::Command::heartbeat, 2s);
+    ASSERT_TRUE(hb) << "no heartbeat answered ready";
+    EXPECT_LT(std::chrono::steady_clock::now() - t0, 1s) << "it should answer at once";
+    auto h = std::get<proto::Heartbeat>(proto::decode_heartbeat(hb->data()));
+    EXPECT_EQ(h.heartbeat_ms, 5000u);
+    EXPECT_EQ(h.liveness, 7u);
+    EXPECT_TRUE(h.busy.empty());
+    // Sending ready again (e.g. a new credit) is answered the same way.
+    proto::Ready r;
+    r.credit = 2;
+    r.worker = {"w", "test", 1};
+    w.send(proto::Command::ready, proto::encode(r));
+    hb = w.expect(proto::Command::heartbeat, 1s);
+    ASSERT_TRUE(hb);
+    EXPECT_EQ(std::get<proto::Heartbeat>(proto::decode_heartbeat(hb->data())).liveness, 7u);
+}
+
+TEST(Broker, PeriodicHeartbeatsCarryTheBrokersSettingsToo) {
+    auto cfg = fast_config();
+    cfg.heartbeat_ms = 40;
+    cfg.liveness = 4;
+    RunningBroker b(cfg);
+    FakeWorker w(b.backend(), 1, "w");
+    for (int i = 0; i < 3; ++i) {  // the answer to ready, then periodic ones
+        auto hb = w.expect(proto::Command::heartbeat, 1s);
+        ASSERT_TRUE(hb);
+        auto h = std::get<proto::Heartbeat>(proto::decode_heartbeat(hb->data()));
+        EXPECT_EQ(h.heartbeat_ms, 40u);
+        EXPECT_EQ(h.liveness, 4u);
+    }
+}
+
+proto::Stats stats_when(client::Client& c, const std::function<bool(const proto::Stats&)>& ok) {
+    for (int i = 0; i < 100; ++i) {
+        auto st = c.stats(1s);
+        if (auto* s = std::get_if<proto::Stats>(&st); s && ok(*s)) return *s;
+        std::this_thread::sleep_for(20ms);
+    }
+    auto st = c.stats(1s);
+    return std::get<proto::Stats>(st);
+}
+
+TEST(Broker, StatsShowWhatEachWorkerIsBusyWithAndWhenItWasLastHeard) {
+    auto cfg = fast_config();
+    cfg.heartbeat_ms = 1000;  // room to stay silent for a while without being reaped
+    RunningBroker b(cfg);
+    client::Client c(b.frontend());
+    FakeWorker w(b.backend(), 2, "busy-one");
+    proto::Heartbeat hb;
+    hb.busy = {{41, 1500}, {42, 200}};
+    w.send(proto::Command::heartbeat, proto::encode(hb));
+    auto s = stats_when(c, [](const proto::Stats& s) { return s.workers.size() == 1 && s.workers[0].busy_batches == 2; });
+    ASSERT_EQ(s.workers.size(), 1u);
+    EXPECT_EQ(s.workers[0].busy_batches, 2u);
+    EXPECT_GE(s.workers[0].busy_ms, 1500);  // the longest, as reported plus the time since
+    EXPECT_LT(s.workers[0].busy_ms, 1500 + 2000);
+    std::this_thread::sleep_for(150ms);
+    s = stats_when(c, [](const proto::Stats&) { return true; });
+    ASSERT_EQ(s.workers.size(), 1u);
+    EXPECT_GE(s.workers[0].heartbeat_age_ms, 100);
+    EXPECT_LT(s.workers[0].heartbeat_age_ms, 2000);
+    EXPECT_GE(s.workers[0].busy_ms, 1600) << "busy time keeps growing between heartbeats";
+    // A done for one of them takes it off the list at once.
+    proto::Done d;
+    d.batch = 41;
+    w.send(proto::Command::done, proto::encode(d));
+    s = stats_when(c, [](const proto::Stats& s) { return s.workers.size() == 1 && s.workers[0].busy_batches == 1; });
+    EXPECT_EQ(s.workers[0].busy_batches, 1u);
+    EXPECT_LT(s.workers[0].busy_ms, 1500);
+    // An idle heartbeat (no `busy`, as from an older worker) clears it.
+    w.heartbeat();
+    s = stats_when(c, [](const proto::Stats& s) { return s.workers.size() == 1 && s.workers[0].busy_batches == 0; });
+    EXPECT_EQ(s.workers[0].busy_batches, 0u);
+    EXPECT_EQ(s.workers[0].busy_ms, 0);
+    EXPECT_LT(s.workers[0].heartbeat_age_ms, 1000);
+}
+
+// {"healthy": <healthy>, "busy": 5}: a heartbeat whose `busy` is malformed.
+std::string malformed_heartbeat(bool healthy) {
+    std::string body = "\x82\xa7" "healthy";
+    body += healthy ? '\xc3' : '\xc2';
+    body += "\xa4" "busy" "\x05";
+    return body;
+}
+
+TEST(Broker, AnUndecodableHeartbeatIsCountedWarnedOnceAndKeepsTheHealthItCarries) {
+    auto cfg = fast_config();
+    cfg.heartbeat_ms = 1000;
+    RunningBroker b(cfg);
+    client::Client c(b.frontend());
+    FakeWorker w(b.backend(), 1, "garbled");
+    // Quiet from here on: the only heartbeats it sends are the malformed ones.
+    ASSERT_TRUE(w.expect(proto::Command::heartbeat, 1s, true));  // registered
+    ASSERT_TRUE(std::holds_alternative<proto::DecodeError>(proto::decode_heartbeat(malformed_heartbeat(false))));
+    w.send(proto::Command::heartbeat, malformed_heartbeat(false));
+    auto err = w.expect(proto::Command::error, 1s, true);
+    ASSERT_TRUE(err) << "the first one is answered";
+    auto e = std::get<proto::Error>(proto::decode_error(err->data()));
+    EXPECT_EQ(e.status, Status::bad_field);
+    EXPECT_NE(e.reason.find("busy"), std::string::npos) << e.reason;
+    auto s = stats_when(c, [](const proto::Stats& s) { return s.bad_frames >= 1; });
+    EXPECT_EQ(s.bad_frames, 1u);
+    ASSERT_EQ(s.workers.size(), 1u) << "it stays registered";
+    EXPECT_FALSE(s.workers[0].healthy) << "its healthy=false is honoured although the rest is unreadable";
+    // It gets no batch while unhealthy.
+    c.send_push(push_of({make(Priority::normal, 1)}, proto::AckMode::queued, 1));
+    ASSERT_EQ(collect_acks(c, 1, 1s).size(), 1u);
+    // A flood: every one counted, but not answered (nor warned about) again within a minute.
+    for (int i = 0; i < 20; ++i) w.send(proto::Command::heartbeat, malformed_heartbeat(false));
+    s = stats_when(c, [](const proto::Stats& s) { return s.bad_frames >= 21; });
+    EXPECT_EQ(s.bad_frames, 21u);
+    EXPECT_FALSE(w.expect(proto::Command::error, 300ms, true));
+    EXPECT_FALSE(w.expect(proto::Command::batch, 1ms, true));
+    // One that says healthy=true (still malformed) brings it back: the batch arrives.
+    w.send(proto::Command::heartbeat, malformed_heartbeat(true));
+    auto batch = w.expect(proto::Command::batch, 2s, true);
+    ASSERT_TRUE(batch);
+    EXPECT_EQ(std::get<proto::Batch>(proto::decode_batch(batch->data())).msgs.size(), 1u);
+    s = stats_when(c, [](const proto::Stats& s) { return s.bad_frames >= 22; });
+    EXPECT_EQ(s.bad_frames, 22u);
+    ASSERT_EQ(s.workers.size(), 1u);
+    EXPECT_TRUE(s.workers[0].healthy);
+}
+
+TEST(Broker, AnUndecodableHeartbeatWithoutHealthKeepsTheLastKnownState) {
+    auto cfg = fast_config();
+    cfg.heartbeat_ms = 1000;
+    RunningBroker b(cfg);
+    client::Client c(b.frontend());
+    FakeWorker w(b.backend(), 1, "sick");
+    w.send(proto::Command::heartbeat, proto::encode(proto::Heartbeat{false}));
+    auto s = stats_when(c, [](const proto::Stats& s) { return s.workers.size() == 1 && !s.workers[0].healthy; });
+    ASSERT_EQ(s.workers.size(), 1u);
+    ASSERT_FALSE(s.workers[0].healthy);
+    w.send(proto::Command::heartbeat, "\x81\xa4" "busy" "\xa1" "x");  // {"busy": "x"}
+    s = stats_when(c, [](const proto::Stats& s) { return s.bad_frames >= 1; });
+    EXPECT_EQ(s.bad_frames, 1u);
+    ASSERT_EQ(s.workers.size(), 1u);
+    EXPECT_FALSE(s.workers[0].healthy) << "an unreadable heartbeat must not read as healthy";
 }
 
 }  // namespace

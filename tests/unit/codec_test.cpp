@@ -255,6 +255,11 @@ TEST(CodecRoundTrip, StatsWithLanesAndWorkers) {
     in.bad_frames = 6;
     in.unroutable = 7;
     in.workers = {{"w1", "host-a", 111, 2, 1, 99}, {"w2", "host-b", 222, 0, 2, 0}};
+    in.workers[0].busy_batches = 2;
+    in.workers[0].busy_ms = 61'234;
+    in.workers[0].heartbeat_age_ms = 17;
+    in.workers[1].heartbeat_age_ms = 2500;
+    in.workers[1].healthy = false;
     Stats out = must(decode_stats(encode(in)));
     EXPECT_EQ(out.req, 5u);
     EXPECT_EQ(out.uptime_ms, 123456);
@@ -274,7 +279,35 @@ TEST(CodecRoundTrip, StatsWithLanesAndWorkers) {
         const auto &a = out.workers[i], &b = in.workers[i];
         EXPECT_EQ(std::tie(a.id, a.host, a.pid, a.inflight_batches, a.credit, a.batches_done),
                   std::tie(b.id, b.host, b.pid, b.inflight_batches, b.credit, b.batches_done));
+        EXPECT_EQ(std::tie(a.healthy, a.busy_batches, a.busy_ms, a.heartbeat_age_ms),
+                  std::tie(b.healthy, b.busy_batches, b.busy_ms, b.heartbeat_age_ms));
     }
+}
+
+TEST(CodecRoundTrip, StatsFromAnOlderBrokerWithoutBusyFiguresReadAsZero) {
+    std::string body = pack([](P& p) {
+        p.pack_map(2);
+        str(p, "lanes"), p.pack_array(0);
+        str(p, "workers"), p.pack_array(1);
+        p.pack_map(2);
+        str(p, "id"), str(p, "old");
+        str(p, "healthy"), p.pack(true);
+    });
+    Stats out = must(decode_stats(body));
+    ASSERT_EQ(out.workers.size(), 1u);
+    EXPECT_EQ(out.workers[0].id, "old");
+    EXPECT_EQ(out.workers[0].busy_batches, 0u);
+    EXPECT_EQ(out.workers[0].busy_ms, 0);
+    EXPECT_EQ(out.workers[0].heartbeat_age_ms, 0);
+    // A figure of the wrong type is refused, as every other one.
+    body = pack([](P& p) {
+        p.pack_map(2);
+        str(p, "lanes"), p.pack_array(0);
+        str(p, "workers"), p.pack_array(1);
+        p.pack_map(1);
+        str(p, "busy_ms"), str(p, "long");
+    });
+    EXPECT_EQ(must_fail(decode_stats(body)).status, Status::bad_field);
 }
 
 TEST(CodecRoundTrip, Error) {
@@ -343,6 +376,53 @@ TEST(CodecRoundTrip, HeartbeatHealthAndDeadLetterQueries) {
     EXPECT_EQ(rout.dead_letters[0].attempts, 5u);
     EXPECT_EQ(rout.dead_letters[0].dead_at_us, d.dead_at_us);
     EXPECT_EQ(fields(rout.dead_letters[0].msg), fields(d.msg));
+}
+
+TEST(CodecRoundTrip, HeartbeatCarriesBusyBatchesAndTheBrokersSettings) {
+    Heartbeat in;
+    in.healthy = false;
+    in.metrics = WorkerMetrics{};
+    in.metrics->batches = 3;
+    in.busy = {{7, 1500}, {0xfffffffffffULL, 0}, {9, INT64_MAX}};
+    Heartbeat out = must(decode_heartbeat(encode(in)));
+    EXPECT_FALSE(out.healthy);
+    ASSERT_TRUE(out.metrics.has_value());
+    EXPECT_EQ(out.metrics->batches, 3u);
+    EXPECT_EQ(out.busy, in.busy);
+    EXPECT_EQ(out.heartbeat_ms, 0u);
+    EXPECT_EQ(out.liveness, 0u);
+
+    Heartbeat broker;  // broker -> worker
+    broker.heartbeat_ms = 250;
+    broker.liveness = 7;
+    out = must(decode_heartbeat(encode(broker)));
+    EXPECT_TRUE(out.healthy);
+    EXPECT_TRUE(out.busy.empty());
+    EXPECT_FALSE(out.metrics.has_value());
+    EXPECT_EQ(out.heartbeat_ms, 250u);
+    EXPECT_EQ(out.liveness, 7u);
+
+    // Absent (an older peer) is empty / 0, and the old small body is unchanged.
+    EXPECT_EQ(encode(Heartbeat{}), pack([](P& p) { p.pack_map(1), str(p, "healthy"), p.pack(true); }));
+    out = must(decode_heartbeat("\x80"s));
+    EXPECT_TRUE(out.busy.empty());
+    EXPECT_EQ(out.heartbeat_ms, 0u);
+    EXPECT_EQ(out.liveness, 0u);
+    // nil counts as absent; an empty array is an idle worker.
+    out = must(decode_heartbeat(pack([](P& p) {
+        p.pack_map(3);
+        str(p, "busy"), p.pack_nil();
+        str(p, "heartbeat_ms"), p.pack_nil();
+        str(p, "liveness"), p.pack_nil();
+    })));
+    EXPECT_TRUE(out.busy.empty());
+    EXPECT_EQ(out.heartbeat_ms, 0u);
+    out = must(decode_heartbeat(pack([](P& p) { p.pack_map(1), str(p, "busy"), p.pack_array(0); })));
+    EXPECT_TRUE(out.busy.empty());
+    // The most entries accepted.
+    Heartbeat full;
+    for (size_t i = 0; i < kMaxBusyBatches; ++i) full.busy.push_back({i + 1, static_cast<int64_t>(i)});
+    EXPECT_EQ(must(decode_heartbeat(encode(full))).busy, full.busy);
 }
 
 TEST(CodecRoundTrip, Done) {
@@ -735,6 +815,75 @@ TEST(CodecMalformed, DeeplyNestedArraysAreRefused) {
     std::string body = "\x81\xa3req"s + std::string(10000, '\x91') + "\x01";
     auto e = must_fail(decode_push(body));
     EXPECT_EQ(e.status, Status::bad_frame);
+}
+
+TEST(CodecMalformed, HeartbeatBusyAndSettingsAreTypeAndRangeChecked) {
+    auto hb_with = [](std::string_view k, const std::function<void(P&)>& v) {
+        return pack([&](P& p) {
+            p.pack_map(2);
+            str(p, "healthy"), p.pack(false);
+            str(p, k), v(p);
+        });
+    };
+    auto entry = [](P& p, const std::function<void(P&)>& batch, const std::function<void(P&)>& ms) {
+        p.pack_map(2);
+        str(p, "batch"), batch(p);
+        str(p, "ms"), ms(p);
+    };
+    auto u = [](uint64_t x) { return [x](P& p) { p.pack(x); }; };
+    auto i = [](int64_t x) { return [x](P& p) { p.pack(x); }; };
+    auto s = [](std::string_view x) { return [x](P& p) { str(p, x); }; };
+    struct Case {
+        const char* what;
+        std::string body;
+        std::string_view names;  // expected in the reason
+    };
+    const Case cases[] = {
+        {"busy not an array", hb_with("busy", [](P& p) { p.pack(5); }), "busy: expected an array"},
+        {"busy a map", hb_with("busy", [](P& p) { p.pack_map(0); }), "busy: expected an array"},
+        {"entry not a map", hb_with("busy", [](P& p) { p.pack_array(1), p.pack(7); }), "busy[0]: expected a map"},
+        {"entry an array", hb_with("busy", [](P& p) { p.pack_array(1), p.pack_array(2), p.pack(7), p.pack(1); }),
+         "busy[0]"},
+        {"batch a string", hb_with("busy", [&](P& p) { p.pack_array(1), entry(p, s("7"), i(1)); }), "busy[0]: batch"},
+        {"batch negative", hb_with("busy", [&](P& p) { p.pack_array(1), entry(p, i(-7), i(1)); }), "busy[0]: batch"},
+        {"ms a string", hb_with("busy", [&](P& p) { p.pack_array(2), entry(p, u(1), i(1)), entry(p, u(2), s("1")); }),
+         "busy[1]: ms"},
+        {"ms negative", hb_with("busy", [&](P& p) { p.pack_array(1), entry(p, u(1), i(-1)); }), "busy[0]: ms"},
+        {"ms beyond int64", hb_with("busy", [&](P& p) { p.pack_array(1), entry(p, u(1), u(UINT64_MAX)); }),
+         "busy[0]: ms"},
+        {"ms missing", hb_with("busy", [](P& p) { p.pack_array(1), p.pack_map(1), str(p, "batch"), p.pack(1); }),
+         "busy[0]: missing field 'ms'"},
+        {"batch missing", hb_with("busy", [](P& p) { p.pack_array(1), p.pack_map(1), str(p, "ms"), p.pack(1); }),
+         "busy[0]: missing field 'batch'"},
+        {"heartbeat_ms a string", hb_with("heartbeat_ms", s("1000")), "heartbeat_ms"},
+        {"heartbeat_ms negative", hb_with("heartbeat_ms", i(-1)), "heartbeat_ms"},
+        {"heartbeat_ms beyond 32 bits", hb_with("heartbeat_ms", u(uint64_t{1} << 32)), "heartbeat_ms"},
+        {"liveness a bool", hb_with("liveness", [](P& p) { p.pack(true); }), "liveness"},
+        {"liveness beyond 32 bits", hb_with("liveness", u(uint64_t{1} << 33)), "liveness"},
+    };
+    for (const auto& c : cases) {
+        auto e = must_fail(decode_heartbeat(c.body));
+        EXPECT_EQ(e.status, Status::bad_field) << c.what << ": " << e.reason;
+        EXPECT_NE(e.reason.find(c.names), std::string::npos) << c.what << ": " << e.reason;
+        // The health it carried can still be read.
+        EXPECT_EQ(peek_healthy(c.body), std::optional<bool>(false)) << c.what;
+    }
+    // One entry too many.
+    Heartbeat over;
+    for (size_t n = 0; n <= kMaxBusyBatches; ++n) over.busy.push_back({n, 1});
+    auto e = must_fail(decode_heartbeat(encode(over)));
+    EXPECT_EQ(e.status, Status::bad_field);
+    EXPECT_NE(e.reason.find("at most 1024"), std::string::npos) << e.reason;
+}
+
+TEST(CodecMalformed, PeekHealthyReadsOnlyABooleanHealthy) {
+    EXPECT_EQ(peek_healthy(encode(Heartbeat{false})), std::optional<bool>(false));
+    EXPECT_EQ(peek_healthy(encode(Heartbeat{true})), std::optional<bool>(true));
+    EXPECT_EQ(peek_healthy("\x80"s), std::nullopt);
+    EXPECT_EQ(peek_healthy(""), std::nullopt);
+    EXPECT_EQ(peek_healthy("\xff\xff"), std::nullopt);
+    EXPECT_EQ(peek_healthy(pack([](P& p) { p.pack_map(1), str(p, "healthy"), p.pack(0); })), std::nullopt);
+    EXPECT_EQ(peek_healthy(pack([](P& p) { p.pack_array(1), p.pack(false); })), std::nullopt);
 }
 
 TEST(CodecMalformed, PeekReqReadsReqFromAnOtherwiseInvalidBody) {
