@@ -5,13 +5,17 @@
 #include <hiredis/hiredis.h>
 #include <spdlog/spdlog.h>
 
-#include <unistd.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <sys/socket.h>
 
 #include <algorithm>
 #include <cerrno>
 #include <charconv>
 #include <memory>
 #include <stdexcept>
+#include <system_error>
 
 #include "common/protocol.hpp"
 #include "common/time.hpp"
@@ -202,13 +206,6 @@ private:
     std::string& out_;
 };
 
-struct ReplyDeleter {
-    void operator()(redisReply* r) const {
-        if (r) freeReplyObject(r);
-    }
-};
-using Reply = std::unique_ptr<redisReply, ReplyDeleter>;
-
 // Appends a command given as argument strings (binary safe) to the pipeline.
 void append(redisContext* c, const std::vector<std::string>& args) {
     std::vector<const char*> argv;
@@ -222,11 +219,69 @@ void append(redisContext* c, const std::vector<std::string>& args) {
     redisAppendCommandArgv(c, static_cast<int>(args.size()), argv.data(), lens.data());
 }
 
-Reply next_reply(redisContext* c) {
-    void* r = nullptr;
-    if (redisGetReply(c, &r) != REDIS_OK) return nullptr;
-    return Reply(static_cast<redisReply*>(r));
+// Waits until `fd` is ready for `events` or `deadline` passes: 1 ready (or in
+// error: the next read or write says which), 0 timed out, -1 poll failed.
+int wait_ready(int fd, short events, std::chrono::steady_clock::time_point deadline) {
+    for (;;) {
+        auto left = std::chrono::ceil<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now()).count();
+        if (left <= 0) return 0;
+        pollfd p{fd, events, 0};
+        int n = ::poll(&p, 1, static_cast<int>(std::min<long long>(left, 60'000)));
+        if (n > 0) return 1;
+        if (n < 0 && errno != EINTR) return -1;
+    }
 }
+
+// A write to a socket whose peer is gone raises SIGPIPE, which kills the
+// process unless ignored (llmq programs ignore it; a library user may not). hiredis writes with
+// write(), not send(MSG_NOSIGNAL): block the signal in this thread while it
+// writes and discard one it raised, as libpq does.
+class SigpipeGuard {
+public:
+    SigpipeGuard() {
+        sigemptyset(&pipe_);
+        sigaddset(&pipe_, SIGPIPE);
+        blocked_ = pthread_sigmask(SIG_BLOCK, &pipe_, &old_) == 0;
+        sigset_t pending;
+        was_pending_ = sigpending(&pending) == 0 && sigismember(&pending, SIGPIPE) == 1;
+    }
+    ~SigpipeGuard() {
+        if (!blocked_) return;
+        sigset_t pending;
+        if (!was_pending_ && sigpending(&pending) == 0 && sigismember(&pending, SIGPIPE) == 1) {
+            timespec now{0, 0};
+            sigtimedwait(&pipe_, nullptr, &now);
+        }
+        pthread_sigmask(SIG_SETMASK, &old_, nullptr);
+    }
+    SigpipeGuard(const SigpipeGuard&) = delete;
+    SigpipeGuard& operator=(const SigpipeGuard&) = delete;
+
+private:
+    sigset_t pipe_{}, old_{};
+    bool blocked_ = false, was_pending_ = false;
+};
+
+// SCAN's MATCH is a glob: the prefix is matched literally.
+std::string glob_escape(std::string_view s) {
+    std::string out;
+    for (char ch : s) {
+        if (ch == '*' || ch == '?' || ch == '[' || ch == ']' || ch == '\\') out.push_back('\\');
+        out.push_back(ch);
+    }
+    return out;
+}
+
+std::string_view text_of(const redisReply* r) { return r && r->str ? std::string_view(r->str, r->len) : ""; }
+
+// Marks of one conversation this worker may have leaked, kept for its repair:
+// the newest few. One forgotten is harmless: readers miss while it is there,
+// and once past its deadline any repair removes it.
+constexpr size_t kMaxLeakedMarks = 16;
+// The history flush: keys examined per SCAN step, and how long one
+// needs_repair call may spend on it (the rest waits for the next call).
+constexpr int kScanCount = 1000;
+constexpr std::chrono::milliseconds kFlushSlice{50};
 
 std::optional<MessageId> parse_hex_id(std::string_view hex) {
     if (hex.size() != 32) return std::nullopt;
@@ -283,84 +338,260 @@ void parse_redis_url(const std::string& url, std::string& host, int& port, int& 
     host = rest;
 }
 
-RedisCache::RedisCache(RedisConfig cfg) : cfg_(std::move(cfg)) { parse_redis_url(cfg_.url, host_, port_, db_); }
+RedisCache::RedisCache(RedisConfig cfg, std::shared_ptr<RepairQueue> repairs)
+    : cfg_(std::move(cfg)), repairs_(repairs ? std::move(repairs) : std::make_shared<RepairQueue>(cfg_.max_repairs)) {
+    parse_redis_url(cfg_.url, host_, port_, db_);
+}
+
+bool RepairQueue::defer(std::string_view conversation, const std::string& token) {
+    std::lock_guard lock(mu_);
+    auto it = repairs_.find(conversation);
+    if (it == repairs_.end()) {
+        if (repairs_.size() >= max_) {
+            // Too many to remember (a long outage): forget them all; every
+            // cached history is deleted instead, as soon as Redis answers. A
+            // conversation forgotten now may have been written after the
+            // running scan passed its keys: the scan starts over.
+            bool first = !flush_pending();
+            repairs_.clear();
+            size_.store(0, std::memory_order_relaxed);
+            flush_pending_.store(true, std::memory_order_relaxed);
+            restart_.store(true);
+            return first;
+        }
+        it = repairs_.emplace(std::string(conversation), std::vector<std::string>{}).first;
+        size_.store(repairs_.size(), std::memory_order_relaxed);
+    }
+    auto& leaked = it->second;
+    if (token.empty() || std::find(leaked.begin(), leaked.end(), token) != leaked.end()) return false;
+    if (leaked.size() >= kMaxLeakedMarks) leaked.erase(leaked.begin());
+    leaked.push_back(token);
+    return false;
+}
+
+bool RepairQueue::contains(std::string_view conversation) const {
+    std::lock_guard lock(mu_);
+    return repairs_.find(conversation) != repairs_.end();
+}
+
+std::vector<std::string> RepairQueue::first(size_t max) const {
+    std::lock_guard lock(mu_);
+    std::vector<std::string> out;
+    for (auto it = repairs_.begin(); it != repairs_.end() && out.size() < max; ++it) out.push_back(it->first);
+    return out;
+}
+
+std::vector<std::string> RepairQueue::leaked_marks(std::string_view conversation) const {
+    std::lock_guard lock(mu_);
+    auto it = repairs_.find(conversation);
+    return it == repairs_.end() ? std::vector<std::string>{} : it->second;
+}
+
+void RepairQueue::done(std::string_view conversation) {
+    std::lock_guard lock(mu_);
+    if (auto it = repairs_.find(conversation); it != repairs_.end()) repairs_.erase(it);
+    size_.store(repairs_.size(), std::memory_order_relaxed);
+}
 
 RedisCache::~RedisCache() {
     if (ctx_) redisFree(ctx_);
     if (wctx_) redisFree(wctx_);
 }
 
-void RedisCache::on_error(const char* what, redisContext* failed) {
-    ++errors_;
-    if (!failed) failed = ctx_;
-    spdlog::warn("redis {}: {}; cache writes deferred and reads served by PostgreSQL until it is back", what,
-                 failed && failed->err ? failed->errstr : "unexpected reply");
+void RedisCache::ReplyDeleter::operator()(redisReply* r) const {
+    if (r) freeReplyObject(r);
+}
+
+bool RedisCache::wait_for(redisContext* c, short events, Clock::time_point until, const char* awaited) {
+    int ready = wait_ready(c->fd, events, until);
+    if (ready > 0) return true;
+    failure_ = ready == 0 ? "waited " + std::to_string(cfg_.timeout_ms) + " ms for " + awaited
+                          : "poll: " + std::system_category().message(errno);
+    return false;
+}
+
+bool RedisCache::write_out(redisContext* c, Clock::time_point until) {
+    SigpipeGuard guard;
+    for (;;) {
+        int done = 0;
+        if (redisBufferWrite(c, &done) != REDIS_OK) {
+            failure_ = c->errstr;
+            return false;
+        }
+        if (done) return true;
+        if (!wait_for(c, POLLOUT, until, "Redis to take the data")) return false;
+    }
+}
+
+RedisCache::Reply RedisCache::read_reply(redisContext* c, Clock::time_point until) {
+    for (;;) {
+        void* r = nullptr;
+        if (redisGetReplyFromReader(c, &r) != REDIS_OK) {
+            failure_ = c->errstr;
+            return nullptr;
+        }
+        if (r) return Reply(static_cast<redisReply*>(r));
+        if (!wait_for(c, POLLIN, until, "an answer")) return nullptr;
+        if (redisBufferRead(c) != REDIS_OK) {
+            failure_ = c->errstr;
+            return nullptr;
+        }
+    }
+}
+
+void RedisCache::on_error(const char* what) {
+    errors_.fetch_add(1, std::memory_order_relaxed);
+    spdlog::warn("redis {} failed: {}; cache writes deferred and reads served by PostgreSQL until it is back", what,
+                 failure_.empty() ? "unexpected reply" : failure_);
+    failure_.clear();
     if (ctx_) redisFree(ctx_);
     if (wctx_) redisFree(wctx_);
     ctx_ = wctx_ = nullptr;
-    retry_at_ = std::chrono::steady_clock::now() + std::chrono::seconds(1);
+    retry_at_ = Clock::now() + std::chrono::seconds(1);
     if (in_flight_) {  // its outcome is unknown now: rebuild its conversations
-        ++writes_.failed;
-        for (const auto& c : in_flight_->conversations) defer(c, in_flight_->token);
+        writes_failed_.fetch_add(1, std::memory_order_relaxed);
+        auto lost = std::move(*in_flight_);
         in_flight_.reset();
+        for (const auto& c : lost.conversations) defer(c, lost.token);
     }
+}
+
+// Non-blocking connect: hiredis starts it (the host is resolved by getaddrinfo,
+// immediate for an address), then the socket turns writable once it is
+// established or has failed, which SO_ERROR tells.
+redisContext* RedisCache::connect_one(Clock::time_point until) {
+    redisContext* c = redisConnectNonBlock(host_.c_str(), port_);
+    if (!c) {
+        failure_ = "out of memory";
+        return nullptr;
+    }
+    if (c->err) {
+        failure_ = c->errstr;
+    } else if (wait_for(c, POLLOUT, until, "the connection")) {
+        int err = 0;
+        socklen_t len = sizeof err;
+        if (getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0) err = errno;
+        if (err == 0) return c;
+        failure_ = std::system_category().message(err);
+    }
+    redisFree(c);
+    return nullptr;
+}
+
+bool RedisCache::load_scripts(Clock::time_point until) {
+    const std::string db = std::to_string(db_);
+    append(wctx_, {"SELECT", db});
+    append(ctx_, {"SELECT", db});
+    for (const char* script : {kMarkScript, kAppendScript, kRepairScript}) append(ctx_, {"SCRIPT", "LOAD", script});
+    if (!write_out(wctx_, until) || !write_out(ctx_, until)) return false;
+    auto answered = [&](redisContext* c, int type) {
+        Reply r = read_reply(c, until);
+        if (r && r->type != type) {
+            failure_ = r->type == REDIS_REPLY_ERROR ? text_of(r.get()) : "unexpected reply";
+            r.reset();
+        }
+        return r;
+    };
+    if (!answered(wctx_, REDIS_REPLY_STATUS) || !answered(ctx_, REDIS_REPLY_STATUS)) return false;
+    for (std::string* sha : {&mark_sha_, &append_sha_, &repair_sha_}) {
+        Reply r = answered(ctx_, REDIS_REPLY_STRING);
+        if (!r) return false;
+        sha->assign(r->str, r->len);
+    }
+    return true;
 }
 
 bool RedisCache::ensure_connected() {
     if (ctx_ && wctx_) return true;
-    if (std::chrono::steady_clock::now() < retry_at_) return false;
-    timeval tv{cfg_.timeout_ms / 1000, (cfg_.timeout_ms % 1000) * 1000};
-    for (redisContext** c : {&ctx_, &wctx_}) {
-        if (*c) continue;
-        *c = redisConnectWithTimeout(host_.c_str(), port_, tv);
-        if (!*c || (*c)->err) {
-            on_error("connect", *c);
+    if (Clock::now() < retry_at_) return false;
+    const auto until = deadline();  // connecting and setting up share one bound
+    for (redisContext** c : {&ctx_, &wctx_})
+        if (!*c && !(*c = connect_one(until))) {
+            on_error("connect");
             return false;
         }
-        redisSetTimeout(*c, tv);
-    }
-    append(wctx_, {"SELECT", std::to_string(db_)});
-    if (Reply w = next_reply(wctx_); !w || w->type == REDIS_REPLY_ERROR) {
-        on_error("setup", wctx_);
-        return false;
-    }
-    append(ctx_, {"SELECT", std::to_string(db_)});
-    append(ctx_, {"SCRIPT", "LOAD", kMarkScript});
-    append(ctx_, {"SCRIPT", "LOAD", kAppendScript});
-    append(ctx_, {"SCRIPT", "LOAD", kRepairScript});
-    Reply sel = next_reply(ctx_), m = next_reply(ctx_), a = next_reply(ctx_), r = next_reply(ctx_);
-    for (const Reply* sha : {&m, &a, &r})
-        if (!*sha || (*sha)->type != REDIS_REPLY_STRING) {
-            on_error("setup");
-            return false;
-        }
-    if (!sel || sel->type == REDIS_REPLY_ERROR) {
+    if (!load_scripts(until)) {
         on_error("setup");
         return false;
     }
-    mark_sha_.assign(m->str, m->len);
-    append_sha_.assign(a->str, a->len);
-    repair_sha_.assign(r->str, r->len);
     spdlog::info("connected to redis {}:{} db {}", host_, port_, db_);
     return true;
 }
 
-bool RedisCache::send_all(redisContext* c, std::string_view data) {
-    // Straight to the socket: hiredis would copy the buffer into its own and
-    // shift it down after every partial write. Its output buffer is empty here:
-    // every command before was answered (redisGetReply flushes it first).
-    while (!data.empty()) {
-        ssize_t n = ::write(c->fd, data.data(), data.size());
-        if (n < 0 && errno == EINTR) continue;
-        if (n <= 0) return false;  // includes the send timeout (EAGAIN)
-        data.remove_prefix(static_cast<size_t>(n));
-    }
-    return true;
+void RedisCache::defer(std::string_view conversation, const std::string& token) {
+    if (repairs_->defer(conversation, token))
+        spdlog::warn("redis: more than {} conversations wait for a cache repair; forgetting them: every cached "
+                     "history under '{}' will be deleted once Redis answers, reads go to PostgreSQL until then",
+                     repairs_->max(), cfg_.prefix);
 }
 
-void RedisCache::defer(std::string_view conversation, const std::string& token) {
-    auto& leaked = repairs_[std::string(conversation)];
-    if (!token.empty() && std::find(leaked.begin(), leaked.end(), token) == leaked.end()) leaked.push_back(token);
+bool RedisCache::flush_histories() {
+    // One cache of the process runs the flush at a time; the others miss meanwhile.
+    std::unique_lock lock(repairs_->flush_mu, std::try_to_lock);
+    if (!lock) return false;
+    RepairQueue& q = *repairs_;
+    if (q.take_restart()) {
+        if (q.flush_phase == 0 && q.flush_cursor == "0") {
+            q.flush_since = Clock::now();
+            q.flush_deleted = 0;
+        }
+        q.flush_phase = 0;
+        q.flush_cursor = "0";
+    }
+    // A slice per call, so a big keyspace does not hold up the caller's loop.
+    const auto until = Clock::now() + kFlushSlice;
+    do {
+        if (!flush_step()) return false;
+        if (!flush_pending()) return true;
+    } while (Clock::now() < until);
+    return false;
+}
+
+// One step, bounded by the timeout: SCAN a stretch of the keyspace for one of
+// the two patterns (sets, then meta hashes: a set gone makes readers miss
+// first) and UNLINK what it found. False when Redis failed.
+bool RedisCache::flush_step() {
+    RepairQueue& q = *repairs_;  // its flush state: the caller holds flush_mu
+    const auto until = deadline();
+    const std::string pattern = glob_escape(cfg_.prefix) + (q.flush_phase == 0 ? "h:*" : "hm:*");
+    append(ctx_, {"SCAN", q.flush_cursor, "MATCH", pattern, "COUNT", std::to_string(kScanCount)});
+    Reply r = write_out(ctx_, until) ? read_reply(ctx_, until) : nullptr;
+    if (!r) {
+        on_error("history flush");
+        return false;
+    }
+    if (r->type != REDIS_REPLY_ARRAY || r->elements != 2 || r->element[0]->type != REDIS_REPLY_STRING ||
+        r->element[1]->type != REDIS_REPLY_ARRAY) {
+        errors_.fetch_add(1, std::memory_order_relaxed);
+        spdlog::warn("redis history flush: unexpected SCAN reply ({}); retrying", text_of(r.get()));
+        return false;
+    }
+    if (const redisReply* keys = r->element[1]; keys->elements > 0) {
+        std::vector<std::string> args{"UNLINK"};
+        for (size_t i = 0; i < keys->elements; ++i) args.emplace_back(text_of(keys->element[i]));
+        append(ctx_, args);
+        Reply u = write_out(ctx_, until) ? read_reply(ctx_, until) : nullptr;
+        if (!u) {
+            on_error("history flush");
+            return false;
+        }
+        if (u->type != REDIS_REPLY_INTEGER) {
+            errors_.fetch_add(1, std::memory_order_relaxed);
+            spdlog::warn("redis history flush: UNLINK refused ({}); retrying", text_of(u.get()));
+            return false;
+        }
+        q.flush_deleted += static_cast<uint64_t>(u->integer);
+    }
+    q.flush_cursor = text_of(r->element[0]);
+    if (q.flush_cursor == "0" && ++q.flush_phase == 2) {
+        q.flush_phase = 0;
+        q.flush_done();
+        auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - q.flush_since).count();
+        spdlog::info("redis: deleted {} cached history keys under '{}' ({} ms after the repair queue overflowed); "
+                     "reads use the cache again, each conversation is cached again from its next write",
+                     q.flush_deleted, cfg_.prefix, ms);
+    }
+    return true;
 }
 
 bool RedisCache::send_marks(const std::vector<std::string_view>& conversations, const std::string& token) {
@@ -380,12 +611,11 @@ bool RedisCache::send_marks(const std::vector<std::string_view>& conversations, 
                              std::to_string(cfg_.history_ttl_s)});
     append(ctx_, args);
     // Out now, so Redis sets the marks while the caller works on its transaction.
-    for (int done = 0; !done;)
-        if (redisBufferWrite(ctx_, &done) != REDIS_OK) {
-            on_error("mark");
-            for (auto c : conversations) defer(c, token);
-            return false;
-        }
+    if (!write_out(ctx_, deadline())) {
+        on_error("mark");
+        for (auto c : conversations) defer(c, token);
+        return false;
+    }
     marks_sent_ = true;
     return true;
 }
@@ -396,10 +626,11 @@ bool RedisCache::await_marks(const std::vector<std::string_view>& conversations,
     if (conversations.empty()) return true;
     if (!marks_sent_) return false;  // send_marks failed (and deferred the conversations)
     marks_sent_ = false;
-    Reply r = next_reply(ctx_);
+    // ctx_ is gone if another call failed since send_marks (it was logged then).
+    Reply r = ctx_ ? read_reply(ctx_, deadline()) : nullptr;
     if (!r || r->type != REDIS_REPLY_ARRAY || r->elements != conversations.size()) {
-        if (!r) on_error("mark");
-        else ++errors_;
+        if (!r && ctx_) on_error("mark");
+        else if (r) errors_.fetch_add(1, std::memory_order_relaxed);
         for (auto c : conversations) defer(c, token);
         return false;
     }
@@ -408,20 +639,12 @@ bool RedisCache::await_marks(const std::vector<std::string_view>& conversations,
     return true;
 }
 
-bool RedisCache::after_commit(const std::vector<std::string_view>& conversations, const std::string& token,
-                              const std::vector<bool>& complete,
-                              const std::vector<std::vector<const StoredMessage*>>& rows) {
-    settle();  // at most one write in flight
-    auto give_up = [&] {
-        ++writes_.failed;
-        for (auto c : conversations) defer(c, token);
-        return false;
-    };
-    if (conversations.empty()) return true;
-    if (!ensure_connected()) return give_up();
-    // One buffer, one round trip: the messages by id (one HSET per id bucket),
-    // each conversation's members (one ZADD each), then the script that checks
-    // floors, trims and unmarks. Each payload is encoded once, written twice.
+// One buffer, one round trip: the messages by id (one HSET per id bucket),
+// each conversation's members (one ZADD each), then the script that checks
+// floors, trims and unmarks. Each payload is encoded once, written twice.
+size_t RedisCache::encode_write(const std::vector<std::string_view>& conversations, const std::string& token,
+                                const std::vector<bool>& complete,
+                                const std::vector<std::vector<const StoredMessage*>>& rows) {
     RespBuffer cmd(wbuf_);
     std::vector<const StoredMessage*> by_id;
     for (const auto& conv : rows) by_id.insert(by_id.end(), conv.begin(), conv.end());
@@ -483,30 +706,49 @@ bool RedisCache::after_commit(const std::vector<std::string_view>& conversations
     cmd.arg(uint64_t{cfg_.history_ttl_s});
     cmd.arg("w:" + token);
     for (size_t i = 0; i < conversations.size(); ++i) cmd.arg(rows[i].empty() ? "-" : complete[i] ? "c" : "r");
-    if (!send_all(wctx_, wbuf_)) {
-        on_error("write", wctx_);
+    return replies + 1;
+}
+
+bool RedisCache::after_commit(const std::vector<std::string_view>& conversations, const std::string& token,
+                              const std::vector<bool>& complete,
+                              const std::vector<std::vector<const StoredMessage*>>& rows) {
+    settle();  // at most one write in flight
+    auto give_up = [&] {
+        writes_failed_.fetch_add(1, std::memory_order_relaxed);
+        for (auto c : conversations) defer(c, token);
+        return false;
+    };
+    if (conversations.empty()) return true;
+    if (!ensure_connected()) return give_up();
+    size_t replies = encode_write(conversations, token, complete, rows);
+    // hiredis copies the buffer into its own; written out with a deadline.
+    bool queued = redisAppendFormattedCommand(wctx_, wbuf_.data(), wbuf_.size()) == REDIS_OK;
+    if (!queued) failure_ = wctx_->errstr;
+    if (!queued || !write_out(wctx_, deadline())) {
+        on_error("write");
         return give_up();
     }
     // The replies are read later (settle): on its own connection, the write
     // runs in Redis while the worker stores its next batch.
-    in_flight_ = InFlight{{conversations.begin(), conversations.end()}, token, replies + 1};
+    in_flight_ = InFlight{{conversations.begin(), conversations.end()}, token, replies};
     return true;
 }
 
 void RedisCache::settle() {
     if (!in_flight_ || !wctx_) return;
+    const auto until = deadline();
     bool ok = true;
     for (size_t i = 0; i < in_flight_->replies; ++i) {
-        Reply r = next_reply(wctx_);
+        Reply r = read_reply(wctx_, until);
         if (!r) {
-            on_error("write", wctx_);  // defers the write's conversations
+            on_error("write");  // defers the write's conversations
             return;
         }
         if (r->type == REDIS_REPLY_ERROR) {
             if (ok)
                 spdlog::warn("redis refused a cache write ({}); the batch's conversations will be rebuilt from "
                              "PostgreSQL",
-                             std::string_view(r->str, r->len));
+                             text_of(r.get()));
             ok = false;
         } else if (i + 1 == in_flight_->replies && ok) {  // the script: conversations to rebuild
             if (r->type != REDIS_REPLY_ARRAY) ok = false;
@@ -520,10 +762,10 @@ void RedisCache::settle() {
         }
     }
     if (ok) {
-        ++writes_.ok;
+        writes_ok_.fetch_add(1, std::memory_order_relaxed);
     } else {
-        ++errors_;
-        ++writes_.failed;
+        errors_.fetch_add(1, std::memory_order_relaxed);
+        writes_failed_.fetch_add(1, std::memory_order_relaxed);
         for (const auto& c : in_flight_->conversations) defer(c, in_flight_->token);
     }
     in_flight_.reset();
@@ -531,15 +773,16 @@ void RedisCache::settle() {
 
 void RedisCache::abandon(const std::vector<std::string_view>& conversations, const std::string& token) {
     if (ensure_connected()) {
+        const auto until = deadline();
         for (auto c : conversations) append(ctx_, {"HDEL", meta_key(c), "w:" + token});
-        for (size_t i = 0; i < conversations.size(); ++i) {
-            Reply r = next_reply(ctx_);
-            if (!r || r->type == REDIS_REPLY_ERROR) {
-                on_error("unmark");
-                break;
-            }
+        bool ok = write_out(ctx_, until);
+        for (size_t i = 0; ok && i < conversations.size(); ++i) {
+            Reply r = read_reply(ctx_, until);
+            if (r && r->type == REDIS_REPLY_ERROR) failure_ = text_of(r.get());
+            ok = r && r->type != REDIS_REPLY_ERROR;
         }
-        if (ctx_) return;
+        if (ok) return;
+        on_error("unmark");
     }
     for (auto c : conversations) defer(c, token);
 }
@@ -547,8 +790,8 @@ void RedisCache::abandon(const std::vector<std::string_view>& conversations, con
 std::vector<std::string> RedisCache::needs_repair(size_t max) {
     std::vector<std::string> out;
     if (!ensure_connected()) return out;  // nothing can be repaired now
-    for (auto it = repairs_.begin(); it != repairs_.end() && out.size() < max; ++it) out.push_back(it->first);
-    return out;
+    if (flush_pending() && !flush_histories()) return out;
+    return repairs_->first(max);
 }
 
 bool RedisCache::repair(const std::string& conversation, const std::string& token,
@@ -557,8 +800,7 @@ bool RedisCache::repair(const std::string& conversation, const std::string& toke
         defer(conversation, token);
         return false;
     }
-    auto it = repairs_.find(conversation);
-    std::vector<std::string> leaked = it == repairs_.end() ? std::vector<std::string>{} : it->second;
+    std::vector<std::string> leaked = repairs_->leaked_marks(conversation);
     std::string floor = complete || recent.empty() ? kZeroFloor : hex_id(recent.front().id);
     std::vector<std::string> args{"EVALSHA", repair_sha_, "2", history_key(conversation), meta_key(conversation),
                                   std::to_string(cfg_.history_size), std::to_string(cfg_.history_ttl_s), floor,
@@ -566,14 +808,15 @@ bool RedisCache::repair(const std::string& conversation, const std::string& toke
     args.insert(args.end(), leaked.begin(), leaked.end());
     for (const auto& m : recent) args.push_back(member_of(m));
     append(ctx_, args);
-    Reply r = next_reply(ctx_);
+    const auto until = deadline();
+    Reply r = write_out(ctx_, until) ? read_reply(ctx_, until) : nullptr;
     if (!r || r->type == REDIS_REPLY_ERROR) {
         if (!r) on_error("repair");
-        else ++errors_;
+        else errors_.fetch_add(1, std::memory_order_relaxed);
         defer(conversation, token);
         return false;
     }
-    repairs_.erase(conversation);
+    repairs_->done(conversation);
     spdlog::debug("rebuilt the cached history of {} from {} stored messages", conversation, recent.size());
     return true;
 }
@@ -581,7 +824,14 @@ bool RedisCache::repair(const std::string& conversation, const std::string& toke
 std::optional<std::vector<StoredMessage>> RedisCache::history(const std::string& conversation,
                                                               const std::optional<MessageId>& after, uint32_t limit) {
     settle();  // this worker's last write is visible to its own readers
-    if (repairs_.count(conversation) || !ensure_connected()) return std::nullopt;
+    // After an overflow this instance cannot tell which histories are stale
+    // until the flush deleted them all. Reads advance it too, so an instance
+    // that only reads (and is never asked needs_repair) does not miss forever.
+    if (flush_pending()) {
+        if (ensure_connected()) flush_histories();
+        return std::nullopt;
+    }
+    if (repairs_->contains(conversation) || !ensure_connected()) return std::nullopt;
     std::string key = history_key(conversation);
     append(ctx_, {"HGETALL", meta_key(conversation)});
     append(ctx_, {"EXISTS", key});
@@ -590,7 +840,10 @@ std::optional<std::vector<StoredMessage>> RedisCache::history(const std::string&
         append(ctx_, {"ZRANGEBYLEX", key, "(" + after_hex + ";", "+", "LIMIT", "0", std::to_string(limit)});
     else
         append(ctx_, {"ZREVRANGE", key, "0", std::to_string(limit - 1)});
-    Reply meta = next_reply(ctx_), exists = next_reply(ctx_), range = next_reply(ctx_);
+    const auto until = deadline();
+    Reply meta, exists, range;
+    if (write_out(ctx_, until) && (meta = read_reply(ctx_, until)) && (exists = read_reply(ctx_, until)))
+        range = read_reply(ctx_, until);
     if (!meta || !exists || !range || meta->type != REDIS_REPLY_ARRAY || exists->type != REDIS_REPLY_INTEGER ||
         range->type != REDIS_REPLY_ARRAY) {
         on_error("read");
@@ -600,16 +853,15 @@ std::optional<std::vector<StoredMessage>> RedisCache::history(const std::string&
     std::string floor;
     int64_t now = wall_now_us() / 1000;
     for (size_t i = 0; i + 1 < meta->elements; i += 2) {
-        std::string_view f(meta->element[i]->str, meta->element[i]->len);
-        std::string_view v(meta->element[i + 1]->str, meta->element[i + 1]->len);
+        std::string_view f = text_of(meta->element[i]), v = text_of(meta->element[i + 1]);
         if (f == "floor") {
             floor = v;
         } else if (f.substr(0, 2) == "w:") {
             // A write is in progress; a mark past its deadline means its writer
             // died between commit and cache write: rebuild from PostgreSQL.
-            int64_t deadline = 0;
-            std::from_chars(v.data(), v.data() + v.size(), deadline);
-            if (deadline < now) repairs_.try_emplace(conversation);
+            int64_t deadline_ms = 0;
+            std::from_chars(v.data(), v.data() + v.size(), deadline_ms);
+            if (deadline_ms < now) defer(conversation, {});
             return std::nullopt;
         }
     }
@@ -641,13 +893,14 @@ std::optional<StoredMessage> RedisCache::get(const MessageId& id) {
     if (!ensure_connected()) return std::nullopt;
     std::string hex = hex_id(id);
     append(ctx_, {"HGET", cfg_.prefix + "m:" + hex.substr(0, kBucketHex), hex});
-    Reply r = next_reply(ctx_);
+    const auto until = deadline();
+    Reply r = write_out(ctx_, until) ? read_reply(ctx_, until) : nullptr;
     if (!r) {
         on_error("read");
         return std::nullopt;
     }
     if (r->type != REDIS_REPLY_STRING) return std::nullopt;
-    return proto::decode_cached(std::string_view(r->str, r->len), id);
+    return proto::decode_cached(text_of(r.get()), id);
 }
 
 }  // namespace llmq::worker

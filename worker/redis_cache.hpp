@@ -11,17 +11,30 @@
 // Readers use the set only when no writer mark is present, the set exists and
 // `floor` proves the requested range complete; a mark past its deadline (its
 // writer died) makes the conversation be repaired from PostgreSQL.
+//
+// I/O never blocks past a deadline: both connections are non-blocking and
+// driven with poll(); each exchange (connect and setup, a write, a round trip)
+// gets cfg.timeout_ms, and running out of it counts as a failed operation.
+// One instance per thread: nothing is shared between instances; errors(),
+// write_counts(), pending_repairs() and flush_pending() may be read from any
+// thread, everything else belongs to the owning thread.
 #pragma once
 
+#include <atomic>
 #include <chrono>
+#include <functional>
 #include <map>
+#include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <unordered_map>
+#include <vector>
 
 #include "worker/cache.hpp"
 
 struct redisContext;
+struct redisReply;
 
 namespace llmq::worker {
 
@@ -32,12 +45,56 @@ struct RedisConfig {
     uint32_t history_ttl_s = 86400;   // idle conversations leave the cache
     uint32_t message_ttl_s = 3600;    // message-by-id entries
     uint32_t mark_ttl_ms = 60000;     // a writer mark older than this means its writer died
-    int timeout_ms = 1000;
+    int timeout_ms = 1000;            // bound on each exchange with Redis
+    // Conversations remembered for a repair. Past it (a long outage) the queue
+    // is dropped and every cached history of the prefix is deleted once Redis
+    // answers again: memory stays bounded and nothing stale is ever served.
+    size_t max_repairs = 10000;
+};
+
+// The conversations whose cached history must be rebuilt, shared by every
+// RedisCache of a process (one per thread): a reader on one thread must miss a
+// conversation that another thread's write could not reach. Bounded: past its
+// cap it forgets them all and asks for a flush of every cached history.
+class RepairQueue {
+public:
+    explicit RepairQueue(size_t max_repairs) : max_(max_repairs) {}
+
+    // Remembers a conversation, and a mark token the caller may have leaked on
+    // it (the repair removes it). Past the cap: overflow (logged by the caller
+    // when it returns true).
+    [[nodiscard]] bool defer(std::string_view conversation, const std::string& token);
+    bool contains(std::string_view conversation) const;
+    std::vector<std::string> first(size_t max) const;
+    std::vector<std::string> leaked_marks(std::string_view conversation) const;
+    void done(std::string_view conversation);
+    size_t size() const { return size_.load(std::memory_order_relaxed); }
+    size_t max() const { return max_; }
+
+    // The history flush after an overflow: pending until one cache finished
+    // it. One cache at a time runs it, under flush_mu; restart() is set by an
+    // overflow meanwhile (the scan starts over).
+    bool flush_pending() const { return flush_pending_.load(std::memory_order_relaxed); }
+    void flush_done() { flush_pending_.store(false, std::memory_order_relaxed); }
+    bool take_restart() { return restart_.exchange(false); }
+    std::mutex flush_mu;
+    int flush_phase = 0;  // 0: <prefix>h:*, 1: <prefix>hm:*
+    std::string flush_cursor = "0";
+    uint64_t flush_deleted = 0;
+    std::chrono::steady_clock::time_point flush_since{};
+
+private:
+    const size_t max_;
+    mutable std::mutex mu_;
+    std::map<std::string, std::vector<std::string>, std::less<>> repairs_;  // conversation -> leaked marks
+    std::atomic<size_t> size_{0};
+    std::atomic<bool> flush_pending_{false}, restart_{false};
 };
 
 class RedisCache final : public Cache {
 public:
-    explicit RedisCache(RedisConfig cfg);
+    // `repairs` is shared by the caches of one process (created when null).
+    explicit RedisCache(RedisConfig cfg, std::shared_ptr<RepairQueue> repairs = nullptr);
     ~RedisCache() override;
 
     bool send_marks(const std::vector<std::string_view>& conversations, const std::string& token) override;
@@ -58,21 +115,45 @@ public:
     std::optional<StoredMessage> get(const MessageId& id) override;
     uint32_t history_size() const override { return cfg_.history_size; }
 
-    uint64_t errors() const override { return errors_; }
-    WriteCounts write_counts() const override { return writes_; }
+    uint64_t errors() const override { return errors_.load(std::memory_order_relaxed); }
+    WriteCounts write_counts() const override {
+        return {writes_ok_.load(std::memory_order_relaxed), writes_failed_.load(std::memory_order_relaxed)};
+    }
     void settle() override;
     bool connected() const { return ctx_ != nullptr; }
+    // Conversations waiting for a repair (for metrics; any thread).
+    size_t pending_repairs() const { return repairs_->size(); }
+    // The repair queue overflowed and the histories are not flushed yet: reads
+    // miss until then (any thread).
+    bool flush_pending() const { return repairs_->flush_pending(); }
 
 private:
+    using Clock = std::chrono::steady_clock;
+    Clock::time_point deadline() const { return Clock::now() + std::chrono::milliseconds(cfg_.timeout_ms); }
     bool ensure_connected();
-    // Writes pre-encoded commands to a connection; false on a failure.
-    static bool send_all(redisContext* c, std::string_view data);
-    // Drops both connections (retried after 1 s); `failed` names the one that
-    // failed (default: the reads/marks connection).
-    void on_error(const char* what, redisContext* failed = nullptr);
+    redisContext* connect_one(Clock::time_point deadline);
+    bool load_scripts(Clock::time_point deadline);
+    // Non-blocking I/O bounded by `deadline`; on a failure `failure_` says why.
+    // write_out sends what is queued in c's output buffer; read_reply returns
+    // the next reply (the output must have been written out first).
+    bool write_out(redisContext* c, Clock::time_point deadline);
+    bool wait_for(redisContext* c, short events, Clock::time_point deadline, const char* awaited);
+    struct ReplyDeleter {
+        void operator()(::redisReply* r) const;
+    };
+    using Reply = std::unique_ptr<::redisReply, ReplyDeleter>;
+    Reply read_reply(redisContext* c, Clock::time_point deadline);
+    // Drops both connections (retried after 1 s), logging `what` and failure_.
+    void on_error(const char* what);
     // Remembers that a conversation needs a repair, and the marks this worker may
-    // have left on it (removed by the repair).
+    // have left on it (removed by the repair), in the process's shared queue.
     void defer(std::string_view conversation, const std::string& token);
+    // Runs steps of the history flush for a short while; true once it is done.
+    bool flush_histories();
+    bool flush_step();
+    // Encodes a batch write into wbuf_; returns how many replies it will get.
+    size_t encode_write(const std::vector<std::string_view>& conversations, const std::string& token,
+                        const std::vector<bool>& complete, const std::vector<std::vector<const StoredMessage*>>& rows);
     std::string history_key(std::string_view conv) const { return cfg_.prefix + "h:" + std::string(conv); }
     std::string meta_key(std::string_view conv) const { return cfg_.prefix + "hm:" + std::string(conv); }
 
@@ -84,9 +165,9 @@ private:
     redisContext* wctx_ = nullptr;  // batch writes: answered at the next settle()
     std::chrono::steady_clock::time_point retry_at_{};
     std::string mark_sha_, append_sha_, repair_sha_;
-    std::map<std::string, std::vector<std::string>> repairs_;  // conversation -> our leaked marks
-    uint64_t errors_ = 0;
-    WriteCounts writes_;
+    std::shared_ptr<RepairQueue> repairs_;
+    std::string failure_;  // why the last I/O helper failed
+    std::atomic<uint64_t> errors_{0}, writes_ok_{0}, writes_failed_{0};
     struct InFlight {  // the write sent on wctx_ whose replies are not read yet
         std::vector<std::string> conversations;
         std::string token;

@@ -75,7 +75,9 @@ protected:
         return ids;
     }
 
-    // Asks until the cache serves (repairs run between the worker's batches).
+    // Asks until the cache serves: the batch is acknowledged before its cache
+    // write lands (readers miss meanwhile: the writer's mark is there), and
+    // repairs run between the worker's batches.
     proto::Reply history_from_cache(const std::string& conv, uint32_t limit) {
         for (int i = 0; i < 100; ++i) {
             auto r = history(conv, limit);
@@ -90,7 +92,7 @@ TEST_F(CacheE2E, LostHistorySetIsNotServedAndRefillsCorrectly) {
     start_broker();
     start_workers(1);
     push(30, "conv-a");
-    ASSERT_EQ(history("conv-a", 10).source, "cache");
+    history_from_cache("conv-a", 10);
     // Redis loses the set (eviction, expiry) but keeps the meta hash.
     ASSERT_EQ(redis({"DEL", prefix_ + "h:conv-a"}), 1);
     auto r = history("conv-a", 10);
@@ -100,8 +102,7 @@ TEST_F(CacheE2E, LostHistorySetIsNotServedAndRefillsCorrectly) {
     push(5, "conv-a");
     r = history("conv-a", 10);
     EXPECT_EQ(ids_of(r), db_ids("conv-a", 10)) << "served from " << r.source;
-    r = history("conv-a", 5);
-    EXPECT_EQ(r.source, "cache");
+    r = history_from_cache("conv-a", 5);
     EXPECT_EQ(ids_of(r), db_ids("conv-a", 5));
 }
 
@@ -121,7 +122,7 @@ TEST_F(CacheE2E, MarkOfADeadWriterMakesReadsMissUntilRepairedFromPostgres) {
     start_broker();
     start_workers(1);
     push(20, "conv-c");
-    ASSERT_EQ(history("conv-c", 10).source, "cache");
+    history_from_cache("conv-c", 10);
     // A writer that died after committing: its rows are in PostgreSQL but not in
     // Redis, and its mark (deadline long past) is still there.
     {
@@ -150,7 +151,7 @@ TEST_F(CacheE2E, MarkOfALiveWriterMakesReadsMissWithoutRepair) {
     ASSERT_EQ(redis({"HSET", prefix_ + "hm:conv-d", "w:busy-worker:1", future}), 1);
     EXPECT_EQ(history("conv-d", 5).source, "db");
     ASSERT_EQ(redis({"HDEL", prefix_ + "hm:conv-d", "w:busy-worker:1"}), 1);
-    EXPECT_EQ(history("conv-d", 5).source, "cache");
+    history_from_cache("conv-d", 5);
 }
 
 // A message committed late with an older id than one already stored, while the
