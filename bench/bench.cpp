@@ -38,6 +38,7 @@
 #include "common/time.hpp"
 #include "common/transport.hpp"
 #include "common/uuid.hpp"
+#include "common/signals.hpp"
 
 using namespace llmq;
 
@@ -595,6 +596,7 @@ private:
 }  // namespace
 
 int main(int argc, char** argv) {
+    llmq::ignore_sigpipe();
     CLI::App app{
         "llmq-bench: end-to-end load generator for llmq. Opens N DEALER connections to the broker's\n"
         "frontend, pushes a realistic mix of messages over the wire protocol and reports acked msg/s and\n"

@@ -14,6 +14,7 @@
 #include "common/uuid.hpp"
 #include "worker/pg_store.hpp"
 #include "worker/preprocess.hpp"
+#include "common/signals.hpp"
 
 using namespace llmq;
 
@@ -71,6 +72,7 @@ double run(const std::string& url, worker::PersistMethod method, size_t rows_per
 }  // namespace
 
 int main(int argc, char** argv) {
+    llmq::ignore_sigpipe();
     CLI::App app{"llmq-persist-bench: rows/s of COPY vs INSERT … unnest into the messages table\n"
                  "(fresh table per run; uses the worker's own PgStore)"};
     std::string url;

@@ -3,9 +3,13 @@
 # starts PostgreSQL and Redis (scripts/services.sh start, idempotent; they are
 # left running), then measures in the same run:
 #   (a) PostgreSQL's COPY ceiling for our rows (llmq-persist-bench, 2 and 1 writer connections)
+#   (s) the storage-work ceiling: the same messages as (b) COPYed (2 connections) and written to
+#       Redis as the worker caches them (1 connection), at once, by plain clients with no queue
+#       (llmq-storage-ceiling); (b) is reported as a fraction of it
 #   (b) llmq end to end, --ack persisted: broker + 2 workers, closed loop
 #   (c) --ack queued through the broker alone (no workers; lanes large enough never to fill)
-#   (d) open loop at 25%, 50%, 75% and 90% of (b)'s throughput: latency
+#   (d) open loop, 100 connections, one message per frame: latency at a fixed 10,000 msg/s
+#       and at 25%, 50%, 75% and 90% of (b)'s throughput
 #   (e) 10,000 client connections at a modest rate vs 100 connections at the same rate
 #   (f) the broker's memory with a backlog of 400,000 queued messages (no workers)
 #   (g) `llmq push --file` as the load source instead of llmq-bench
@@ -13,11 +17,12 @@
 # Stops the broker and workers it started (also on Ctrl-C); never PostgreSQL or Redis.
 #
 # Environment: BENCH_MESSAGES (b, default 200000), BENCH_QUEUED_MESSAGES (c, 1000000),
-# BENCH_OPEN_SECONDS (d, 15), BENCH_CONN_SECONDS (e, 60), BENCH_CONN_RATE (e, 2000 msg/s),
-# BENCH_SKIP_CONNS=1 skips (e). Takes about 6 minutes on 2 cores; see bench/RESULTS.md.
+# BENCH_OPEN_SECONDS (d, 15), BENCH_OPEN_RATE (d's fixed rate, 10000 msg/s), BENCH_CONN_SECONDS
+# (e, 60), BENCH_CONN_RATE (e, 2000 msg/s), BENCH_SKIP_CONNS=1 skips (e). Takes about 7 minutes
+# on 2 cores; see bench/RESULTS.md.
 set -euo pipefail
 case "${1:-}" in
-  -h|--help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+  -h|--help) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
   "") ;;
   *) echo "run.sh: no arguments expected (got '$1'); see --help" >&2; exit 2 ;;
 esac
@@ -30,6 +35,7 @@ OUT="$RUN_DIR/bench"
 MESSAGES=${BENCH_MESSAGES:-200000}
 QUEUED_MESSAGES=${BENCH_QUEUED_MESSAGES:-1000000}
 OPEN_SECONDS=${BENCH_OPEN_SECONDS:-15}
+OPEN_RATE=${BENCH_OPEN_RATE:-10000}
 CONN_SECONDS=${BENCH_CONN_SECONDS:-60}
 CONN_RATE=${BENCH_CONN_RATE:-2000}
 SKIP_CONNS=${BENCH_SKIP_CONNS:-0}
@@ -53,11 +59,14 @@ ulimit -n "$(ulimit -Hn)"
 
 section "Build (Release, $BUILD_DIR)"
 cmake -S . -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=Release >/dev/null
-cmake --build "$BUILD_DIR" -j"${LLMQ_JOBS:-2}" --target llmq-broker llmq-worker llmq llmq-bench llmq-persist-bench llmq-gen
+cmake --build "$BUILD_DIR" -j"${LLMQ_JOBS:-2}" --target llmq-broker llmq-worker llmq llmq-bench llmq-persist-bench llmq-gen \
+  llmq-storage-ceiling
 
 section "PostgreSQL and Redis"
 bash scripts/services.sh start
 use_huge_page_heap
+fresh_databases llmq_ceiling 3  # (s) writes its own database and Redis db, dropped after it
+CEILING_PG_URL=$PG_URL CEILING_REDIS_URL=$REDIS_URL
 fresh_databases llmq_bench 2
 mkdir -p "$OUT"
 rm -f "$OUT"/*.json "$OUT"/*.csv
@@ -87,6 +96,28 @@ for c in 2 1; do
 done
 psql -q "$PG_URL" -c "TRUNCATE messages"
 
+section "(s) storage-work ceiling: COPY (2 connections) and Redis cache writes (1 connection) at once, no queue"
+# The same count and conversations as (b) (llmq-bench's mix: 1,000 conversations;
+# content fixed at about the mix's mean).
+echo "+ llmq-storage-ceiling --messages $MESSAGES --conversations 1000"
+"$BUILD_DIR/llmq-storage-ceiling" --postgres "$CEILING_PG_URL" --redis "$CEILING_REDIS_URL" --messages "$MESSAGES" \
+  --conversations 1000 --json >"$OUT/ceiling.json" || {
+  echo "run.sh: llmq-storage-ceiling failed" >&2
+  rm -f "$OUT/ceiling.json"
+}
+if [[ -s $OUT/ceiling.json ]]; then
+  python3 - "$OUT/ceiling.json" <<'EOF'
+import json, sys
+j = json.load(open(sys.argv[1]))
+n = j["messages"]
+print(f'  PostgreSQL COPY {j["pg_seconds"]:.2f} s ({n / j["pg_seconds"]:,.0f} msg/s), Redis {j["redis_seconds"]:.2f} s '
+      f'({n / j["redis_seconds"]:,.0f} msg/s): ceiling {j["ceiling_msg_per_s"]:,.0f} msg/s')
+EOF
+fi
+# Its rows and keys would only weigh on the rows measured next.
+psql -q "$LLMQ_TEST_POSTGRES" -c "DROP DATABASE IF EXISTS llmq_ceiling WITH (FORCE)"
+redis-cli -u "$CEILING_REDIS_URL" FLUSHDB >/dev/null
+
 section "(b) llmq end to end, --ack persisted: broker + 2 workers, closed loop"
 start_broker "$OUT" persisted
 start_workers "$OUT" persisted 2 "$PG_URL" "$REDIS_URL"
@@ -102,11 +133,16 @@ TIMEFORMAT='cli_cpu_s=%U+%S wall_s=%R'
     >"$OUT/push-file.txt" 2>&1; } 2>"$OUT/push-file.time" || echo "run.sh: llmq push --file failed (see $OUT/push-file.txt)" >&2
 sed 's/^/  /' "$OUT/push-file.txt" "$OUT/push-file.time"
 
-section "(d) open loop at 25/50/75/90% of $MAX msg/s, --ack persisted, ${OPEN_SECONDS} s each"
+section "(d) open loop at $OPEN_RATE msg/s and 25/50/75/90% of $MAX msg/s, --ack persisted, ${OPEN_SECONDS} s each"
+# Many clients each sending single messages: 100 connections, one message per frame.
+open_loop() {
+  bench "$1" --ack persisted --rate "$2" --messages $(($2 * OPEN_SECONDS)) --connections 100 --frame-messages 1
+}
+open_loop open_fixed "$OPEN_RATE"
 for pct in 25 50 75 90; do
   rate=$((MAX * pct / 100))
   ((rate > 0)) || rate=1
-  bench "open$pct" --ack persisted --rate "$rate" --messages $((rate * OPEN_SECONDS)) --connections 50 --frame-messages 500
+  open_loop "open$pct" "$rate"
 done
 
 if ((SKIP_CONNS)); then
@@ -188,21 +224,29 @@ def copy_rate(c):
             return float(row["rows_per_s"])
     return 0.0
 copy2, copy1 = copy_rate(2), copy_rate(1)
-p, q = load("persisted"), load("queued")
+p, q, s = load("persisted"), load("queued"), load("ceiling")
 rows = []
 rows.append(("COPY ceiling, 2 connections", f"{copy2:,.0f} rows/s", "", ""))
 rows.append(("COPY ceiling, 1 connection", f"{copy1:,.0f} rows/s", "", ""))
+sr = s["ceiling_msg_per_s"] if s else 0
+if s:
+    n = s["messages"]
+    rows.append(("(s) storage ceiling, no queue", f"{sr:,.0f} msg/s", "",
+                 f"COPY(2) {s['pg_seconds']:.2f} s = {n / s['pg_seconds']:,.0f}/s || "
+                 f"Redis(1) {s['redis_seconds']:.2f} s = {n / s['redis_seconds']:,.0f}/s, {n:,} msgs"))
 pr = p["throughput_msgs_per_s"]
 rows.append(("(b) persisted, 50 conns closed loop", f"{pr:,.0f} msg/s",
-             f"{pr / copy2:.2f} x COPY(2)" if copy2 else "",
+             ", ".join(([f"{pr / copy2:.2f} x COPY(2)"] if copy2 else []) + ([f"{pr / sr:.2f} x (s)"] if sr else [])),
              f"p99 {p['latency']['p99_ms']:.1f} ms; target >= 40,000 and >= 0.6 x COPY"))
 qr = q["throughput_msgs_per_s"]
 rows.append(("(c) queued, broker alone", f"{qr:,.0f} msg/s", f"{qr / 500000:.2f} x target",
              f"p99 {q['latency']['p99_ms']:.1f} ms; target >= 500,000"))
-for pct in (25, 50, 75, 90):
-    o = load(f"open{pct}")
+opens = [("open_fixed", None), ("open25", 25), ("open50", 50), ("open75", 75), ("open90", 90)]
+for name, pct in opens:
+    o = load(name)
     if o:
-        rows.append((f"(d) open loop {pct}% of (b)", f"{o['throughput_msgs_per_s']:,.0f} msg/s",
+        what = f"{pct}% of (b)" if pct else f"{o['rate']:,.0f}/s"
+        rows.append((f"(d) open loop {what}, 100 conns", f"{o['throughput_msgs_per_s']:,.0f} msg/s",
                      f"offered {o['offered_msgs_per_s']:,.0f}",
                      f"p50 {o['latency']['p50_ms']:.1f} / p99 {o['latency']['p99_ms']:.1f} / max {o['latency']['max_ms']:.1f} ms"
                      + ("; target p99 <= 50 ms" if pct == 50 else "")
@@ -240,6 +284,8 @@ print(line(hdr))
 print("|" + "|".join("-" * (w[i] + 2) for i in range(4)) + "|")
 for r in rows:
     print(line(r))
+if sr:
+    print(f"\n(b) persisted closed loop / (s) storage ceiling: {pr / sr:.2f} ({pr:,.0f} vs {sr:,.0f} msg/s)")
 EOF
 echo
 echo "JSON results and logs: $OUT"

@@ -34,13 +34,19 @@ bool recv_message(zmq::socket_t& sock, bool router, Incoming& in) {
 
 bool send_message(zmq::socket_t& sock, const std::string* routing_id, proto::Command cmd,
                   std::string_view body, bool dontwait) {
-    auto flags = zmq::send_flags::sndmore | (dontwait ? zmq::send_flags::dontwait : zmq::send_flags::none);
+    // dontwait applies to the first frame whatever the socket: once ZeroMQ
+    // takes the first frame of a message it takes the rest (multipart messages
+    // are atomic), so later frames never block.
+    auto first = zmq::send_flags::sndmore | (dontwait ? zmq::send_flags::dontwait : zmq::send_flags::none);
     try {
-        if (routing_id) {
-            if (!sock.send(zmq::buffer(*routing_id), flags)) return false;
-        }
         auto name = proto::command_name(cmd);
-        sock.send(zmq::buffer(proto::kSignature.data(), proto::kSignature.size()), zmq::send_flags::sndmore);
+        auto sig = zmq::buffer(proto::kSignature.data(), proto::kSignature.size());
+        if (routing_id) {
+            if (!sock.send(zmq::buffer(*routing_id), first)) return false;
+            sock.send(sig, zmq::send_flags::sndmore);
+        } else if (!sock.send(sig, first)) {
+            return false;
+        }
         sock.send(zmq::buffer(name.data(), name.size()), zmq::send_flags::sndmore);
         sock.send(zmq::buffer(body.data(), body.size()), zmq::send_flags::none);
     } catch (const zmq::error_t& e) {

@@ -24,9 +24,9 @@ struct Incoming {
 // is waiting. Extra frames beyond 3 are drained and counted in `frames`.
 bool recv_message(zmq::socket_t& sock, bool router, Incoming& in);
 
-// Sends [routing_id,] signature, command, body. On a ROUTER with
-// ZMQ_ROUTER_MANDATORY, returns false if the peer is gone (EHOSTUNREACH) or its
-// queue is full (EAGAIN, with dontwait); other errors throw.
+// Sends [routing_id,] signature, command, body. Returns false when the message
+// was not sent: with dontwait, the peer's queue is full (EAGAIN); on a ROUTER
+// with ZMQ_ROUTER_MANDATORY, the peer is gone (EHOSTUNREACH). Other errors throw.
 bool send_message(zmq::socket_t& sock, const std::string* routing_id, proto::Command cmd,
                   std::string_view body, bool dontwait = false);
 

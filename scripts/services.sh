@@ -299,6 +299,8 @@ dir "$REDIS_DIR"
 # A cache: no persistence.
 save ""
 appendonly no
+# The fault suite stalls Redis with DEBUG SLEEP; only local clients may use it.
+enable-debug-command local
 EOF
     say "starting Redis on 127.0.0.1:$REDIS_PORT (log: $log)"
     rm -f -- "$REDIS_DIR/redis.pid"

@@ -27,10 +27,9 @@ int main(int argc, char** argv) {
         std::atomic<bool>& stop = llmq::stop_on_signals();
         auto method = cfg.persist_method == "unnest" ? llmq::worker::PersistMethod::unnest
                                                      : llmq::worker::PersistMethod::copy;
-        auto store = std::make_unique<llmq::worker::PgStore>(cfg.postgres, method);
         // PostgreSQL may still be starting: keep trying, and say why.
         for (int attempt = 1;; ++attempt) {
-            auto st = store->migrate();
+            auto st = llmq::worker::PgStore(cfg.postgres, method, cfg.batch_timeout_ms).migrate();
             if (st.ok) break;
             if (stop) return 0;
             spdlog::warn("PostgreSQL not ready ({}); retrying (attempt {})", st.error, attempt);
@@ -42,8 +41,18 @@ int main(int argc, char** argv) {
         rc.history_size = cfg.history_cache_size;
         rc.history_ttl_s = cfg.history_ttl_s;
         rc.message_ttl_s = cfg.message_ttl_s;
-        auto cache = std::make_unique<llmq::worker::RedisCache>(rc);
-        llmq::worker::Worker worker(cfg, std::move(store), std::move(cache));
+        llmq::worker::RedisCache{rc};  // a bad URL fails here, before any thread starts
+        // One repair queue for the process: a reader on one thread must miss a
+        // conversation that another thread's cache write could not reach.
+        auto repairs = std::make_shared<llmq::worker::RepairQueue>(rc.max_repairs);
+        // Every thread that touches storage opens its own connections.
+        auto make_store = [&]() -> std::unique_ptr<llmq::worker::Store> {
+            return std::make_unique<llmq::worker::PgStore>(cfg.postgres, method, cfg.batch_timeout_ms);
+        };
+        auto make_cache = [&]() -> std::unique_ptr<llmq::worker::Cache> {
+            return std::make_unique<llmq::worker::RedisCache>(rc, repairs);
+        };
+        llmq::worker::Worker worker(cfg, make_store, make_cache);
         worker.run(stop);
     } catch (const std::exception& e) {
         spdlog::critical("{}", e.what());

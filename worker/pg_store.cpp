@@ -129,12 +129,31 @@ void array_quote(std::string& out, std::string_view s) {
     out.push_back('"');
 }
 
-PgStore::PgStore(std::string url, PersistMethod method) : url_(std::move(url)), method_(method) {
+std::string with_connection_defaults(std::string url) {
+    // A URL (postgresql://…) takes ?key=value&…; a key=value string takes " key=value".
+    bool is_url = url.rfind("postgres", 0) == 0;
+    auto add = [&](const char* key, const std::string& value) {
+        if (url.find(std::string(key) + "=") != std::string::npos) return;  // the operator's choice wins
+        if (is_url) url += url.find('?') == std::string::npos ? "?" : "&";
+        else url += ' ';
+        url += std::string(key) + "=" + value;
+    };
     // Fail fast rather than hang when PostgreSQL is unreachable: the worker then
     // hands its batch back and probes with back-off.
-    if (url_.find("connect_timeout") == std::string::npos && url_.rfind("postgres", 0) == 0)
-        url_ += (url_.find('?') == std::string::npos ? "?" : "&") + std::string("connect_timeout=5");
+    add("connect_timeout", "5");
+    // A peer that vanishes (host down, cable cut, partition) is noticed in
+    // seconds on an idle connection (keepalives) and on one with unacknowledged
+    // data (tcp_user_timeout), instead of after the kernel's ~15 minutes.
+    add("keepalives", "1");
+    add("keepalives_idle", "10");
+    add("keepalives_interval", "5");
+    add("keepalives_count", "3");
+    add("tcp_user_timeout", "20000");
+    return url;
 }
+
+PgStore::PgStore(std::string url, PersistMethod method, int statement_timeout_ms)
+    : url_(with_connection_defaults(std::move(url))), method_(method), statement_timeout_ms_(statement_timeout_ms) {}
 PgStore::~PgStore() = default;
 
 pqxx::connection& PgStore::conn() {
@@ -142,14 +161,19 @@ pqxx::connection& PgStore::conn() {
         conn_.reset();
         conn_ = std::make_unique<pqxx::connection>(url_);
         // Durable commits are the contract (ack after commit): never turn this off.
-        pqxx::nontransaction(*conn_).exec("SET synchronous_commit = on");
+        pqxx::nontransaction setup(*conn_);
+        setup.exec("SET synchronous_commit = on");
+        // No statement runs longer than a batch may take (a lock held elsewhere,
+        // a stalled disk): it is cancelled with SQLSTATE 57014 and the worker
+        // hands the batch back instead of holding it for ever.
+        if (statement_timeout_ms_ > 0) setup.exec("SET statement_timeout = " + std::to_string(statement_timeout_ms_));
     }
     return *conn_;
 }
 
 StoreStatus PgStore::failure(const char* what, std::exception_ptr ep) {
     std::string msg;
-    bool unavailable = false;
+    bool unavailable = false, retry = false, timed_out = false;
     try {
         std::rethrow_exception(ep);
     } catch (const pqxx::broken_connection& e) {
@@ -161,11 +185,14 @@ StoreStatus PgStore::failure(const char* what, std::exception_ptr ep) {
         msg = std::string("commit outcome unknown: ") + e.what();
     } catch (const pqxx::sql_error& e) {
         // Connection exceptions (08), operator intervention such as a shutdown
-        // (57P), insufficient resources (53) and transaction rollbacks from
-        // concurrency (40) say nothing about the data.
+        // (57P) and insufficient resources (53) say nothing about the data and
+        // mean PostgreSQL is unusable now. Transaction rollbacks from
+        // concurrency (40) and a statement timeout (57014) say nothing about
+        // the data either, but PostgreSQL is fine: retry, or hand the batch back.
         std::string state = e.sqlstate();
-        unavailable = state.rfind("08", 0) == 0 || state.rfind("57P", 0) == 0 || state.rfind("53", 0) == 0 ||
-                      state.rfind("40", 0) == 0;
+        unavailable = state.rfind("08", 0) == 0 || state.rfind("57P", 0) == 0 || state.rfind("53", 0) == 0;
+        retry = state.rfind("40", 0) == 0;
+        timed_out = state == "57014";
         msg = e.what();
     } catch (const std::exception& e) {
         msg = e.what();
@@ -177,6 +204,8 @@ StoreStatus PgStore::failure(const char* what, std::exception_ptr ep) {
     StoreStatus st;
     st.ok = false;
     st.unavailable = unavailable;
+    st.retry = retry;
+    st.timed_out = timed_out;
     st.error = std::string(what) + ": " + msg;
     return st;
 }

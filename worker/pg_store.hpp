@@ -20,7 +20,9 @@ public:
     // statement even under --persist-method copy (see persist()).
     static constexpr size_t kSingleStatementRows = 256;
 
-    PgStore(std::string url, PersistMethod method);
+    // statement_timeout_ms > 0 bounds every statement on this store's
+    // connection (SET statement_timeout); 0 leaves the server's setting.
+    PgStore(std::string url, PersistMethod method, int statement_timeout_ms = 0);
     ~PgStore() override;
 
     StoreStatus migrate() override;
@@ -54,12 +56,16 @@ private:
 
     std::string url_;
     PersistMethod method_;
+    int statement_timeout_ms_ = 0;
     std::unique_ptr<pqxx::connection> conn_;
     uint64_t conflict_fallbacks_ = 0;
     std::string line_;  // reused COPY line buffer
 };
 
 // Helpers shared with tests and benchmarks.
+// Adds connect_timeout, TCP keepalives and tcp_user_timeout to a PostgreSQL URL
+// or key=value string, unless it sets them already.
+std::string with_connection_defaults(std::string url);
 // Appends `s` escaped for COPY's text format.
 void copy_escape(std::string& out, std::string_view s);
 // Appends `s` as a quoted element of a PostgreSQL array literal.

@@ -19,6 +19,12 @@ struct StoreStatus {
     // down, out of resources): nothing about the data. Otherwise a failure is
     // about what was being stored.
     bool unavailable = false;
+    // PostgreSQL rolled the transaction back for concurrency (SQLSTATE class 40:
+    // serialization failure, deadlock): the same work may simply be retried.
+    bool retry = false;
+    // A statement ran past statement_timeout (SQLSTATE 57014) and was cancelled:
+    // nothing about the data, nor about PostgreSQL's health.
+    bool timed_out = false;
     std::string error;  // what failed, for logs and for the client's reason
 };
 

@@ -1,24 +1,26 @@
-// The llmq worker: a DEALER that grants the broker credit, preprocesses each
-// batch, persists it to the Store in one transaction, writes the Cache after
-// commit, reports one outcome per message, and answers history/get queries.
+// The llmq worker: threads with one job each. The I/O thread owns the DEALER
+// socket (registration, credit, heartbeats both ways, reconnection, receiving
+// batches and queries, sending every answer) and never touches storage;
+// executor threads run batches through a Pipeline each, with their own
+// PostgreSQL and Redis connections; one more thread answers queries.
 #pragma once
 
 #include <atomic>
 #include <cstdint>
-#include <deque>
 #include <functional>
 #include <memory>
 #include <string>
-#include <unordered_map>
+#include <thread>
+#include <vector>
 
 #include <CLI/CLI.hpp>
 #include <zmq.hpp>
 
 #include "common/protocol.hpp"
-#include "common/time.hpp"
 #include "common/transport.hpp"
 #include "worker/cache.hpp"
-#include "worker/preprocess.hpp"
+#include "worker/pipeline.hpp"
+#include "worker/queues.hpp"
 #include "worker/store.hpp"
 
 namespace llmq::worker {
@@ -31,6 +33,8 @@ struct WorkerConfig {
     std::string persist_method = "copy";
     std::string id;  // default: host:pid:random
     uint32_t credit = 2;
+    uint32_t executors = 2;
+    int batch_timeout_ms = 30000;
     size_t max_content_bytes = kDefaultMaxContentBytes;
     uint32_t history_cache_size = 100;
     uint32_t history_ttl_s = 86400;
@@ -43,71 +47,90 @@ struct WorkerConfig {
 // Declares every worker option (name, description, default, bounds) on `app`.
 void add_worker_options(CLI::App& app, WorkerConfig& cfg);
 
-struct WorkerCounters {
-    uint64_t batches = 0, persisted = 0, rejected = 0, failed = 0, duplicates = 0, dead_lettered = 0;
-    uint64_t cache_hits = 0, cache_misses = 0, cache_repairs = 0, queries = 0;
-    uint64_t db_errors = 0;
-};
+// Each thread that touches storage gets its own connections from these.
+using StoreFactory = std::function<std::unique_ptr<Store>()>;
+using CacheFactory = std::function<std::unique_ptr<Cache>()>;
 
 class Worker {
 public:
-    Worker(WorkerConfig cfg, std::unique_ptr<Store> store, std::unique_ptr<Cache> cache,
-           zmq::context_t* ctx = nullptr);
+    // Queries wait for the query thread in a queue of at most this many; past
+    // it a query is answered busy at once.
+    static constexpr size_t kMaxQueuedQueries = 1000;
+
+    Worker(WorkerConfig cfg, StoreFactory make_store, CacheFactory make_cache, zmq::context_t* ctx = nullptr);
     ~Worker();
 
-    // Serves the broker until `stop`; then finishes the batch in hand, tells the
-    // broker it leaves (so anything else it holds is redelivered) and returns.
+    // Serves the broker until `stop`; then finishes the batches in hand (not
+    // those still queued), tells the broker it leaves (so anything else it
+    // holds is redelivered) and returns.
     void run(const std::atomic<bool>& stop);
 
-    // The logic of one batch and one query, without sockets (tests use these).
-    // `committed`, if given, receives the outcome as soon as it is final (after
-    // the commit, before the cache write); the same outcome is returned.
-    proto::Done process_batch(const proto::Batch& batch,
-                              const std::function<void(const proto::Done&)>& committed = {});
-    proto::Reply answer_query(const proto::Query& q);
-
     const WorkerCounters& counters() const { return counters_; }
+    const std::string& id() const { return info_.id; }
+    // The heartbeat interval and liveness in force (the broker's, once it said).
+    int heartbeat_ms() const { return heartbeat_ms_; }
+    int liveness() const { return liveness_; }
     // What the worker reports on its heartbeats.
     proto::WorkerMetrics metrics() const;
 
 private:
+    // A thread with its own store, cache and pipeline, and what it is busy with
+    // (read by the I/O thread for heartbeats).
+    struct Lane {
+        std::unique_ptr<Store> store;
+        std::unique_ptr<Cache> cache;
+        std::unique_ptr<Pipeline> pipeline;
+        std::atomic<uint64_t> busy_batch{0};  // 0 = idle
+        std::atomic<int64_t> busy_since_ns{0};
+        std::thread thread;
+    };
+
+    std::unique_ptr<Lane> make_lane(const std::string& name);
+    void executor_loop(Lane& lane);
+    void query_loop(Lane& lane);
+    void idle(Lane& lane);
+    void set_healthy(bool healthy, const std::string& why);
+
+    // I/O thread only.
     void connect();
+    void register_again(const char* why);
     void send(proto::Command cmd, const std::string& body);
     void handle(Incoming& in);
-    StoreStatus isolate(const proto::Batch& batch, const std::vector<size_t>& valid,
-                        const std::vector<const StoredMessage*>& rows, std::vector<bool>& inserted,
-                        std::vector<bool>& stored, proto::Done& done);
-    void set_healthy(bool healthy, const std::string& why);
-    proto::Done hand_back(const proto::Batch& batch, const std::string& why);
-    void flush_health(int64_t& next_hb);  // heartbeat now if due
-    void write_cache(const std::vector<std::string_view>& convs,
-                     const std::unordered_map<std::string_view, size_t>& conv_index, const std::vector<size_t>& conv_of,
-                     std::vector<const StoredMessage*>& rows, const std::vector<bool>& inserted,
-                     const std::vector<bool>& known, const std::vector<MessageId>& already, const std::string& token);
-
-public:
-    // Rebuilds up to `max` conversations whose cache needs it (public for tests).
-    void run_repairs(size_t max);
-
-private:
+    void flush_mailbox();
+    void send_heartbeat();
+    bool broker_silent(int64_t now) const;
+    void finish_in_hand();
+    proto::Heartbeat heartbeat() const;
 
     WorkerConfig cfg_;
-    std::unique_ptr<Store> store_;
-    std::unique_ptr<Cache> cache_;
+    StoreFactory make_store_;
+    CacheFactory make_cache_;
     std::unique_ptr<zmq::context_t> own_ctx_;
     zmq::context_t* ctx_;
     std::unique_ptr<zmq::socket_t> sock_;
     proto::WorkerInfo info_;
-    PreprocessLimits limits_;
-    std::deque<proto::Batch> backlog_;  // batches received, not yet processed
-    int64_t last_heard_ns_ = 0;
+    SteadyClock clock_;
     WorkerCounters counters_;
-    std::vector<StoredMessage> rows_buf_;  // reused across batches
-    uint64_t write_seq_ = 0;               // makes each cache write token unique
-    bool healthy_ = true;                  // false while PostgreSQL is unavailable
-    int64_t started_ns_ = steady_now_ns();
-    metrics::Histogram persist_us_;        // one transaction per batch
-    bool health_changed_ = false;          // the broker must hear about it
+    int64_t started_ns_ = 0;
+
+    WorkQueue<proto::Batch> jobs_;
+    WorkQueue<proto::Query> queries_;
+    Mailbox mailbox_;
+    std::vector<std::unique_ptr<Lane>> executors_;
+    std::unique_ptr<Lane> query_lane_;
+
+    // Health: false while PostgreSQL is unusable; one idle executor probes it.
+    std::atomic<bool> healthy_{true};
+    std::atomic<int64_t> next_probe_ns_{0};
+    std::atomic<int> probe_backoff_ms_{100};
+    std::atomic<bool> probing_{false};
+
+    // I/O thread state. The broker's heartbeat interval and liveness, once it
+    // told us (its answer to `ready`), replace ours.
+    std::atomic<int> heartbeat_ms_{1000};
+    std::atomic<int> liveness_{3};
+    int64_t last_heard_ns_ = 0;
+    int64_t next_heartbeat_ns_ = 0;
 };
 
 }  // namespace llmq::worker
