@@ -48,8 +48,9 @@ return known
 // stored history starts the floor at zero; otherwise the set is dropped and the
 // conversation is returned for a rebuild from PostgreSQL (its other stored
 // messages cannot be known here). Else it trims back to the cap once the cap is
-// passed by the slack, raising the floor to the oldest kept id. Always removes
-// this writer's mark. The mark script refreshed the TTLs moments ago.
+// passed by the slack, raising the floor to the oldest kept id. Removes this
+// writer's mark, except on a conversation returned for a rebuild (the rebuild
+// removes it). The mark script refreshed the TTLs moments ago.
 // KEYS: h:C, hm:C pairs. ARGV: 1 cap, 2 slack, 3 ttl, 4 mark field, then per
 // conversation 'c' (rows, and they are its whole stored history), 'r' (rows)
 // or '-' (no rows). Returns the 1-based conversations to rebuild.
@@ -83,7 +84,10 @@ for i = 1, #KEYS, 2 do
       redis.call('HSET', meta, 'floor', string.sub(redis.call('ZRANGE', hist, 0, 0)[1], 1, 32))
     end
   end
-  redis.call('HDEL', meta, ARGV[4])
+  -- A conversation to rebuild keeps this writer's mark until the rebuild:
+  -- another writer whose batch held the conversation's whole history when it
+  -- counted may still start a floor at zero after this, without these rows.
+  if rows ~= 'r' or kept then redis.call('HDEL', meta, ARGV[4]) end
 end
 return rebuild
 )lua";
@@ -757,7 +761,8 @@ void RedisCache::settle() {
                     const redisReply* x = r->element[e];
                     if (x->type == REDIS_REPLY_INTEGER && x->integer >= 1 &&
                         static_cast<size_t>(x->integer) <= in_flight_->conversations.size())
-                        defer(in_flight_->conversations[static_cast<size_t>(x->integer) - 1], {});
+                        defer(in_flight_->conversations[static_cast<size_t>(x->integer) - 1],
+                              in_flight_->token);  // its mark stays until the rebuild removes it
                 }
         }
     }

@@ -314,6 +314,38 @@ TEST_F(RedisCacheE2E, AReaderThreadMissesWhatAnotherThreadsWriteCouldNotReach) {
     EXPECT_TRUE(hit) << "not served from the cache after its repair";
 }
 
+// Two workers write a new conversation's first messages at once. A counted
+// before B committed (so A's batch held the whole history then); B did not
+// (so B's cache write drops the set and asks for a rebuild). If B's write lands
+// first, A's then starts a floor at zero without B's rows: B's mark must stay
+// until B's rebuild, or a third worker serves the history without B's rows.
+// (Before the fix the reader served 2 of the 4 stored messages.)
+TEST_F(RedisCacheE2E, ConcurrentFirstWritesNeverLeaveAPartialHistoryServed) {
+    worker::RedisCache a(config(1000)), b(config(1000)), reader(config(1000));  // three processes
+    const std::string conv = "race-x";
+    std::vector<std::string_view> convs{conv};
+    StoredMessage a1 = message(conv, "a1"), a2 = message(conv, "a2"), b1 = message(conv, "b1"),
+                  b2 = message(conv, "b2");
+    std::vector<bool> known, inserted;
+    ASSERT_TRUE(a.before_commit(convs, "A:1", known));
+    ASSERT_TRUE(b.before_commit(convs, "B:1", known));
+    ASSERT_TRUE(store_->persist({&a1, &a2}, inserted).ok);
+    ASSERT_TRUE(store_->persist({&b1, &b2}, inserted).ok);
+    b.after_commit(convs, "B:1", {false}, {{&b1, &b2}});
+    b.settle();
+    EXPECT_EQ(b.pending_repairs(), 1u);
+    a.after_commit(convs, "A:1", {true}, {{&a1, &a2}});
+    a.settle();
+    bool hit = true;
+    EXPECT_EQ(served(reader, conv, 10, hit), db_history(conv, 10));
+    EXPECT_FALSE(hit) << "served before B's rebuild";
+    run_repairs(b);
+    EXPECT_EQ(b.pending_repairs(), 0u);
+    EXPECT_EQ(served(reader, conv, 10, hit), db_history(conv, 10));
+    EXPECT_TRUE(hit) << "not served from the cache after the rebuild";
+    EXPECT_EQ(db_history(conv, 10).size(), 4u);
+}
+
 // Redis killed while connected: the writes that follow hit a closed socket
 // (EPIPE); the process must survive the SIGPIPE it raises and count a failure.
 TEST_F(RedisCacheE2E, RedisGoneMidWriteFailsTheWriteWithoutKillingTheProcess) {
