@@ -16,6 +16,7 @@ PACKAGES=(
   prometheus
   postgresql redis-server
   python3-zmq python3-msgpack
+  iproute2 nftables
 )
 
 # Prints the packages among "$@" that are not fully installed (one dpkg-query call).

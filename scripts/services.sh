@@ -28,7 +28,10 @@
 # path is too long for a Unix socket path.
 #
 # Environment: LLMQ_RUN_DIR, LLMQ_PG_PORT, LLMQ_REDIS_PORT,
-#              LLMQ_SERVICES_TIMEOUT (seconds to wait for start/stop, default 60)
+#              LLMQ_SERVICES_TIMEOUT (seconds to wait for start/stop, default 60),
+#              LLMQ_SERVICES_HOST (an address of this host to listen on besides
+#              127.0.0.1, e.g. a cluster host's in scripts/cluster.sh) and
+#              LLMQ_SERVICES_ALLOW (the network allowed to connect there, CIDR)
 set -euo pipefail
 
 SCRIPT_DIR=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd -P)
@@ -37,6 +40,15 @@ RUN_DIR=${LLMQ_RUN_DIR:-$REPO_DIR/.run}
 PG_PORT=${LLMQ_PG_PORT:-55432}
 REDIS_PORT=${LLMQ_REDIS_PORT:-56379}
 TIMEOUT=${LLMQ_SERVICES_TIMEOUT:-60}
+SERVICES_HOST=${LLMQ_SERVICES_HOST:-127.0.0.1}
+SERVICES_ALLOW=${LLMQ_SERVICES_ALLOW:-$SERVICES_HOST/32}
+if [[ $SERVICES_HOST == 127.0.0.1 ]]; then
+  LISTEN_PG='127.0.0.1' LISTEN_REDIS='127.0.0.1' PROTECTED=yes
+else
+  # A private network of our own (scripts/cluster.sh): clients on other hosts
+  # of it connect without a password, as they do on loopback.
+  LISTEN_PG="127.0.0.1,$SERVICES_HOST" LISTEN_REDIS="127.0.0.1 $SERVICES_HOST" PROTECTED=no
+fi
 
 PG_LINK='' PG_HOME='' PGDATA='' PG_BIN='' REDIS_DIR='' ENV_FILE=''
 IS_ROOT=0
@@ -170,7 +182,7 @@ write_pg_config() {
   # current environment (e.g. a different port).
   cat >"$PGDATA/llmq.conf" <<EOF
 # Written by scripts/services.sh on every start; edits are overwritten.
-listen_addresses = '127.0.0.1'
+listen_addresses = '$LISTEN_PG'
 port = $PG_PORT
 unix_socket_directories = '$PG_HOME'
 max_connections = 200
@@ -188,6 +200,7 @@ EOF
 # TYPE  DATABASE  USER  ADDRESS        METHOD
 local   all       all                  trust
 host    all       all   127.0.0.1/32   trust
+host    all       all   $SERVICES_ALLOW   trust
 EOF
   if ! grep -q "^include_if_exists = 'llmq.conf'" "$PGDATA/postgresql.conf"; then
     printf "\n# llmq settings (scripts/services.sh)\ninclude_if_exists = 'llmq.conf'\n" >>"$PGDATA/postgresql.conf"
@@ -288,9 +301,9 @@ start_redis() {
     fi
     cat >"$REDIS_DIR/redis.conf" <<EOF
 # Written by scripts/services.sh on every start; edits are overwritten.
-bind 127.0.0.1
+bind $LISTEN_REDIS
 port $REDIS_PORT
-protected-mode yes
+protected-mode $PROTECTED
 daemonize yes
 supervised no
 pidfile "$REDIS_DIR/redis.pid"
