@@ -29,7 +29,8 @@ int main(int argc, char** argv) {
                                                      : llmq::worker::PersistMethod::copy;
         // PostgreSQL may still be starting: keep trying, and say why.
         for (int attempt = 1;; ++attempt) {
-            auto st = llmq::worker::PgStore(cfg.postgres, method, cfg.batch_timeout_ms).migrate();
+            // No statement_timeout here: a migration on a large table may take long.
+            auto st = llmq::worker::PgStore(cfg.postgres, method).migrate();
             if (st.ok) break;
             if (stop) return 0;
             spdlog::warn("PostgreSQL not ready ({}); retrying (attempt {})", st.error, attempt);
