@@ -79,7 +79,7 @@ protected:
     // write lands (readers miss meanwhile: the writer's mark is there), and
     // repairs run between the worker's batches.
     proto::Reply history_from_cache(const std::string& conv, uint32_t limit) {
-        for (int i = 0; i < 100; ++i) {
+        for (int i = 0; i < 200; ++i) {  // up to 10 s on a busy machine
             auto r = history(conv, limit);
             if (r.source == "cache") return r;
             std::this_thread::sleep_for(std::chrono::milliseconds(50));
@@ -168,7 +168,7 @@ TEST_F(CacheE2E, AnOlderIdArrivingAfterTheSetIsLostDoesNotHideNewerMessages) {
     // Every message after `older` is the 4 pushed before it, from PostgreSQL
     // until the conversation is rebuilt, then from the cache.
     bool from_cache = false;
-    for (int i = 0; i < 20 && !from_cache; ++i) {
+    for (int i = 0; i < 200 && !from_cache; ++i) {  // up to 10 s: repairs run on idle turns
         auto r = history("conv-f", 10, older);
         ASSERT_EQ(ids_of(r).size(), 4u) << "served from " << r.source;
         from_cache = r.source == "cache";
