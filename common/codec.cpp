@@ -1,5 +1,6 @@
 // msgpack encoding and defensive decoding of every llmq protocol body.
 #include <algorithm>
+#include <concepts>
 #include <cstring>
 #include <limits>
 #include <type_traits>
@@ -7,6 +8,7 @@
 #include <msgpack.hpp>
 
 #include "common/protocol.hpp"
+#include "common/records.hpp"
 
 namespace llmq::proto {
 namespace {
@@ -42,31 +44,6 @@ void pack_bin(Packer& p, const void* data, size_t n) {
 void pack_id(Packer& p, const MessageId& id) { pack_bin(p, id.data(), id.size()); }
 void key(Packer& p, std::string_view k) { pack_str(p, k); }
 
-void pack_message(Packer& p, const Message& m) {
-    p.pack_map(m.expires_at_us ? 7 : 6);
-    key(p, "id"), pack_id(p, m.id);
-    key(p, "conversation_id"), pack_str(p, m.conversation_id);
-    key(p, "user_id"), pack_str(p, m.user_id);
-    key(p, "content"), pack_str(p, m.content);
-    key(p, "priority"), p.pack(static_cast<uint8_t>(m.priority));
-    key(p, "created_at"), p.pack(m.created_at_us);
-    if (m.expires_at_us) key(p, "expires_at"), p.pack(m.expires_at_us);
-}
-
-void pack_stored(Packer& p, const StoredMessage& m) {
-    p.pack_map(10);
-    key(p, "id"), pack_id(p, m.id);
-    key(p, "conversation_id"), pack_str(p, m.conversation_id);
-    key(p, "user_id"), pack_str(p, m.user_id);
-    key(p, "content"), pack_str(p, m.content);
-    key(p, "priority"), p.pack(static_cast<uint8_t>(m.priority));
-    key(p, "status"), pack_str(p, m.status);
-    key(p, "token_count"), p.pack(m.token_count);
-    key(p, "content_hash"), p.pack(m.content_hash);
-    key(p, "created_at"), p.pack(m.created_at_us);
-    key(p, "persisted_at"), p.pack(m.persisted_at_us);
-}
-
 void pack_histogram(Packer& p, const metrics::Histogram& h) {
     p.pack_map(3);
     key(p, "count"), p.pack(h.count());
@@ -75,23 +52,50 @@ void pack_histogram(Packer& p, const metrics::Histogram& h) {
     for (uint64_t b : h.buckets()) p.pack(b);
 }
 
-void pack_worker_metrics(Packer& p, const WorkerMetrics& m) {
-    p.pack_map(14);
-    key(p, "uptime_ms"), p.pack(m.uptime_ms);
-    key(p, "batches"), p.pack(m.batches);
-    key(p, "persisted"), p.pack(m.persisted);
-    key(p, "rejected"), p.pack(m.rejected);
-    key(p, "dead_lettered"), p.pack(m.dead_lettered);
-    key(p, "duplicates"), p.pack(m.duplicates);
-    key(p, "db_errors"), p.pack(m.db_errors);
-    key(p, "redis_errors"), p.pack(m.redis_errors);
-    key(p, "cache_read_hits"), p.pack(m.cache_read_hits);
-    key(p, "cache_read_misses"), p.pack(m.cache_read_misses);
-    key(p, "cache_writes"), p.pack(m.cache_writes);
-    key(p, "cache_write_errors"), p.pack(m.cache_write_errors);
-    key(p, "cache_repairs"), p.pack(m.cache_repairs);
-    key(p, "persist_us"), pack_histogram(p, m.persist_us);
+// One field's value, in the msgpack type its record has always used (integers
+// keep their C++ type: msgpack-c picks the smallest encoding for it).
+void pack_value(Packer& p, const MessageId& v) { pack_id(p, v); }
+void pack_value(Packer& p, const std::string& v) { pack_str(p, v); }
+void pack_value(Packer& p, Priority v) { p.pack(static_cast<uint8_t>(v)); }
+void pack_value(Packer& p, const metrics::Histogram& v) { pack_histogram(p, v); }
+template <class T>
+    requires std::is_integral_v<T>
+void pack_value(Packer& p, T v) {
+    p.pack(v);
 }
+
+template <class T>
+bool is_default(const T& v, const T& dflt) {
+    if constexpr (std::equality_comparable<T>) return v == dflt;
+    else return false;
+}
+
+template <class S>
+const S& default_record() {
+    static const S dflt{};
+    return dflt;
+}
+
+// Whether field f of s is written: an `omitted` field only when not the default.
+template <class S, class F>
+bool written(const F& f, const S& s) {
+    return f.presence != records::Presence::omitted || !is_default(f.of(s), f.of(default_record<S>()));
+}
+
+// A record as a msgpack map of its fields, in list order.
+template <class S>
+void pack_record(Packer& p, const S& s) {
+    uint32_t n = 0;
+    records::for_each_field<S>([&](const auto& f) { n += written(f, s) ? 1 : 0; });
+    p.pack_map(n);
+    records::for_each_field<S>([&](const auto& f) {
+        if (written(f, s)) key(p, f.key), pack_value(p, f.of(s));
+    });
+}
+
+void pack_message(Packer& p, const Message& m) { pack_record(p, m); }
+void pack_stored(Packer& p, const StoredMessage& m) { pack_record(p, m); }
+void pack_worker_metrics(Packer& p, const WorkerMetrics& m) { pack_record(p, m); }
 
 void pack_outcomes(Packer& p, const std::vector<Outcome>& results) {
     p.pack_array(static_cast<uint32_t>(results.size()));
@@ -264,52 +268,53 @@ metrics::Histogram read_histogram(const Map& m, std::string_view k) {
     return read_histogram(*v, m.path() + "." + std::string(k));
 }
 
-WorkerMetrics read_worker_metrics(const Map& m) {
-    WorkerMetrics w;
-    w.uptime_ms = m.i64_or("uptime_ms", 0);
-    w.batches = m.u64_or("batches", 0);
-    w.persisted = m.u64_or("persisted", 0);
-    w.rejected = m.u64_or("rejected", 0);
-    w.dead_lettered = m.u64_or("dead_lettered", 0);
-    w.duplicates = m.u64_or("duplicates", 0);
-    w.db_errors = m.u64_or("db_errors", 0);
-    w.redis_errors = m.u64_or("redis_errors", 0);
-    w.cache_read_hits = m.u64_or("cache_read_hits", 0);
-    w.cache_read_misses = m.u64_or("cache_read_misses", 0);
-    w.cache_writes = m.u64_or("cache_writes", 0);
-    w.cache_write_errors = m.u64_or("cache_write_errors", 0);
-    w.cache_repairs = m.u64_or("cache_repairs", 0);
-    w.persist_us = read_histogram(m, "persist_us");
-    return w;
+// One field's value into `out`; a value of the wrong type or out of range is a
+// bad_field naming `what`, never silently wrapped.
+void read_value(const msgpack::object& v, const What& what, MessageId& out) { out = Map::as_id(v, what); }
+void read_value(const msgpack::object& v, const What& what, std::string& out) { out = Map::as_bytes(v, what); }
+void read_value(const msgpack::object& v, const What& what, Priority& out) {
+    out = as_priority(Map::as_u64(v, what), what);
+}
+void read_value(const msgpack::object& v, const What& what, metrics::Histogram& out) {
+    out = read_histogram(v, what.map ? what.map->path() + "." + std::string(what.key) : std::string(what.text));
+}
+template <class T>
+    requires std::is_integral_v<T>
+void read_value(const msgpack::object& v, const What& what, T& out) {
+    if constexpr (std::is_signed_v<T>) {
+        const int64_t x = Map::as_i64(v, what);
+        if constexpr (sizeof(T) < sizeof(int64_t))
+            if (x < std::numeric_limits<T>::min() || x > std::numeric_limits<T>::max())
+                fail(Status::bad_field, what.str() + "out of range");
+        out = static_cast<T>(x);
+    } else {
+        const uint64_t u = Map::as_u64(v, what);
+        if constexpr (sizeof(T) < sizeof(uint64_t))
+            if (u > std::numeric_limits<T>::max()) fail(Status::bad_field, what.str() + "out of range");
+        out = static_cast<T>(u);
+    }
 }
 
-Message read_message(const Map& m) {
-    Message msg;
-    msg.id = m.id("id");
-    msg.conversation_id = m.str("conversation_id");
-    msg.user_id = m.str("user_id");
-    msg.content = m.str("content");
-    msg.priority = as_priority(m.u64_or("priority", static_cast<uint64_t>(Priority::normal)),
-                               m.field("priority"));
-    msg.created_at_us = m.i64("created_at");
-    msg.expires_at_us = m.i64_or("expires_at", 0);
-    return msg;
-}
-
-StoredMessage read_stored(const Map& m) {
-    StoredMessage s;
-    s.id = m.id("id");
-    s.conversation_id = m.str("conversation_id");
-    s.user_id = m.str("user_id");
-    s.content = m.str("content");
-    s.priority = as_priority(m.u64("priority"), m.field("priority"));
-    s.status = m.str_or("status", "pending");
-    s.token_count = m.narrow_or<int32_t>("token_count", 0);
-    s.content_hash = m.i64_or("content_hash", 0);
-    s.created_at_us = m.i64("created_at");
-    s.persisted_at_us = m.i64_or("persisted_at", 0);
+// A record from a msgpack map, field by field in list order (so the first
+// missing or bad field is the one reported): absent or nil fields keep the
+// struct's default unless required.
+template <class S>
+S read_record(const Map& m) {
+    S s;
+    records::for_each_field<S>([&](const auto& f) {
+        const msgpack::object* v = m.find(f.key);
+        if (!v || v->type == msgpack::type::NIL) {
+            if (f.presence == records::Presence::required) (void)m.need(f.key);  // fails, naming the field
+            return;
+        }
+        read_value(*v, m.field(f.key), f.of(s));
+    });
     return s;
 }
+
+WorkerMetrics read_worker_metrics(const Map& m) { return read_record<WorkerMetrics>(m); }
+Message read_message(const Map& m) { return read_record<Message>(m); }
+StoredMessage read_stored(const Map& m) { return read_record<StoredMessage>(m); }
 
 std::vector<Outcome> read_outcomes(const msgpack::object_array& arr, const std::string& path) {
     std::vector<Outcome> out;
@@ -899,16 +904,10 @@ std::optional<StoredMessage> decode_stored(std::string_view data) {
 void encode_cached(const StoredMessage& m, std::string& out) {
     StringWriter w{&out};
     Packer p(w);
-    p.pack_array(9);
-    pack_str(p, m.conversation_id);
-    pack_str(p, m.user_id);
-    pack_str(p, m.content);
-    p.pack(static_cast<uint8_t>(m.priority));
-    pack_str(p, m.status);
-    p.pack(m.token_count);
-    p.pack(m.content_hash);
-    p.pack(m.created_at_us);
-    p.pack(m.persisted_at_us);
+    p.pack_array(records::cached_count<StoredMessage>());
+    records::for_each_field<StoredMessage>([&](const auto& f) {
+        if (f.cached == records::Cached::yes) pack_value(p, f.of(m));
+    });
 }
 
 std::optional<StoredMessage> decode_cached(std::string_view data, const MessageId& id) {
@@ -921,23 +920,17 @@ std::optional<StoredMessage> decode_cached(std::string_view data, const MessageI
             if (s.id != id) return std::nullopt;
             return s;
         }
-        if (o.type != msgpack::type::ARRAY || o.via.array.size != 9) return std::nullopt;
-        const msgpack::object* f = o.via.array.ptr;
+        // Any other size (an entry written under another field list) is a miss,
+        // so the reader falls back to PostgreSQL.
+        if (o.type != msgpack::type::ARRAY || o.via.array.size != records::cached_count<StoredMessage>())
+            return std::nullopt;
+        const msgpack::object* next = o.via.array.ptr;
         const What what("cached: ");
         StoredMessage s;
         s.id = id;
-        s.conversation_id = Map::as_bytes(f[0], what);
-        s.user_id = Map::as_bytes(f[1], what);
-        s.content = Map::as_bytes(f[2], what);
-        s.priority = as_priority(Map::as_u64(f[3], what), what);
-        s.status = Map::as_bytes(f[4], what);
-        const int64_t tokens = Map::as_i64(f[5], what);
-        if (tokens < std::numeric_limits<int32_t>::min() || tokens > std::numeric_limits<int32_t>::max())
-            return std::nullopt;
-        s.token_count = static_cast<int32_t>(tokens);
-        s.content_hash = Map::as_i64(f[6], what);
-        s.created_at_us = Map::as_i64(f[7], what);
-        s.persisted_at_us = Map::as_i64(f[8], what);
+        records::for_each_field<StoredMessage>([&](const auto& f) {
+            if (f.cached == records::Cached::yes) read_value(*next++, what, f.of(s));
+        });
         return s;
     } catch (...) {  // FieldError, or bad msgpack: not a usable entry
         return std::nullopt;

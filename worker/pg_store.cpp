@@ -2,7 +2,10 @@
 #include "worker/pg_store.hpp"
 
 #include <algorithm>
+#include <array>
 #include <charconv>
+#include <tuple>
+#include <type_traits>
 
 #include <pqxx/pqxx>
 #include <pqxx/tablewriter>
@@ -54,28 +57,6 @@ CREATE INDEX IF NOT EXISTS dead_letters_dead_at_idx ON dead_letters (dead_at DES
 };
 constexpr long kMigrationLockKey = 0x6c6c6d71;  // "llmq"
 
-constexpr const char* kColumns =
-    "id, conversation_id, user_id, content, priority, status, token_count, content_hash, created_at, persisted_at";
-constexpr const char* kSelectColumns =
-    "id::text, conversation_id, user_id, content, priority, status, token_count, content_hash, "
-    "(extract(epoch from created_at) * 1000000)::bigint, (extract(epoch from persisted_at) * 1000000)::bigint";
-
-StoredMessage read_row(const pqxx::row& r) {
-    StoredMessage m;
-    auto id = uuid_from_string(r[0].c_str());
-    if (id) m.id = *id;
-    m.conversation_id = r[1].c_str();
-    m.user_id = r[2].c_str();
-    m.content = r[3].c_str();
-    m.priority = static_cast<Priority>(r[4].as<int>());
-    m.status = r[5].c_str();
-    m.token_count = r[6].as<int32_t>();
-    m.content_hash = r[7].as<int64_t>();
-    m.created_at_us = r[8].as<int64_t>();
-    m.persisted_at_us = r[9].as<int64_t>();
-    return m;
-}
-
 void append_int(std::string& out, int64_t v) {
     char buf[24];
     auto [p, ec] = std::to_chars(buf, buf + sizeof buf, v);
@@ -83,6 +64,85 @@ void append_int(std::string& out, int64_t v) {
 }
 
 void append_uuid(std::string& out, const MessageId& id) { out += uuid_to_string(id); }
+
+// Each field type's text in a COPY line, in an array literal and as read back
+// from message_select_list(). Integers of timestamptz columns are microseconds
+// since the epoch.
+using records::PgType;
+
+void append_copy(std::string& out, const MessageId& v, PgType) { append_uuid(out, v); }
+void append_copy(std::string& out, const std::string& v, PgType) { copy_escape(out, v); }
+void append_copy(std::string& out, Priority v, PgType) { append_int(out, static_cast<int>(v)); }
+template <class T>
+    requires std::is_integral_v<T>
+void append_copy(std::string& out, T v, PgType type) {
+    if (type == PgType::timestamptz) append_timestamp(out, v, TimeFormat::postgres);
+    else append_int(out, v);
+}
+
+void append_element(std::string& out, const MessageId& v, PgType) { append_uuid(out, v); }
+void append_element(std::string& out, const std::string& v, PgType) { array_quote(out, v); }
+void append_element(std::string& out, Priority v, PgType) { append_int(out, static_cast<int>(v)); }
+template <class T>
+    requires std::is_integral_v<T>
+void append_element(std::string& out, T v, PgType type) {
+    if (type != PgType::timestamptz) return append_int(out, v);
+    out.push_back('"');  // the timestamp holds a space
+    append_timestamp(out, v, TimeFormat::postgres);
+    out.push_back('"');
+}
+
+// Text PostgreSQL returned for our own NOT NULL columns: a value that does not
+// parse leaves the field's default rather than throwing.
+void parse_text(std::string_view t, MessageId& out) {
+    if (auto id = uuid_from_string(t)) out = *id;
+}
+void parse_text(std::string_view t, std::string& out) { out.assign(t); }
+void parse_text(std::string_view t, Priority& out) {
+    int v = -1;
+    std::from_chars(t.data(), t.data() + t.size(), v);
+    if (v >= 0 && v < kPriorityCount) out = static_cast<Priority>(v);
+}
+template <class T>
+    requires std::is_integral_v<T>
+void parse_text(std::string_view t, T& out) {
+    std::from_chars(t.data(), t.data() + t.size(), out);
+}
+
+std::string select_expr(PgType type, std::string_view column) {
+    std::string c(column);
+    if (type == PgType::uuid) return c + "::text";
+    if (type == PgType::timestamptz) return "(extract(epoch from " + c + ") * 1000000)::bigint";
+    return c;
+}
+
+// Calls f(field, column index) for each stored field of StoredMessage.
+template <class F>
+void for_each_column(F&& f) {
+    size_t i = 0;
+    records::for_each_field<StoredMessage>([&](const auto& field) {
+        if (field.pg != PgType::none) f(field, i++);
+    });
+}
+
+// The column names, for COPY's column list.
+const std::vector<std::string>& column_names() {
+    static const std::vector<std::string> names = [] {
+        std::vector<std::string> v;
+        for_each_column([&](const auto& f, size_t) { v.emplace_back(f.key); });
+        return v;
+    }();
+    return names;
+}
+
+StoredMessage read_row(const pqxx::row& r) {
+    std::array<std::string_view, kMessageColumns> cols;
+    for (size_t i = 0; i < cols.size(); ++i) {
+        const auto& f = r[static_cast<pqxx::row::size_type>(i)];
+        cols[i] = std::string_view(f.c_str(), f.size());
+    }
+    return message_from_text(cols);
+}
 
 // inserted[i] = rows[i]'s id is among those RETURNING reported (the first row
 // of a repeated id within one batch is the one marked).
@@ -129,6 +189,62 @@ void array_quote(std::string& out, std::string_view s) {
     out.push_back('"');
 }
 
+const std::string& message_columns() {
+    static const std::string text = [] {
+        std::string t;
+        for_each_column([&](const auto& f, size_t i) { t.append(i ? ", " : "").append(f.key); });
+        return t;
+    }();
+    return text;
+}
+
+const std::string& message_select_list() {
+    static const std::string text = [] {
+        std::string t;
+        for_each_column([&](const auto& f, size_t i) { t.append(i ? ", " : "").append(select_expr(f.pg, f.key)); });
+        return t;
+    }();
+    return text;
+}
+
+const std::string& message_unnest_args() {
+    static const std::string text = [] {
+        std::string t;
+        for_each_column([&](const auto& f, size_t i) {
+            t.append(i ? ", $" : "$").append(std::to_string(i + 1)).append("::");
+            t.append(records::pg_type_name(f.pg)).append("[]");
+        });
+        return t;
+    }();
+    return text;
+}
+
+void append_copy_line(std::string& out, const StoredMessage& m) {
+    for_each_column([&](const auto& f, size_t i) {
+        if (i) out.push_back('\t');
+        append_copy(out, f.of(m), f.pg);
+    });
+}
+
+std::array<std::string, kMessageColumns> unnest_arrays(const std::vector<const StoredMessage*>& rows) {
+    std::array<std::string, kMessageColumns> a;
+    for (auto& s : a) s = "{";
+    for (size_t r = 0; r < rows.size(); ++r) {
+        for_each_column([&](const auto& f, size_t i) {
+            if (r) a[i].push_back(',');
+            append_element(a[i], f.of(*rows[r]), f.pg);
+        });
+    }
+    for (auto& s : a) s.push_back('}');
+    return a;
+}
+
+StoredMessage message_from_text(std::span<const std::string_view, kMessageColumns> cols) {
+    StoredMessage m;
+    for_each_column([&](const auto& f, size_t i) { parse_text(cols[i], f.of(m)); });
+    return m;
+}
+
 std::string with_connection_defaults(std::string url) {
     // A URL (postgresql://…) takes ?key=value&…; a key=value string takes " key=value".
     bool is_url = url.rfind("postgres", 0) == 0;
@@ -161,12 +277,15 @@ pqxx::connection& PgStore::conn() {
         conn_.reset();
         conn_ = std::make_unique<pqxx::connection>(url_);
         // Durable commits are the contract (ack after commit): never turn this off.
-        pqxx::nontransaction setup(*conn_);
-        setup.exec("SET synchronous_commit = on");
-        // No statement runs longer than a batch may take (a lock held elsewhere,
-        // a stalled disk): it is cancelled with SQLSTATE 57014 and the worker
-        // hands the batch back instead of holding it for ever.
-        if (statement_timeout_ms_ > 0) setup.exec("SET statement_timeout = " + std::to_string(statement_timeout_ms_));
+        {
+            pqxx::nontransaction setup(*conn_);
+            setup.exec("SET synchronous_commit = on");
+            // No statement runs longer than a batch may take (a lock held
+            // elsewhere, a stalled disk): it is cancelled with SQLSTATE 57014
+            // and the worker hands the batch back instead of holding it for ever.
+            if (statement_timeout_ms_ > 0)
+                setup.exec("SET statement_timeout = " + std::to_string(statement_timeout_ms_));
+        }
     }
     return *conn_;
 }
@@ -246,40 +365,21 @@ void PgStore::persist_copy(const std::vector<const StoredMessage*>& rows, bool s
         txn.exec("CREATE TEMP TABLE IF NOT EXISTS llmq_stage (LIKE messages INCLUDING DEFAULTS) ON COMMIT DELETE ROWS");
         table = "llmq_stage";
     }
-    const char* cols[] = {"id",          "conversation_id", "user_id",    "content",   "priority",
-                          "status",      "token_count",     "content_hash", "created_at", "persisted_at"};
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wdeprecated-declarations"
     // tablewriter::write_raw_line lets us encode rows ourselves into one reused
     // buffer; stream_to in libpqxx 6.4 offers no raw-line access.
-    pqxx::tablewriter writer(txn, table, std::begin(cols), std::end(cols));
+    const auto& cols = column_names();
+    pqxx::tablewriter writer(txn, table, cols.begin(), cols.end());
 #pragma GCC diagnostic pop
     for (const StoredMessage* m : rows) {
         line_.clear();
-        append_uuid(line_, m->id);
-        line_.push_back('\t');
-        copy_escape(line_, m->conversation_id);
-        line_.push_back('\t');
-        copy_escape(line_, m->user_id);
-        line_.push_back('\t');
-        copy_escape(line_, m->content);
-        line_.push_back('\t');
-        append_int(line_, static_cast<int>(m->priority));
-        line_.push_back('\t');
-        copy_escape(line_, m->status);
-        line_.push_back('\t');
-        append_int(line_, m->token_count);
-        line_.push_back('\t');
-        append_int(line_, m->content_hash);
-        line_.push_back('\t');
-        append_timestamp(line_, m->created_at_us, TimeFormat::postgres);
-        line_.push_back('\t');
-        append_timestamp(line_, m->persisted_at_us, TimeFormat::postgres);
+        append_copy_line(line_, *m);
         writer.write_raw_line(line_);
     }
     writer.complete();
     if (staged) {
-        auto res = txn.exec(std::string("INSERT INTO messages (") + kColumns + ") SELECT " + kColumns +
+        auto res = txn.exec("INSERT INTO messages (" + message_columns() + ") SELECT " + message_columns() +
                             " FROM llmq_stage ON CONFLICT (id) DO NOTHING RETURNING id::text");
         mark_inserted(res, rows, inserted);
     } else {
@@ -291,37 +391,14 @@ void PgStore::persist_copy(const std::vector<const StoredMessage*>& rows, bool s
 
 void PgStore::persist_unnest(const std::vector<const StoredMessage*>& rows, std::vector<bool>& inserted,
                              const std::function<void()>& before_commit) {
-    std::string a[10];
-    for (auto& s : a) s = "{";
-    for (size_t i = 0; i < rows.size(); ++i) {
-        const StoredMessage* m = rows[i];
-        if (i)
-            for (auto& s : a) s.push_back(',');
-        a[0] += uuid_to_string(m->id);
-        array_quote(a[1], m->conversation_id);
-        array_quote(a[2], m->user_id);
-        array_quote(a[3], m->content);
-        append_int(a[4], static_cast<int>(m->priority));
-        array_quote(a[5], m->status);
-        append_int(a[6], m->token_count);
-        append_int(a[7], m->content_hash);
-        a[8].push_back('"');
-        append_timestamp(a[8], m->created_at_us, TimeFormat::postgres);
-        a[8].push_back('"');
-        a[9].push_back('"');
-        append_timestamp(a[9], m->persisted_at_us, TimeFormat::postgres);
-        a[9].push_back('"');
-    }
-    for (auto& s : a) s.push_back('}');
+    const auto arrays = unnest_arrays(rows);
+    static const std::string sql = "INSERT INTO messages (" + message_columns() + ") SELECT * FROM unnest(" +
+                                   message_unnest_args() + ") ON CONFLICT (id) DO NOTHING RETURNING id::text";
     // One statement is its own transaction: autocommit saves the BEGIN and
     // COMMIT round trips, which dominate small batches. So the hook runs first.
     if (before_commit) before_commit();
     pqxx::nontransaction txn(conn());
-    auto res = txn.exec_params(std::string("INSERT INTO messages (") + kColumns +
-                        ") SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::smallint[], "
-                        "$6::text[], $7::int[], $8::bigint[], $9::timestamptz[], $10::timestamptz[]) "
-                        "ON CONFLICT (id) DO NOTHING RETURNING id::text",
-                    a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9]);
+    auto res = std::apply([&](const auto&... a) { return txn.exec_params(sql, a...); }, arrays);
     mark_inserted(res, rows, inserted);
 }
 
@@ -373,11 +450,11 @@ StoreStatus PgStore::history(const std::string& conversation, const std::optiona
         pqxx::read_transaction txn(conn());
         pqxx::result res;
         if (after)
-            res = txn.exec_params(std::string("SELECT ") + kSelectColumns +
+            res = txn.exec_params("SELECT " + message_select_list() +
                                       " FROM messages WHERE conversation_id = $1 AND id > $2::uuid ORDER BY id LIMIT $3",
                                   conversation, uuid_to_string(*after), limit);
         else
-            res = txn.exec_params(std::string("SELECT * FROM (SELECT ") + kSelectColumns +
+            res = txn.exec_params("SELECT * FROM (SELECT " + message_select_list() +
                                       " FROM messages WHERE conversation_id = $1 ORDER BY id DESC LIMIT $2) t ORDER BY 1",
                                   conversation, limit);
         out.reserve(res.size());
@@ -389,7 +466,7 @@ StoreStatus PgStore::get(const MessageId& id, std::optional<StoredMessage>& out)
     out.reset();
     return guarded("get", [&] {
         pqxx::read_transaction txn(conn());
-        auto res = txn.exec_params(std::string("SELECT ") + kSelectColumns + " FROM messages WHERE id = $1::uuid",
+        auto res = txn.exec_params("SELECT " + message_select_list() + " FROM messages WHERE id = $1::uuid",
                                    uuid_to_string(id));
         if (!res.empty()) out = read_row(res[0]);
     });
@@ -406,7 +483,7 @@ StoreStatus PgStore::get_many(const std::vector<MessageId>& ids, std::vector<Sto
         }
         arr.push_back('}');
         pqxx::read_transaction txn(conn());
-        auto res = txn.exec_params(std::string("SELECT ") + kSelectColumns + " FROM messages WHERE id = ANY($1::uuid[])", arr);
+        auto res = txn.exec_params("SELECT " + message_select_list() + " FROM messages WHERE id = ANY($1::uuid[])", arr);
         out.reserve(res.size());
         for (const auto& r : res) out.push_back(read_row(r));
     });

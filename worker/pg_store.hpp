@@ -2,10 +2,15 @@
 // migrations, bulk idempotent persistence (COPY, or INSERT … unnest), queries.
 #pragma once
 
+#include <array>
 #include <exception>
 #include <memory>
+#include <span>
 #include <string>
+#include <string_view>
+#include <vector>
 
+#include "common/records.hpp"
 #include "worker/store.hpp"
 
 #include <pqxx/connection>
@@ -70,5 +75,22 @@ std::string with_connection_defaults(std::string url);
 void copy_escape(std::string& out, std::string_view s);
 // Appends `s` as a quoted element of a PostgreSQL array literal.
 void array_quote(std::string& out, std::string_view s);
+
+// The messages table's forms, derived from records::kStoredMessageFields (its
+// fields with a column, in list order); shared with tests.
+inline constexpr size_t kMessageColumns = records::column_count<StoredMessage>();
+// "id, conversation_id, …": the column names.
+const std::string& message_columns();
+// The SELECT list message_from_text reads: ids as text, timestamps as
+// microseconds since the epoch.
+const std::string& message_select_list();
+// "$1::uuid[], $2::text[], …": unnest's arguments, one array per column.
+const std::string& message_unnest_args();
+// Appends m as one line of COPY's text format, without the newline.
+void append_copy_line(std::string& out, const StoredMessage& m);
+// One array literal per column, holding `rows` in order (for message_unnest_args()).
+std::array<std::string, kMessageColumns> unnest_arrays(const std::vector<const StoredMessage*>& rows);
+// A message from the text of one row of message_select_list().
+StoredMessage message_from_text(std::span<const std::string_view, kMessageColumns> cols);
 
 }  // namespace llmq::worker
