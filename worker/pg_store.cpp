@@ -286,6 +286,22 @@ pqxx::connection& PgStore::conn() {
             if (statement_timeout_ms_ > 0)
                 setup.exec("SET statement_timeout = " + std::to_string(statement_timeout_ms_));
         }
+        // The server's side of this connection must notice when we vanish (a
+        // partition, a frozen host): else its backend keeps our transaction
+        // open for the kernel's ~2 hours, holding the locks on the ids it
+        // inserted, and every other worker storing those ids (resent by their
+        // clients) waits on them. These are settable per session (PostgreSQL
+        // 12+, client_connection_check_interval 14+); an older server refuses
+        // them and keeps its own settings.
+        for (const char* set : {"SET tcp_keepalives_idle = 10", "SET tcp_keepalives_interval = 5",
+                                "SET tcp_keepalives_count = 3", "SET tcp_user_timeout = 20000",
+                                "SET client_connection_check_interval = 5000"}) {
+            try {
+                pqxx::nontransaction(*conn_).exec(set);
+            } catch (const pqxx::sql_error& e) {
+                spdlog::debug("PostgreSQL refused '{}': {}", set, e.what());
+            }
+        }
     }
     return *conn_;
 }
