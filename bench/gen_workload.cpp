@@ -382,25 +382,8 @@ class Generator {
   std::uint64_t invalid_count_ = 0;
 };
 
-}  // namespace
-
-int main(int argc, char** argv) {
-  Options opt;
-  CLI::App app{
-      "llmq-gen: writes a JSONL workload of chat messages for llmq (one JSON object per line:\n"
-      "conversation_id, user_id, content, priority) to stdout or a file.\n\n"
-      "Priorities are mixed about 5% urgent, 15% high, 60% normal, 20% low. Contents mix\n"
-      "English and Chinese sentences and emoji, some with CRLF, tabs, leading/trailing\n"
-      "spaces, quotes, backslashes, control characters and decomposed accents; lengths run\n"
-      "from ~20 bytes to ~8 KiB with a long tail. Conversations are skewed (a few busy ones,\n"
-      "a long tail) and each belongs to one user. The same options always give the same\n"
-      "output.\n\n"
-      "With --invalid-every K, every K-th line (lines K, 2K, ...) is invalid, cycling through:\n"
-      "  1 not JSON, 2 missing content, 3 missing conversation_id, 4 invalid UTF-8 bytes in\n"
-      "  content, 5 content larger than 1 MiB (each such line is ~1 MiB), 6 content that is\n"
-      "  only whitespace, 7 unknown priority.\n\n"
-      "Example: llmq-gen --count 100000 --invalid-every 1000 -o workload.jsonl",
-      "llmq-gen"};
+// Declares the options on `app`, stored in `opt`.
+void add_options(CLI::App& app, Options& opt) {
   // CLI11 would silently wrap "-3" around to a huge unsigned number.
   const CLI::Validator non_negative(
       [](std::string& value) -> std::string {
@@ -428,6 +411,50 @@ int main(int argc, char** argv) {
       ->check(non_negative);
   app.add_option("-s,--seed", opt.seed, "Random seed; the same seed gives the same output")->capture_default_str();
   app.add_option("-o,--output", opt.output, "Write to FILE instead of stdout ('-' = stdout)")->option_text("FILE");
+}
+
+// Writes opt.count lines to `f` in chunks of about 1 MiB; false on a write
+// error (errno tells which). `bytes` counts what was handed to `f`.
+bool write_lines(const Options& opt, Generator& gen, std::FILE* f, std::uint64_t& bytes) {
+  std::string buf;
+  constexpr std::size_t kFlushAt = 1 << 20;
+  buf.reserve(kFlushAt + 2 * kOneMiB);
+  bool ok = true;
+  for (std::uint64_t i = 0; i < opt.count && ok; ++i) {
+    gen.line(i, buf);
+    if (buf.size() >= kFlushAt) {
+      ok = std::fwrite(buf.data(), 1, buf.size(), f) == buf.size();
+      bytes += buf.size();
+      buf.clear();
+    }
+  }
+  if (ok && !buf.empty()) {
+    ok = std::fwrite(buf.data(), 1, buf.size(), f) == buf.size();
+    bytes += buf.size();
+  }
+  return ok;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Options opt;
+  CLI::App app{
+      "llmq-gen: writes a JSONL workload of chat messages for llmq (one JSON object per line:\n"
+      "conversation_id, user_id, content, priority) to stdout or a file.\n\n"
+      "Priorities are mixed about 5% urgent, 15% high, 60% normal, 20% low. Contents mix\n"
+      "English and Chinese sentences and emoji, some with CRLF, tabs, leading/trailing\n"
+      "spaces, quotes, backslashes, control characters and decomposed accents; lengths run\n"
+      "from ~20 bytes to ~8 KiB with a long tail. Conversations are skewed (a few busy ones,\n"
+      "a long tail) and each belongs to one user. The same options always give the same\n"
+      "output.\n\n"
+      "With --invalid-every K, every K-th line (lines K, 2K, ...) is invalid, cycling through:\n"
+      "  1 not JSON, 2 missing content, 3 missing conversation_id, 4 invalid UTF-8 bytes in\n"
+      "  content, 5 content larger than 1 MiB (each such line is ~1 MiB), 6 content that is\n"
+      "  only whitespace, 7 unknown priority.\n\n"
+      "Example: llmq-gen --count 100000 --invalid-every 1000 -o workload.jsonl",
+      "llmq-gen"};
+  add_options(app, opt);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -443,23 +470,8 @@ int main(int argc, char** argv) {
   }
 
   Generator gen(opt);
-  std::string buf;
-  constexpr std::size_t kFlushAt = 1 << 20;
-  buf.reserve(kFlushAt + 2 * kOneMiB);
-  bool ok = true;
   std::uint64_t bytes = 0;
-  for (std::uint64_t i = 0; i < opt.count && ok; ++i) {
-    gen.line(i, buf);
-    if (buf.size() >= kFlushAt) {
-      ok = std::fwrite(buf.data(), 1, buf.size(), f) == buf.size();
-      bytes += buf.size();
-      buf.clear();
-    }
-  }
-  if (ok && !buf.empty()) {
-    ok = std::fwrite(buf.data(), 1, buf.size(), f) == buf.size();
-    bytes += buf.size();
-  }
+  bool ok = write_lines(opt, gen, f, bytes);
   if (std::fflush(f) != 0) ok = false;
   if (!to_stdout && std::fclose(f) != 0) ok = false;
   if (!ok) {

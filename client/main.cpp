@@ -2,7 +2,9 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cstdio>
+#include <cstring>
 #include <fstream>
 #include <iostream>
 
@@ -11,6 +13,7 @@
 
 #include "client/client.hpp"
 #include "client/jsonl.hpp"
+#include "client/options.hpp"
 #include "client/push.hpp"
 #include "client/top.hpp"
 #include "common/config.hpp"
@@ -26,10 +29,8 @@ using json = nlohmann::json;
 // Exit codes (also in --help).
 constexpr int kExitOk = 0, kExitRejected = 1, kExitUsage = 2, kExitUnreachable = 3;
 
-struct Global {
-    std::string broker = "tcp://127.0.0.1:5555";
-    int timeout_ms = 10'000;
-};
+using client::GlobalArgs;
+using client::PushArgs;
 
 json to_json(const StoredMessage& m) {
     return json{{"id", uuid_to_string(m.id)},
@@ -79,20 +80,83 @@ int unwrap(V&& result, T*& out) {
     return report_failure(std::get<client::ClientError>(result));
 }
 
-struct PushArgs {
-    std::string conversation, user, priority = "normal", text, file, ack = "persisted", id, progress = "auto";
-    size_t window = 20'000, frame_messages = 500, max_content_bytes = kDefaultMaxContentBytes;
-    int resend_after_ms = 15'000, give_up_after_ms = 60'000;
-    int64_t ttl_ms = 0;
-    size_t show_rejects = 10;
+// Prints the first --show-rejects rejected lines (with their line numbers) and
+// counts them all, for the "... and N more" line.
+class RejectReporter {
+public:
+    explicit RejectReporter(size_t limit) : limit_(limit) {}
+    void operator()(size_t line, const std::string& why) {
+        if (shown_++ >= limit_) return;
+        if (line) std::fprintf(stderr, "llmq push: line %zu rejected: %s\n", line, why.c_str());
+        else std::fprintf(stderr, "llmq push: rejected: %s\n", why.c_str());
+    }
+    void print_rest() const {
+        if (shown_ > limit_)
+            std::fprintf(stderr, "llmq push: ... and %zu more rejected (see the counts below)\n", shown_ - limit_);
+    }
+
+private:
+    size_t limit_, shown_ = 0;
 };
 
-int run_push(const Global& g, const PushArgs& a) {
-    bool from_file = !a.file.empty();
-    if (from_file == !a.text.empty()) {
-        std::fprintf(stderr, "llmq push: give either TEXT (with -c and -u) or --file FILE.jsonl, not both\n");
-        return kExitUsage;
+// The messages to push: the single one the flags describe, or the lines of
+// --file, each parsed as it is needed; lines refused before sending are
+// reported and counted in local().
+class PushSource {
+public:
+    PushSource(const PushArgs& a, std::istream* in, client::Pusher& pusher, RejectReporter& report)
+        : a_(a), in_(in), pusher_(pusher), report_(report) {}
+
+    bool next(client::PushItem& item) { return in_ ? next_line(item) : next_single(item); }
+    const client::PushSummary& local() const { return local_; }
+    const MessageId& single_id() const { return single_id_; }
+
+private:
+    bool next_single(client::PushItem& item) {
+        if (single_sent_) return false;
+        single_sent_ = true;
+        item.msg.conversation_id = a_.conversation;
+        item.msg.user_id = a_.user;
+        item.msg.content = a_.text;
+        item.msg.priority = *parse_priority(a_.priority);
+        item.msg.id = a_.id.empty() ? uuid_v7() : *uuid_from_string(a_.id);
+        single_id_ = item.msg.id;
+        item.msg.created_at_us = wall_now_us();
+        if (a_.ttl_ms) item.msg.expires_at_us = item.msg.created_at_us + a_.ttl_ms * 1000;
+        return true;
     }
+
+    bool next_line(client::PushItem& item) {
+        while (std::getline(*in_, line_)) {
+            ++line_no_;
+            if (!line_.empty() && line_.back() == '\r') line_.pop_back();
+            if (line_.find_first_not_of(" \t") == std::string::npos) continue;  // blank lines are skipped
+            auto parsed = client::parse_message_line(line_, a_.max_content_bytes, wall_now_us());
+            if (auto* err = std::get_if<client::LineError>(&parsed)) {
+                pusher_.count_local_reject(local_, err->code);
+                report_(line_no_, err->code + ": " + err->detail);
+                continue;
+            }
+            item.msg = std::move(std::get<Message>(parsed));
+            if (a_.ttl_ms && !item.msg.expires_at_us) item.msg.expires_at_us = wall_now_us() + a_.ttl_ms * 1000;
+            item.line = line_no_;
+            return true;
+        }
+        return false;
+    }
+
+    const PushArgs& a_;
+    std::istream* in_;  // null for the single message
+    client::Pusher& pusher_;
+    RejectReporter& report_;
+    client::PushSummary local_;
+    size_t line_no_ = 0;
+    std::string line_;
+    bool single_sent_ = false;
+    MessageId single_id_{};
+};
+
+client::PushOptions push_options(const PushArgs& a, bool from_file) {
     client::PushOptions opts;
     opts.ack = a.ack == "queued" ? proto::AckMode::queued : proto::AckMode::persisted;
     opts.window = a.window;
@@ -100,83 +164,34 @@ int run_push(const Global& g, const PushArgs& a) {
     opts.resend_after_ms = a.resend_after_ms;
     opts.give_up_after_ms = a.give_up_after_ms;
     opts.progress = a.progress == "always" || (a.progress == "auto" && isatty(STDERR_FILENO) && from_file);
+    return opts;
+}
 
-    std::ifstream file_in;
-    std::istream* in = nullptr;
-    if (from_file) {
-        if (a.file == "-") {
-            in = &std::cin;
-        } else {
-            file_in.open(a.file, std::ios::binary);
-            if (!file_in) {
-                std::fprintf(stderr, "llmq push: cannot open %s: %s\n", a.file.c_str(), std::strerror(errno));
-                return kExitUsage;
-            }
-            if (opts.progress) {  // count lines for a percentage; cheap next to pushing them
-                opts.progress_total = static_cast<size_t>(
-                    std::count(std::istreambuf_iterator<char>(file_in), std::istreambuf_iterator<char>(), '\n'));
-                file_in.clear();
-                file_in.seekg(0);
-            }
-            in = &file_in;
-        }
+// The stream of --file ("-" is stdin), or null (reported) when it cannot be
+// opened. With a progress line, counts the lines first for a percentage.
+std::istream* open_push_input(const std::string& path, client::PushOptions& opts, std::ifstream& file_in) {
+    if (path == "-") return &std::cin;
+    file_in.open(path, std::ios::binary);
+    if (!file_in) {
+        std::fprintf(stderr, "llmq push: cannot open %s: %s\n", path.c_str(), std::strerror(errno));
+        return nullptr;
     }
+    if (opts.progress) {  // cheap next to pushing them
+        opts.progress_total = static_cast<size_t>(
+            std::count(std::istreambuf_iterator<char>(file_in), std::istreambuf_iterator<char>(), '\n'));
+        file_in.clear();
+        file_in.seekg(0);
+    }
+    return &file_in;
+}
 
-    client::Client c(g.broker);
-    client::Pusher pusher(c, opts);
-    client::PushSummary local;  // lines refused before sending
-    size_t shown = 0, line_no = 0;
-    auto show = [&](size_t line, const std::string& why) {
-        if (shown++ < a.show_rejects) {
-            if (line) std::fprintf(stderr, "llmq push: line %zu rejected: %s\n", line, why.c_str());
-            else std::fprintf(stderr, "llmq push: rejected: %s\n", why.c_str());
-        }
-    };
-    bool single_sent = false;
-    MessageId single_id{};
-    std::string line;
-    auto next = [&](client::PushItem& item) -> bool {
-        if (!from_file) {
-            if (single_sent) return false;
-            single_sent = true;
-            item.msg.conversation_id = a.conversation;
-            item.msg.user_id = a.user;
-            item.msg.content = a.text;
-            item.msg.priority = *parse_priority(a.priority);
-            item.msg.id = a.id.empty() ? uuid_v7() : *uuid_from_string(a.id);
-            single_id = item.msg.id;
-            item.msg.created_at_us = wall_now_us();
-            if (a.ttl_ms) item.msg.expires_at_us = item.msg.created_at_us + a.ttl_ms * 1000;
-            return true;
-        }
-        while (std::getline(*in, line)) {
-            ++line_no;
-            if (!line.empty() && line.back() == '\r') line.pop_back();
-            if (line.find_first_not_of(" \t") == std::string::npos) continue;  // blank lines are skipped
-            auto parsed = client::parse_message_line(line, a.max_content_bytes, wall_now_us());
-            if (auto* err = std::get_if<client::LineError>(&parsed)) {
-                pusher.count_local_reject(local, err->code);
-                show(line_no, err->code + ": " + err->detail);
-                continue;
-            }
-            item.msg = std::move(std::get<Message>(parsed));
-            if (a.ttl_ms && !item.msg.expires_at_us) item.msg.expires_at_us = wall_now_us() + a.ttl_ms * 1000;
-            item.line = line_no;
-            return true;
-        }
-        return false;
-    };
-    auto s = pusher.run(next, show);
-    for (const auto& [code, n] : local.reasons) s.reasons[code] += n;
-    s.rejected += local.rejected;
-    if (shown > a.show_rejects)
-        std::fprintf(stderr, "llmq push: ... and %zu more rejected (see the counts below)\n", shown - a.show_rejects);
-
-    size_t total = s.sent + local.rejected;
+// The summary on stdout: counts, throughput, latency and rejections by reason.
+void print_push_summary(const client::PushSummary& s, size_t refused_locally, proto::AckMode ack) {
+    size_t total = s.sent + refused_locally;
     std::printf("pushed %zu messages in %.2f s: %zu %s, %zu rejected%s\n", total, s.seconds, s.persisted,
-                opts.ack == proto::AckMode::queued ? "queued" : "persisted", s.rejected,
+                ack == proto::AckMode::queued ? "queued" : "persisted", s.rejected,
                 s.unanswered ? (", " + std::to_string(s.unanswered) + " unanswered").c_str() : "");
-    std::printf("throughput %.0f msg/s, latency p50 %.1f ms, p99 %.1f ms, max %.1f ms", 
+    std::printf("throughput %.0f msg/s, latency p50 %.1f ms, p99 %.1f ms, max %.1f ms",
                 s.seconds > 0 ? (s.persisted + s.rejected) / s.seconds : 0.0, s.percentile(50), s.percentile(99),
                 s.percentile(100));
     if (s.resends || s.busy_retries) std::printf(", %zu resent, %zu busy retries", s.resends, s.busy_retries);
@@ -186,7 +201,34 @@ int run_push(const Global& g, const PushArgs& a) {
         for (const auto& [code, n] : s.reasons) std::printf(" %s=%zu", code.c_str(), n);
         std::printf("\n");
     }
-    if (!from_file) std::printf("id %s\n", uuid_to_string(single_id).c_str());
+}
+
+int run_push(const GlobalArgs& g, const PushArgs& a) {
+    bool from_file = !a.file.empty();
+    if (!from_file && (a.conversation.empty() || a.user.empty())) {
+        std::fprintf(stderr, "llmq push: a single message needs -c CONVERSATION and -u USER\n");
+        return kExitUsage;
+    }
+    if (from_file == !a.text.empty()) {
+        std::fprintf(stderr, "llmq push: give either TEXT (with -c and -u) or --file FILE.jsonl, not both\n");
+        return kExitUsage;
+    }
+    client::PushOptions opts = push_options(a, from_file);
+    std::ifstream file_in;
+    std::istream* in = nullptr;
+    if (from_file && !(in = open_push_input(a.file, opts, file_in))) return kExitUsage;
+
+    client::Client c(g.broker);
+    client::Pusher pusher(c, opts);
+    RejectReporter report(a.show_rejects);
+    PushSource source(a, in, pusher, report);
+    auto s = pusher.run([&source](client::PushItem& item) { return source.next(item); },
+                        [&report](size_t line, const std::string& why) { report(line, why); });
+    for (const auto& [code, n] : source.local().reasons) s.reasons[code] += n;
+    s.rejected += source.local().rejected;
+    report.print_rest();
+    print_push_summary(s, source.local().rejected, opts.ack);
+    if (!from_file) std::printf("id %s\n", uuid_to_string(source.single_id()).c_str());
     if (s.broker_unreachable) {
         std::fprintf(stderr, "llmq push: the broker at %s did not answer for %d ms; %zu messages unacknowledged\n",
                      g.broker.c_str(), a.give_up_after_ms, s.unanswered);
@@ -195,7 +237,7 @@ int run_push(const Global& g, const PushArgs& a) {
     return s.rejected ? kExitRejected : kExitOk;
 }
 
-int run_history(const Global& g, const std::string& conv, const std::string& after, uint32_t limit, bool as_json) {
+int run_history(const GlobalArgs& g, const std::string& conv, const std::string& after, uint32_t limit, bool as_json) {
     std::optional<MessageId> after_id;
     if (!after.empty()) {
         after_id = uuid_from_string(after);
@@ -221,7 +263,7 @@ int run_history(const Global& g, const std::string& conv, const std::string& aft
     return kExitOk;
 }
 
-int run_get(const Global& g, const std::string& id_text, bool as_json) {
+int run_get(const GlobalArgs& g, const std::string& id_text, bool as_json) {
     auto id = uuid_from_string(id_text);
     if (!id) {
         std::fprintf(stderr, "llmq get: '%s' is not a message id (UUID)\n", id_text.c_str());
@@ -238,7 +280,7 @@ int run_get(const Global& g, const std::string& id_text, bool as_json) {
     return kExitOk;
 }
 
-int run_dead_letters(const Global& g, uint32_t limit, bool as_json) {
+int run_dead_letters(const GlobalArgs& g, uint32_t limit, bool as_json) {
     client::Client c(g.broker);
     auto r = c.dead_letters(limit, std::chrono::milliseconds(g.timeout_ms));
     proto::Reply* reply = nullptr;
@@ -338,7 +380,7 @@ json stats_json(const proto::Stats& s) {
             {"workers", workers}};
 }
 
-int run_stats(const Global& g, bool as_json) {
+int run_stats(const GlobalArgs& g, bool as_json) {
     client::Client c(g.broker);
     auto r = c.stats(std::chrono::milliseconds(g.timeout_ms));
     proto::Stats* s = nullptr;
@@ -390,6 +432,25 @@ int run_stats(const Global& g, bool as_json) {
     return kExitOk;
 }
 
+// Runs the subcommand that was given.
+int run_command(const client::CliCommands& cmd, client::CliArgs& a) {
+    const GlobalArgs& g = a.global;
+    if (cmd.push->parsed()) return run_push(g, a.push);
+    if (cmd.history->parsed())
+        return run_history(g, a.history.conversation, a.history.after, a.history.limit, a.history.json);
+    if (cmd.get->parsed()) return run_get(g, a.get.id, a.get.json);
+    if (cmd.stats->parsed()) return run_stats(g, a.stats_json);
+    if (cmd.dead_letters->parsed()) return run_dead_letters(g, a.dead_letters.limit, a.dead_letters.json);
+    if (cmd.top->parsed()) {
+        a.top.broker = g.broker;
+        // A request should not hold the screen much longer than one refresh.
+        a.top.timeout_ms = std::min(g.timeout_ms, std::max(1000, a.top.interval_ms));
+        client::Client c(g.broker);
+        return client::run_top(c, a.top);
+    }
+    return kExitUsage;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -400,97 +461,16 @@ int main(int argc, char** argv) {
     app.require_subcommand(1);
     app.fallthrough();  // global options (--broker, …) may also follow the subcommand
     CommonOptions common;
-    Global g;
+    client::CliArgs args;
     add_common_options(app, common);
-    app.add_option("--broker", g.broker, "Broker frontend endpoint")->capture_default_str();
-    app.add_option("--timeout-ms", g.timeout_ms, "How long history/get/stats wait for an answer")
-        ->capture_default_str()->check(CLI::Range(1, 3'600'000));
-
-    PushArgs pa;
-    auto* push = app.add_subcommand("push", "Push one message (TEXT with -c and -u) or many (--file FILE.jsonl, - for stdin)");
-    push->add_option("-c,--conversation", pa.conversation, "Conversation id (1-128 bytes)");
-    push->add_option("-u,--user", pa.user, "User id (1-128 bytes)");
-    push->add_option("-p,--priority", pa.priority, "urgent, high, normal or low")
-        ->capture_default_str()->check(CLI::IsMember({"urgent", "high", "normal", "low"}));
-    push->add_option("--id", pa.id, "Message id (UUID); default a new UUIDv7")
-        ->check([](const std::string& v) { return uuid_from_string(v) ? std::string() : "not a UUID: " + v; });
-    push->add_option("TEXT", pa.text, "Content of a single message");
-    push->add_option("-f,--file", pa.file, "JSON lines: {\"conversation_id\",\"user_id\",\"content\",\"priority\"[,\"id\",\"created_at\"]}");
-    push->add_option("--ack", pa.ack, "persisted: answered once stored in PostgreSQL; queued: once in a broker lane")
-        ->capture_default_str()->check(CLI::IsMember({"persisted", "queued"}));
-    push->add_option("--window", pa.window, "Messages in flight at most")->capture_default_str()->check(CLI::Range(size_t{1}, size_t{10'000'000}));
-    push->add_option("--frame-messages", pa.frame_messages, "Messages per push frame at most")
-        ->capture_default_str()->check(CLI::Range(size_t{1}, size_t{10'000}));
-    push->add_option("--max-content-bytes", pa.max_content_bytes, "Lines whose content is larger are rejected locally")
-        ->capture_default_str();
-    push->add_option("--resend-after-ms", pa.resend_after_ms, "Resend (same id) a message unanswered this long")
-        ->capture_default_str()->check(CLI::Range(10, 3'600'000));
-    push->add_option("--give-up-after-ms", pa.give_up_after_ms, "Exit 3 when the broker says nothing for this long")
-        ->capture_default_str()->check(CLI::Range(10, 86'400'000));
-    push->add_option("--progress", pa.progress, "auto (when stderr is a terminal), always or never")
-        ->capture_default_str()->check(CLI::IsMember({"auto", "always", "never"}));
-    push->add_option("--show-rejects", pa.show_rejects, "How many rejected lines to print")->capture_default_str();
-    push->add_option("--ttl-ms", pa.ttl_ms,
-                     "Give up on a message not dispatched to a worker within this long (answered expired, not stored; 0 = never)")
-        ->capture_default_str()->check(CLI::Range(int64_t{0}, int64_t{86'400'000'000}));
-
-    std::string conv, after, get_id;
-    uint32_t limit = 50;
-    bool hist_json = false, get_json = false, stats_json = false;
-    auto* history = app.add_subcommand("history", "Show a conversation's messages, oldest first: the most recent --limit, or those after --after ID");
-    history->add_option("CONVERSATION", conv, "Conversation id")->required();
-    history->add_option("--after", after, "Only messages with a larger id (cursor paging; the nil UUID pages from the start)");
-    history->add_option("--limit", limit, "Messages per page")->capture_default_str()->check(CLI::Range(1u, proto::kMaxHistoryLimit));
-    history->add_flag("--json", hist_json, "Print JSON");
-    auto* get = app.add_subcommand("get", "Show one message by id");
-    get->add_option("ID", get_id, "Message id (UUID)")->required();
-    get->add_flag("--json", get_json, "Print JSON");
-    auto* stats = app.add_subcommand("stats", "Show one snapshot of the broker's lanes, workers and counters");
-    stats->add_flag("--json", stats_json, "Print JSON");
-    bool dl_json = false;
-    uint32_t dl_limit = 100;
-    auto* dead = app.add_subcommand("dead-letters", "List messages given up on after failing to be stored --max-attempts times, newest first");
-    dead->add_option("--limit", dl_limit, "How many")->capture_default_str()->check(CLI::Range(1u, proto::kMaxHistoryLimit));
-    dead->add_flag("--json", dl_json, "Print JSON");
-
-    client::TopOptions top_opts;
-    auto* top = app.add_subcommand("top", "Live view of lanes (depth, rates), workers and latency percentiles, refreshed "
-                                          "every --interval-ms; q quits. Plain lines when stdout is not a terminal");
-    top->add_option("--interval-ms", top_opts.interval_ms, "Refresh period")
-        ->capture_default_str()->check(CLI::Range(100, 3'600'000));
-    top->add_option("--iterations", top_opts.iterations, "Stop after this many refreshes (0 = until q or Ctrl-C)")
-        ->capture_default_str()->check(CLI::Range(0, 1'000'000'000));
-    top->add_option("--mode", top_opts.mode, "auto (full screen when stdout is a terminal, else one line per refresh), "
-                                             "screen or plain")
-        ->capture_default_str()->check(CLI::IsMember({"auto", "screen", "plain"}));
-    top->add_option("--window-s", top_opts.window_s, "Latency percentiles cover the last this many seconds")
-        ->capture_default_str()->check(CLI::Range(1, 3600));
-
+    client::CliCommands cmd = client::add_llmq_options(app, args);
     bind_environment(app);
     if (int rc = parse_command_line(app, argc, argv); rc >= 0) return rc;
     try {
         setup_logging(common, "llmq");
-        if (push->parsed()) {
-            if (pa.file.empty() && (pa.conversation.empty() || pa.user.empty())) {
-                std::fprintf(stderr, "llmq push: a single message needs -c CONVERSATION and -u USER\n");
-                return kExitUsage;
-            }
-            return run_push(g, pa);
-        }
-        if (history->parsed()) return run_history(g, conv, after, limit, hist_json);
-        if (get->parsed()) return run_get(g, get_id, get_json);
-        if (stats->parsed()) return run_stats(g, stats_json);
-        if (dead->parsed()) return run_dead_letters(g, dl_limit, dl_json);
-        if (top->parsed()) {
-            top_opts.broker = g.broker;
-            // A request should not hold the screen much longer than one refresh.
-            top_opts.timeout_ms = std::min(g.timeout_ms, std::max(1000, top_opts.interval_ms));
-            client::Client c(g.broker);
-            return client::run_top(c, top_opts);
-        }
+        return run_command(cmd, args);
     } catch (const std::exception& e) {
         std::fprintf(stderr, "llmq: %s\n", e.what());
         return kExitUnreachable;
     }
-    return kExitUsage;
 }

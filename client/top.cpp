@@ -123,145 +123,181 @@ void SnapshotHistory::add(proto::Stats s) {
 
 // ---- rendering ---------------------------------------------------------------------
 
-std::vector<ScreenLine> render_screen(const SnapshotHistory& h, const TopOptions& opts, const std::string& status,
-                                      int cols, int rows) {
-    std::vector<ScreenLine> out;
-    const size_t width = static_cast<size_t>(std::max(cols, 20));
-    auto add = [&](ScreenLine::Style st, std::string text) { out.push_back({st, clip(std::move(text), width)}); };
+namespace {
 
-    std::string clock = format_rfc3339(wall_now_us()).substr(11, 8);
-    if (h.empty()) {
-        add(ScreenLine::title, fmt::format("llmq top  {}  {}", opts.broker, clock));
-        add(ScreenLine::normal, "");
-        add(ScreenLine::alert, status.empty() ? "waiting for the first snapshot..." : status);
-        add(ScreenLine::dim, "q quit");
-        return out;
-    }
+// The lines of the full screen, each clipped to its width.
+class ScreenText {
+public:
+    explicit ScreenText(int cols) : width_(static_cast<size_t>(std::max(cols, 20))) {}
+    void add(ScreenLine::Style st, std::string text) { out_.push_back({st, clip(std::move(text), width_)}); }
+    size_t size() const { return out_.size(); }
+    std::vector<ScreenLine>& lines() { return out_; }
+
+private:
+    size_t width_;
+    std::vector<ScreenLine> out_;
+};
+
+// Title, rates, totals and rejections.
+void add_summary(ScreenText& sc, const SnapshotHistory& h, const TopOptions& opts, const std::string& clock) {
     const proto::Stats& s = h.current();
-    const proto::Stats* prev = h.previous();
-    const proto::Stats* win = h.window_start();
-    const int64_t dt = prev ? s.uptime_ms - prev->uptime_ms : 0;
     const Totals t = totals(h);
     size_t healthy = 0;
     for (const auto& w : s.workers) healthy += w.healthy;
 
-    add(ScreenLine::title, fmt::format("llmq top  {}  up {}  {}", opts.broker, uptime(s.uptime_ms), clock));
-    add(ScreenLine::normal, fmt::format("in {}/s  persisted {}/s   workers {} ({} healthy)  batches in flight {}  "
-                                        "clients {}",
-                                        t.have_rates ? human(t.recv) : "-", t.have_rates ? human(t.persisted) : "-",
-                                        s.workers.size(), healthy, s.inflight_batches, s.client_connections));
-    add(ScreenLine::normal, fmt::format("total persisted {}  rejected {}  dead-lettered {}  expired {}  redelivered {}  "
-                                        "bad frames {}  unroutable {}",
-                                        human_count(s.persisted), human_count(s.rejected), human_count(s.dead_lettered),
-                                        human_count(s.expired), human_count(s.redeliveries), human_count(s.bad_frames),
-                                        human_count(s.unroutable)));
+    sc.add(ScreenLine::title, fmt::format("llmq top  {}  up {}  {}", opts.broker, uptime(s.uptime_ms), clock));
+    sc.add(ScreenLine::normal, fmt::format("in {}/s  persisted {}/s   workers {} ({} healthy)  batches in flight {}  "
+                                           "clients {}",
+                                           t.have_rates ? human(t.recv) : "-", t.have_rates ? human(t.persisted) : "-",
+                                           s.workers.size(), healthy, s.inflight_batches, s.client_connections));
+    sc.add(ScreenLine::normal,
+           fmt::format("total persisted {}  rejected {}  dead-lettered {}  expired {}  redelivered {}  "
+                       "bad frames {}  unroutable {}",
+                       human_count(s.persisted), human_count(s.rejected), human_count(s.dead_lettered),
+                       human_count(s.expired), human_count(s.redeliveries), human_count(s.bad_frames),
+                       human_count(s.unroutable)));
     if (!s.rejected_by_reason.empty()) {
         std::string r = "rejected by reason:";
         for (const auto& [code, n] : s.rejected_by_reason) r += fmt::format(" {}={}", code, human_count(n));
-        add(ScreenLine::normal, r);
+        sc.add(ScreenLine::normal, r);
     }
-    add(ScreenLine::normal, "");
+    sc.add(ScreenLine::normal, "");
+}
 
-    // Lanes: the bar takes what the columns leave, 8 to 40 cells.
+// One line per lane: depth against capacity, oldest age, rates since the previous snapshot.
+void add_lanes(ScreenText& sc, const proto::Stats& s, const proto::Stats* prev, int cols) {
+    const int64_t dt = prev ? s.uptime_ms - prev->uptime_ms : 0;
+    // The bar takes what the columns leave, 8 to 40 cells.
     const int bar_w = std::clamp(cols - 70, 6, 40);
-    add(ScreenLine::header, fmt::format("{:<7}{:>8} {:<{}} {:>6} {:>7} {:>8} {:>8} {:>8} {:>8}", "LANE", "DEPTH",
-                                        "FILL", bar_w + 2, "OF CAP", "OLDEST", "RECV/s", "DISP/s", "PERS/s", "BUSY/s"));
+    sc.add(ScreenLine::header, fmt::format("{:<7}{:>8} {:<{}} {:>6} {:>7} {:>8} {:>8} {:>8} {:>8}", "LANE", "DEPTH",
+                                           "FILL", bar_w + 2, "OF CAP", "OLDEST", "RECV/s", "DISP/s", "PERS/s",
+                                           "BUSY/s"));
     for (int i = 0; i < kPriorityCount; ++i) {
         const auto& l = s.lanes[i];
         auto r = [&](uint64_t proto::LaneStats::*f) {
             return prev && dt > 0 ? human(rate(l.*f, prev->lanes[i].*f, dt)) : std::string("-");
         };
         double pct = l.capacity ? 100.0 * static_cast<double>(l.depth) / static_cast<double>(l.capacity) : 0;
-        add(ScreenLine::normal,
-            fmt::format("{:<7}{:>8} [{}] {:>5.1f}% {:>7} {:>8} {:>8} {:>8} {:>8}",
-                        priority_name(static_cast<Priority>(i)), human_count(l.depth), bar(l.depth, l.capacity, bar_w),
-                        pct, age_ms(l.oldest_age_ms), r(&proto::LaneStats::received),
-                        r(&proto::LaneStats::dispatched), r(&proto::LaneStats::persisted), r(&proto::LaneStats::busy)));
+        sc.add(ScreenLine::normal,
+               fmt::format("{:<7}{:>8} [{}] {:>5.1f}% {:>7} {:>8} {:>8} {:>8} {:>8}",
+                           priority_name(static_cast<Priority>(i)), human_count(l.depth),
+                           bar(l.depth, l.capacity, bar_w), pct, age_ms(l.oldest_age_ms),
+                           r(&proto::LaneStats::received), r(&proto::LaneStats::dispatched),
+                           r(&proto::LaneStats::persisted), r(&proto::LaneStats::busy)));
     }
-    add(ScreenLine::normal, "");
+    sc.add(ScreenLine::normal, "");
+}
 
-    // Latency percentiles over the window.
+// Latency percentiles per priority over the window, then batches, cache and errors.
+void add_latencies(ScreenText& sc, const proto::Stats& s, const proto::Stats* win) {
     const int64_t win_ms = win ? s.uptime_ms - win->uptime_ms : 0;
-    add(ScreenLine::header,
-        fmt::format("{:<9} {:>8} {:>9} {:>9} {:>9} {:>9}  {:<14}", "RECV->ACK", "MSGS", "p50", "p90", "p99", "p999",
-                    win ? fmt::format("last {:.0f}s", win_ms / 1000.0) : std::string("since start")));
+    sc.add(ScreenLine::header,
+           fmt::format("{:<9} {:>8} {:>9} {:>9} {:>9} {:>9}  {:<14}", "RECV->ACK", "MSGS", "p50", "p90", "p99", "p999",
+                       win ? fmt::format("last {:.0f}s", win_ms / 1000.0) : std::string("since start")));
     for (int i = 0; i < kPriorityCount; ++i) {
         metrics::Histogram lat = since(s.latency_us[i], win ? &win->latency_us[i] : nullptr);
         auto q = [&](double p) { return lat.count() ? duration_us(lat.quantile(p)) : std::string("-"); };
-        add(ScreenLine::normal, fmt::format("{:<9} {:>8} {:>9} {:>9} {:>9} {:>9}",
-                                            priority_name(static_cast<Priority>(i)), human_count(lat.count()), q(0.5),
-                                            q(0.9), q(0.99), q(0.999)));
+        sc.add(ScreenLine::normal, fmt::format("{:<9} {:>8} {:>9} {:>9} {:>9} {:>9}",
+                                               priority_name(static_cast<Priority>(i)), human_count(lat.count()),
+                                               q(0.5), q(0.9), q(0.99), q(0.999)));
     }
-    {
-        metrics::Histogram bs = since(s.batch_size, win ? &win->batch_size : nullptr);
-        metrics::Histogram ps = since(s.persist_us, win ? &win->persist_us : nullptr);
-        add(ScreenLine::normal,
-            fmt::format("batch size p50 {} p99 {}   batch persist p50 {} p99 {}",
-                        bs.count() ? fmt::format("{:.0f}", bs.quantile(0.5)) : "-",
-                        bs.count() ? fmt::format("{:.0f}", bs.quantile(0.99)) : "-",
-                        ps.count() ? duration_us(ps.quantile(0.5)) : "-",
-                        ps.count() ? duration_us(ps.quantile(0.99)) : "-"));
-        uint64_t reads = s.cache_read_hits + s.cache_read_misses;
-        add(ScreenLine::normal,
-            fmt::format("cache {}  writes {} ({} failed)   db errors {}  redis errors {}",
-                        reads ? fmt::format("hit {:.0f}% of {} reads",
-                                            100.0 * static_cast<double>(s.cache_read_hits) / static_cast<double>(reads),
-                                            human_count(reads))
-                              : std::string("no reads"),
-                        human_count(s.cache_writes), human_count(s.cache_write_errors), human_count(s.db_errors),
-                        human_count(s.redis_errors)));
-    }
-    add(ScreenLine::normal, "");
+    metrics::Histogram bs = since(s.batch_size, win ? &win->batch_size : nullptr);
+    metrics::Histogram ps = since(s.persist_us, win ? &win->persist_us : nullptr);
+    sc.add(ScreenLine::normal,
+           fmt::format("batch size p50 {} p99 {}   batch persist p50 {} p99 {}",
+                       bs.count() ? fmt::format("{:.0f}", bs.quantile(0.5)) : "-",
+                       bs.count() ? fmt::format("{:.0f}", bs.quantile(0.99)) : "-",
+                       ps.count() ? duration_us(ps.quantile(0.5)) : "-",
+                       ps.count() ? duration_us(ps.quantile(0.99)) : "-"));
+    uint64_t reads = s.cache_read_hits + s.cache_read_misses;
+    sc.add(ScreenLine::normal,
+           fmt::format("cache {}  writes {} ({} failed)   db errors {}  redis errors {}",
+                       reads ? fmt::format("hit {:.0f}% of {} reads",
+                                           100.0 * static_cast<double>(s.cache_read_hits) / static_cast<double>(reads),
+                                           human_count(reads))
+                             : std::string("no reads"),
+                       human_count(s.cache_writes), human_count(s.cache_write_errors), human_count(s.db_errors),
+                       human_count(s.redis_errors)));
+    sc.add(ScreenLine::normal, "");
+}
 
-    // Workers: as many rows as fit above the footer; host and pid when wide enough.
+// One row of the workers table; host and pid only when `wide`.
+std::string worker_row(bool wide, std::string_view id, std::string_view host, std::string_view pid,
+                       std::string_view ok, std::string_view infl, std::string_view bps, std::string_view mps,
+                       std::string_view p50, std::string_view p99, std::string_view dbe, std::string_view rde,
+                       std::string_view hit) {
+    if (wide)
+        return fmt::format("{:<24} {:<12} {:>7} {:>3} {:>5} {:>8} {:>8} {:>8} {:>8} {:>6} {:>6} {:>5}", id, host,
+                           pid, ok, infl, bps, mps, p50, p99, dbe, rde, hit);
+    return fmt::format("{:<20} {:>3} {:>5} {:>7} {:>7} {:>8} {:>7} {:>5} {:>5} {:>4}", id, ok, infl, bps, mps, p50,
+                       p99, dbe, rde, hit);
+}
+
+// A worker's row. Its figures change only when a heartbeat brings them (about
+// once a second, none while a batch is being stored): rates over the window.
+std::string worker_line(bool wide, const proto::WorkerStats& w, const proto::Stats* win) {
+    const auto& m = w.metrics;
+    const auto* pw = find_worker(win, w.id);
+    int64_t wdt = pw ? m.uptime_ms - pw->metrics.uptime_ms : 0;
+    metrics::Histogram ps = since(m.persist_us, pw ? &pw->metrics.persist_us : nullptr);
+    uint64_t reads = m.cache_read_hits + m.cache_read_misses;
+    return worker_row(
+        wide, clip(w.id, wide ? 24 : 20), clip(w.host, 12), std::to_string(w.pid), w.healthy ? "yes" : "NO",
+        fmt::format("{}/{}", w.inflight_batches, w.credit),
+        pw && wdt > 0 ? human(rate(m.batches, pw->metrics.batches, wdt)) : "-",
+        pw && wdt > 0 ? human(rate(m.persisted, pw->metrics.persisted, wdt)) : "-",
+        ps.count() ? duration_us(ps.quantile(0.5)) : "-", ps.count() ? duration_us(ps.quantile(0.99)) : "-",
+        human_count(m.db_errors), human_count(m.redis_errors),
+        reads ? fmt::format("{:.0f}", 100.0 * static_cast<double>(m.cache_read_hits) / static_cast<double>(reads))
+              : std::string("-"));
+}
+
+// Workers: as many rows as fit above the footer; host and pid when wide enough.
+void add_workers(ScreenText& sc, const proto::Stats& s, const proto::Stats* win, int cols, int rows, int footer) {
     const bool wide = cols >= 112;
-    auto worker_row = [&](std::string_view id, std::string_view host, std::string_view pid, std::string_view ok,
-                          std::string_view infl, std::string_view bps, std::string_view mps, std::string_view p50,
-                          std::string_view p99, std::string_view dbe, std::string_view rde, std::string_view hit) {
-        if (wide)
-            return fmt::format("{:<24} {:<12} {:>7} {:>3} {:>5} {:>8} {:>8} {:>8} {:>8} {:>6} {:>6} {:>5}", id, host,
-                               pid, ok, infl, bps, mps, p50, p99, dbe, rde, hit);
-        return fmt::format("{:<20} {:>3} {:>5} {:>7} {:>7} {:>8} {:>7} {:>5} {:>5} {:>4}", id, ok, infl, bps, mps, p50,
-                           p99, dbe, rde, hit);
-    };
-    add(ScreenLine::header, worker_row("WORKER", "HOST", "PID", "OK", "INFL", "BATCH/s", "MSG/s", "PERS p50", "p99",
-                                       "DBERR", "RDERR", "HIT%"));
-    const int footer = 2;
-    const int room = rows - static_cast<int>(out.size()) - footer;  // lines left for worker rows
+    sc.add(ScreenLine::header, worker_row(wide, "WORKER", "HOST", "PID", "OK", "INFL", "BATCH/s", "MSG/s",
+                                          "PERS p50", "p99", "DBERR", "RDERR", "HIT%"));
+    const int room = rows - static_cast<int>(sc.size()) - footer;  // lines left for worker rows
     const size_t max_rows = room >= static_cast<int>(s.workers.size()) ? s.workers.size()
                                                                        : static_cast<size_t>(std::max(0, room - 1));
     size_t shown = 0;
     for (const auto& w : s.workers) {
         if (shown >= max_rows) break;
-        const auto& m = w.metrics;
-        // Worker figures change only when a heartbeat brings them (about once a
-        // second, none while a batch is being stored): rates over the window.
-        const auto* pw = find_worker(win, w.id);
-        int64_t wdt = pw ? m.uptime_ms - pw->metrics.uptime_ms : 0;
-        metrics::Histogram ps = since(m.persist_us, pw ? &pw->metrics.persist_us : nullptr);
-        uint64_t reads = m.cache_read_hits + m.cache_read_misses;
-        add(w.healthy ? ScreenLine::normal : ScreenLine::alert,
-            worker_row(clip(w.id, wide ? 24 : 20), clip(w.host, 12), std::to_string(w.pid), w.healthy ? "yes" : "NO",
-                       fmt::format("{}/{}", w.inflight_batches, w.credit),
-                       pw && wdt > 0 ? human(rate(m.batches, pw->metrics.batches, wdt)) : "-",
-                       pw && wdt > 0 ? human(rate(m.persisted, pw->metrics.persisted, wdt)) : "-",
-                       ps.count() ? duration_us(ps.quantile(0.5)) : "-",
-                       ps.count() ? duration_us(ps.quantile(0.99)) : "-", human_count(m.db_errors),
-                       human_count(m.redis_errors),
-                       reads ? fmt::format("{:.0f}", 100.0 * static_cast<double>(m.cache_read_hits) /
-                                                         static_cast<double>(reads))
-                             : std::string("-")));
+        sc.add(w.healthy ? ScreenLine::normal : ScreenLine::alert, worker_line(wide, w, win));
         ++shown;
     }
-    if (shown < s.workers.size()) add(ScreenLine::dim, fmt::format("... and {} more workers", s.workers.size() - shown));
-    if (s.workers.empty()) add(ScreenLine::alert, "no workers connected: nothing is being stored");
+    if (shown < s.workers.size())
+        sc.add(ScreenLine::dim, fmt::format("... and {} more workers", s.workers.size() - shown));
+    if (s.workers.empty()) sc.add(ScreenLine::alert, "no workers connected: nothing is being stored");
+}
 
-    while (static_cast<int>(out.size()) < rows - footer) add(ScreenLine::normal, "");
-    add(ScreenLine::alert, status);
-    add(ScreenLine::dim, fmt::format("q quit   lane rates: last refresh; percentiles, worker rates: last {}s",
-                                     opts.window_s));
+}  // namespace
+
+std::vector<ScreenLine> render_screen(const SnapshotHistory& h, const TopOptions& opts, const std::string& status,
+                                      int cols, int rows) {
+    ScreenText sc(cols);
+    std::string clock = format_rfc3339(wall_now_us()).substr(11, 8);
+    if (h.empty()) {
+        sc.add(ScreenLine::title, fmt::format("llmq top  {}  {}", opts.broker, clock));
+        sc.add(ScreenLine::normal, "");
+        sc.add(ScreenLine::alert, status.empty() ? "waiting for the first snapshot..." : status);
+        sc.add(ScreenLine::dim, "q quit");
+        return std::move(sc.lines());
+    }
+    const proto::Stats& s = h.current();
+    add_summary(sc, h, opts, clock);
+    add_lanes(sc, s, h.previous(), cols);
+    add_latencies(sc, s, h.window_start());
+    const int footer = 2;
+    add_workers(sc, s, h.window_start(), cols, rows, footer);
+
+    while (static_cast<int>(sc.size()) < rows - footer) sc.add(ScreenLine::normal, "");
+    sc.add(ScreenLine::alert, status);
+    sc.add(ScreenLine::dim, fmt::format("q quit   lane rates: last refresh; percentiles, worker rates: last {}s",
+                                        opts.window_s));
+    std::vector<ScreenLine>& out = sc.lines();
     if (static_cast<int>(out.size()) > rows && rows > 0) out.erase(out.begin() + (rows - footer), out.end() - footer);
-    return out;
+    return std::move(out);
 }
 
 std::string render_plain(const SnapshotHistory& h) {

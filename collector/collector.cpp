@@ -121,14 +121,10 @@ std::pair<int, std::string> SnapshotStore::health(int64_t now_ns) const {
 
 // ---- the program ----------------------------------------------------------------
 
-void run_collector(const CollectorConfig& cfg, const std::atomic<bool>& stop) {
-    auto listen = parse_listen(cfg.listen);
-    if (!listen) throw std::invalid_argument("--listen: expected HOST:PORT, got " + cfg.listen);
+namespace {
 
-    SnapshotStore store(cfg.stale_after_ms);
-
-    httplib::Server server;
-    const int threads = cfg.http_threads;
+// /metrics, /healthz and / answered from `store` on `threads` threads.
+void set_up_http(httplib::Server& server, const SnapshotStore& store, int threads) {
     server.new_task_queue = [threads] { return new httplib::ThreadPool(static_cast<size_t>(threads)); };
     // SO_REUSEADDR only: httplib's default adds SO_REUSEPORT, which would let a
     // second collector share the port silently instead of failing to start.
@@ -150,37 +146,49 @@ void run_collector(const CollectorConfig& cfg, const std::atomic<bool>& stop) {
         res.set_content("llmq-collector: see /metrics (Prometheus text format) and /healthz\n",
                         "text/plain; charset=utf-8");
     });
+}
 
+// Binds to --listen (port 0: any free port) and returns the bound HOST:PORT.
+std::string bind_http(httplib::Server& server, const std::string& listen_text) {
+    auto listen = parse_listen(listen_text);
     int port = listen->second;
     if (port == 0) {
         port = server.bind_to_any_port(listen->first);
-        if (port <= 0) throw std::runtime_error("cannot listen on " + cfg.listen);
+        if (port <= 0) throw std::runtime_error("cannot listen on " + listen_text);
     } else if (!server.bind_to_port(listen->first, port)) {
-        throw std::runtime_error("cannot listen on " + cfg.listen + " (address in use or not local?)");
+        throw std::runtime_error("cannot listen on " + listen_text + " (address in use or not local?)");
     }
-    std::string bound = (listen->first.find(':') != std::string::npos ? "[" + listen->first + "]" : listen->first) +
-                        ":" + std::to_string(port);
-    std::thread http([&server] { server.listen_after_bind(); });
-    struct Joiner {
-        httplib::Server& s;
-        std::thread& t;
-        ~Joiner() {
-            s.stop();
-            if (t.joinable()) t.join();
-        }
-    } joiner{server, http};
+    return (listen->first.find(':') != std::string::npos ? "[" + listen->first + "]" : listen->first) + ":" +
+           std::to_string(port);
+}
 
-    if (!cfg.endpoints_file.empty()) {
-        std::string tmp = cfg.endpoints_file + ".tmp";
-        {
-            std::ofstream f(tmp);
-            f << "http=" << bound << "\n";
-            if (!f) throw std::runtime_error("cannot write --endpoints-file " + cfg.endpoints_file);
-        }
-        std::rename(tmp.c_str(), cfg.endpoints_file.c_str());
+// Written whole or not at all (through a rename), for scripts that wait for it.
+void write_endpoints_file(const std::string& path, const std::string& bound) {
+    std::string tmp = path + ".tmp";
+    {
+        std::ofstream f(tmp);
+        f << "http=" << bound << "\n";
+        if (!f) throw std::runtime_error("cannot write --endpoints-file " + path);
     }
+    std::rename(tmp.c_str(), path.c_str());
+}
 
-    zmq::context_t ctx(1);
+// Takes every snapshot waiting on `sub` into `store`. Only the newest matters,
+// but each is cheap to decode and counting them keeps the figures honest.
+void drain_snapshots(zmq::socket_t& sub, SnapshotStore& store, int64_t now) {
+    // The topic frame comes first, like a ROUTER's routing id.
+    Incoming in;
+    while (recv_message(sub, true, in)) {
+        if (in.routing_id != kTopic || in.frames != 3 || in.sig() != proto::kSignature || in.cmd() != "stats") {
+            spdlog::debug("ignoring a {}-frame message on the metrics stream", in.frames + 1);
+            continue;
+        }
+        store.offer(in.data(), now);
+    }
+}
+
+// A SUB socket on the broker's metrics stream (ZeroMQ reconnects by itself).
+zmq::socket_t subscriber(zmq::context_t& ctx, const std::string& endpoint) {
     zmq::socket_t sub(ctx, zmq::socket_type::sub);
     sub.set(zmq::sockopt::linger, 0);
     sub.set(zmq::sockopt::rcvhwm, 100);
@@ -188,9 +196,12 @@ void run_collector(const CollectorConfig& cfg, const std::atomic<bool>& stop) {
     sub.set(zmq::sockopt::reconnect_ivl, 100);
     sub.set(zmq::sockopt::reconnect_ivl_max, 2000);
     sub.set(zmq::sockopt::subscribe, kTopic);
-    sub.connect(cfg.metrics);
-    spdlog::info("serving http://{}/metrics and /healthz; subscribed to {} (topic {})", bound, cfg.metrics, kTopic);
+    sub.connect(endpoint);
+    return sub;
+}
 
+// Feeds `store` from `sub` until `stop`, warning while no snapshot comes.
+void subscribe(zmq::socket_t& sub, const CollectorConfig& cfg, SnapshotStore& store, const std::atomic<bool>& stop) {
     int64_t warned_ns = steady_now_ns();
     while (!stop.load()) {
         zmq::pollitem_t items[] = {{sub.handle(), 0, ZMQ_POLLIN, 0}};
@@ -201,26 +212,39 @@ void run_collector(const CollectorConfig& cfg, const std::atomic<bool>& stop) {
             throw;
         }
         int64_t now = steady_now_ns();
-        if (items[0].revents & ZMQ_POLLIN) {
-            // Drain everything waiting; only the newest snapshot matters, but each
-            // is cheap to decode and counting them keeps the figures honest.
-            // The topic frame comes first, like a ROUTER's routing id.
-            Incoming in;
-            while (recv_message(sub, true, in)) {
-                if (in.routing_id != kTopic || in.frames != 3 || in.sig() != proto::kSignature ||
-                    in.cmd() != "stats") {
-                    spdlog::debug("ignoring a {}-frame message on the metrics stream", in.frames + 1);
-                    continue;
-                }
-                store.offer(in.data(), now);
-            }
-        }
+        if (items[0].revents & ZMQ_POLLIN) drain_snapshots(sub, store, now);
         if (!store.fresh(now) && now - warned_ns > int64_t{cfg.stale_after_ms} * 1'000'000) {
             warned_ns = now;
             spdlog::warn("no snapshot from {} for more than {} ms (is the broker running?)", cfg.metrics,
                          cfg.stale_after_ms);
         }
     }
+}
+
+}  // namespace
+
+void run_collector(const CollectorConfig& cfg, const std::atomic<bool>& stop) {
+    if (!parse_listen(cfg.listen)) throw std::invalid_argument("--listen: expected HOST:PORT, got " + cfg.listen);
+
+    SnapshotStore store(cfg.stale_after_ms);
+    httplib::Server server;
+    set_up_http(server, store, cfg.http_threads);
+    std::string bound = bind_http(server, cfg.listen);
+    std::thread http([&server] { server.listen_after_bind(); });
+    struct Joiner {
+        httplib::Server& s;
+        std::thread& t;
+        ~Joiner() {
+            s.stop();
+            if (t.joinable()) t.join();
+        }
+    } joiner{server, http};
+
+    if (!cfg.endpoints_file.empty()) write_endpoints_file(cfg.endpoints_file, bound);
+    zmq::context_t ctx(1);
+    zmq::socket_t sub = subscriber(ctx, cfg.metrics);
+    spdlog::info("serving http://{}/metrics and /healthz; subscribed to {} (topic {})", bound, cfg.metrics, kTopic);
+    subscribe(sub, cfg, store, stop);
     spdlog::info("stopping: {} snapshots received", store.snapshots());
 }
 

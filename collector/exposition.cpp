@@ -175,10 +175,30 @@ std::string format_bound(int i, double scale) {
     return format_value(std::strtod(buf, nullptr));
 }
 
-std::string render_prometheus(const proto::Stats* stats, const ExpositionInfo& info) {
-    Page p;
-    const bool fresh = stats && info.fresh;
+namespace {
 
+using LS = proto::LaneStats;
+using WS = proto::WorkerStats;
+using Workers = std::vector<const proto::WorkerStats*>;
+
+// A family with one sample per priority lane, `get` reading it from the lane's stats.
+template <class Get>
+void per_lane(Page& p, const proto::Stats& s, std::string_view name, std::string_view type, std::string_view help,
+              Get get) {
+    p.family(name, type, help);
+    for (int i = 0; i < kPriorityCount; ++i) p.sample(name, {L("priority", prio(i))}, get(s.lanes[i]));
+}
+
+// A family with one sample per worker.
+template <class Get>
+void per_worker(Page& p, const Workers& workers, std::string_view name, std::string_view type, std::string_view help,
+                Get get) {
+    p.family(name, type, help);
+    for (const auto* w : workers) p.sample(name, {L("worker", w->id)}, get(*w));
+}
+
+// The collector's own series, written with or without a snapshot.
+void collector_series(Page& p, bool fresh, const ExpositionInfo& info) {
     p.family("llmq_up", "gauge",
              "1 when the collector received a broker snapshot within --stale-after-ms, else 0");
     p.sample("llmq_up", {}, uint64_t{fresh ? 1u : 0u});
@@ -190,26 +210,17 @@ std::string render_prometheus(const proto::Stats* stats, const ExpositionInfo& i
     p.family("llmq_collector_broker_restarts_total", "counter",
              "Times the broker's uptime went backwards between two snapshots (broker counters reset then)");
     p.sample("llmq_collector_broker_restarts_total", {}, info.broker_restarts);
-    if (!stats) return p.take();
-    p.family("llmq_collector_snapshot_age_seconds", "gauge", "Time since the latest broker snapshot arrived");
-    p.sample("llmq_collector_snapshot_age_seconds", {}, std::max(0.0, info.snapshot_age_seconds));
+}
 
-    const proto::Stats& s = *stats;
-    p.family("llmq_broker_uptime_seconds", "gauge", "Time since the broker started");
-    p.sample("llmq_broker_uptime_seconds", {}, static_cast<double>(s.uptime_ms) / 1000.0);
-
-    auto per_lane = [&](std::string_view name, std::string_view type, std::string_view help, auto get) {
-        p.family(name, type, help);
-        for (int i = 0; i < kPriorityCount; ++i) p.sample(name, {L("priority", prio(i))}, get(s.lanes[i]));
-    };
-    using LS = proto::LaneStats;
-    per_lane("llmq_messages_received_total", "counter", "Messages accepted into a lane",
+// Messages through the lanes: counters per priority and by outcome, and the lanes' gauges.
+void message_series(Page& p, const proto::Stats& s) {
+    per_lane(p, s, "llmq_messages_received_total", "counter", "Messages accepted into a lane",
              [](const LS& l) { return l.received; });
-    per_lane("llmq_messages_dispatched_total", "counter", "Messages sent to workers, redeliveries included",
+    per_lane(p, s, "llmq_messages_dispatched_total", "counter", "Messages sent to workers, redeliveries included",
              [](const LS& l) { return l.dispatched; });
-    per_lane("llmq_messages_persisted_total", "counter", "Messages stored in PostgreSQL (final 200 outcomes)",
+    per_lane(p, s, "llmq_messages_persisted_total", "counter", "Messages stored in PostgreSQL (final 200 outcomes)",
              [](const LS& l) { return l.persisted; });
-    per_lane("llmq_messages_busy_total", "counter", "Messages answered busy (300) because their lane was full",
+    per_lane(p, s, "llmq_messages_busy_total", "counter", "Messages answered busy (300) because their lane was full",
              [](const LS& l) { return l.busy; });
 
     p.family("llmq_messages_rejected_total", "counter",
@@ -221,11 +232,14 @@ std::string render_prometheus(const proto::Stats* stats, const ExpositionInfo& i
     p.family("llmq_messages_expired_total", "counter", "Messages whose expires_at passed before dispatch");
     p.sample("llmq_messages_expired_total", {}, s.expired);
 
-    per_lane("llmq_queue_depth", "gauge", "Messages waiting in a lane", [](const LS& l) { return l.depth; });
-    per_lane("llmq_queue_capacity", "gauge", "Lane capacity (--lane-capacity)", [](const LS& l) { return l.capacity; });
-    per_lane("llmq_queue_oldest_age_seconds", "gauge", "Age of the message at the head of a lane, 0 when empty",
+    per_lane(p, s, "llmq_queue_depth", "gauge", "Messages waiting in a lane", [](const LS& l) { return l.depth; });
+    per_lane(p, s, "llmq_queue_capacity", "gauge", "Lane capacity (--lane-capacity)",
+             [](const LS& l) { return l.capacity; });
+    per_lane(p, s, "llmq_queue_oldest_age_seconds", "gauge", "Age of the message at the head of a lane, 0 when empty",
              [](const LS& l) { return static_cast<double>(l.oldest_age_ms) / 1000.0; });
+}
 
+void histogram_series(Page& p, const proto::Stats& s) {
     p.family("llmq_message_latency_seconds", "histogram", "Time from a message's receipt by the broker to its persisted ack");
     for (int i = 0; i < kPriorityCount; ++i)
         p.histogram("llmq_message_latency_seconds", {L("priority", prio(i))}, s.latency_us[i], 1e-6, bounds_for(1e-6));
@@ -233,7 +247,10 @@ std::string render_prometheus(const proto::Stats* stats, const ExpositionInfo& i
     p.histogram("llmq_batch_size", {}, s.batch_size, 1, bounds_for(1));
     p.family("llmq_batch_persist_seconds", "histogram", "Duration of the workers' batch transactions");
     p.histogram("llmq_batch_persist_seconds", {}, s.persist_us, 1e-6, bounds_for(1e-6));
+}
 
+// The broker's other gauges and counters, and the workers' errors summed.
+void broker_series(Page& p, const proto::Stats& s) {
     p.family("llmq_inflight_batches", "gauge", "Batches held by workers now");
     p.sample("llmq_inflight_batches", {}, s.inflight_batches);
     p.family("llmq_redeliveries_total", "counter",
@@ -256,55 +273,61 @@ std::string render_prometheus(const proto::Stats* stats, const ExpositionInfo& i
     p.sample("llmq_bad_frames_total", {}, s.bad_frames);
     p.family("llmq_unroutable_replies_total", "counter", "Replies dropped because the peer had gone or stopped reading");
     p.sample("llmq_unroutable_replies_total", {}, s.unroutable);
+}
 
-    if (!fresh) return p.take();  // a silent broker: no claims about workers
-
-    // Two workers reporting the same id (a misconfigured --worker-id) would make
-    // duplicate series, which fails the whole scrape: keep the first of each id.
-    std::vector<const proto::WorkerStats*> workers;
+// Two workers reporting the same id (a misconfigured --worker-id) would make
+// duplicate series, which fails the whole scrape: keep the first of each id.
+Workers unique_workers(const proto::Stats& s) {
+    Workers workers;
     std::unordered_set<std::string_view> seen;
     for (const auto& w : s.workers)
         if (seen.insert(w.id).second) workers.push_back(&w);
+    return workers;
+}
+
+// The count of workers and one series per worker of what its heartbeats say.
+void worker_series(Page& p, const Workers& workers) {
     uint64_t healthy = 0;
     for (const auto* w : workers) healthy += w->healthy ? 1 : 0;
-
     p.family("llmq_workers_connected", "gauge", "Workers registered with the broker");
     p.sample("llmq_workers_connected", {}, uint64_t{workers.size()});
     p.family("llmq_workers_healthy", "gauge", "Registered workers that can store (PostgreSQL reachable)");
     p.sample("llmq_workers_healthy", {}, healthy);
 
-    auto per_worker = [&](std::string_view name, std::string_view type, std::string_view help, auto get) {
-        p.family(name, type, help);
-        for (const auto* w : workers) p.sample(name, {L("worker", w->id)}, get(*w));
-    };
-    using WS = proto::WorkerStats;
     p.family("llmq_worker_up", "gauge", "1 for each worker registered with the broker");
     for (const auto* w : workers) p.sample("llmq_worker_up", {L("worker", w->id), L("host", w->host)}, uint64_t{1});
-    per_worker("llmq_worker_healthy", "gauge", "1 when the worker can store, 0 while PostgreSQL is unavailable to it",
+    per_worker(p, workers, "llmq_worker_healthy", "gauge",
+               "1 when the worker can store, 0 while PostgreSQL is unavailable to it",
                [](const WS& w) { return uint64_t{w.healthy ? 1u : 0u}; });
-    per_worker("llmq_worker_inflight_batches", "gauge", "Batches the worker holds now",
+    per_worker(p, workers, "llmq_worker_inflight_batches", "gauge", "Batches the worker holds now",
                [](const WS& w) { return w.inflight_batches; });
-    per_worker("llmq_worker_credit", "gauge", "Batches the worker may hold at once",
+    per_worker(p, workers, "llmq_worker_credit", "gauge", "Batches the worker may hold at once",
                [](const WS& w) { return w.credit; });
-    per_worker("llmq_worker_busy_batches", "gauge", "Batches the worker said (on its last heartbeat) it is working on",
+    per_worker(p, workers, "llmq_worker_busy_batches", "gauge",
+               "Batches the worker said (on its last heartbeat) it is working on",
                [](const WS& w) { return w.busy_batches; });
-    per_worker("llmq_worker_busy_seconds", "gauge",
+    per_worker(p, workers, "llmq_worker_busy_seconds", "gauge",
                "How long the worker has been working on the oldest of those batches (0 when idle)",
                [](const WS& w) { return static_cast<double>(w.busy_ms) / 1000.0; });
-    per_worker("llmq_worker_heartbeat_age_seconds", "gauge", "Time since the broker last heard from the worker",
+    per_worker(p, workers, "llmq_worker_heartbeat_age_seconds", "gauge",
+               "Time since the broker last heard from the worker",
                [](const WS& w) { return static_cast<double>(w.heartbeat_age_ms) / 1000.0; });
-    per_worker("llmq_worker_uptime_seconds", "gauge", "Time since the worker started",
+    per_worker(p, workers, "llmq_worker_uptime_seconds", "gauge", "Time since the worker started",
                [](const WS& w) { return static_cast<double>(w.metrics.uptime_ms) / 1000.0; });
-    per_worker("llmq_worker_batches_total", "counter", "Batches the worker processed since it started",
+    per_worker(p, workers, "llmq_worker_batches_total", "counter", "Batches the worker processed since it started",
                [](const WS& w) { return w.metrics.batches; });
-    per_worker("llmq_worker_persisted_total", "counter", "Messages the worker stored since it started",
+    per_worker(p, workers, "llmq_worker_persisted_total", "counter", "Messages the worker stored since it started",
                [](const WS& w) { return w.metrics.persisted; });
-    per_worker("llmq_worker_rejected_total", "counter", "Messages the worker rejected (422) since it started",
-               [](const WS& w) { return w.metrics.rejected; });
-    per_worker("llmq_worker_database_errors_total", "counter", "PostgreSQL errors of the worker since it started",
-               [](const WS& w) { return w.metrics.db_errors; });
-    per_worker("llmq_worker_redis_errors_total", "counter", "Redis errors of the worker since it started",
+    per_worker(p, workers, "llmq_worker_rejected_total", "counter",
+               "Messages the worker rejected (422) since it started", [](const WS& w) { return w.metrics.rejected; });
+    per_worker(p, workers, "llmq_worker_database_errors_total", "counter",
+               "PostgreSQL errors of the worker since it started", [](const WS& w) { return w.metrics.db_errors; });
+    per_worker(p, workers, "llmq_worker_redis_errors_total", "counter", "Redis errors of the worker since it started",
                [](const WS& w) { return w.metrics.redis_errors; });
+}
+
+// Per worker: its cache operations, and its batch transactions as a summary.
+void worker_cache_and_persist_series(Page& p, const Workers& workers) {
     p.family("llmq_worker_cache_operations_total", "counter",
              "Redis cache operations of the worker since it started (see llmq_cache_operations_total)");
     for (const auto* w : workers) {
@@ -328,6 +351,29 @@ std::string render_prometheus(const proto::Stats* stats, const ExpositionInfo& i
         p.sample("llmq_worker_batch_persist_seconds_sum", {L("worker", w->id)}, static_cast<double>(h.sum()) * 1e-6);
         p.sample("llmq_worker_batch_persist_seconds_count", {L("worker", w->id)}, h.count());
     }
+}
+
+}  // namespace
+
+std::string render_prometheus(const proto::Stats* stats, const ExpositionInfo& info) {
+    Page p;
+    const bool fresh = stats && info.fresh;
+    collector_series(p, fresh, info);
+    if (!stats) return p.take();
+    p.family("llmq_collector_snapshot_age_seconds", "gauge", "Time since the latest broker snapshot arrived");
+    p.sample("llmq_collector_snapshot_age_seconds", {}, std::max(0.0, info.snapshot_age_seconds));
+
+    const proto::Stats& s = *stats;
+    p.family("llmq_broker_uptime_seconds", "gauge", "Time since the broker started");
+    p.sample("llmq_broker_uptime_seconds", {}, static_cast<double>(s.uptime_ms) / 1000.0);
+    message_series(p, s);
+    histogram_series(p, s);
+    broker_series(p, s);
+    if (!fresh) return p.take();  // a silent broker: no claims about workers
+
+    const Workers workers = unique_workers(s);
+    worker_series(p, workers);
+    worker_cache_and_persist_series(p, workers);
     return p.take();
 }
 

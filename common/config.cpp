@@ -3,6 +3,7 @@
 
 #include <cctype>
 #include <iostream>
+#include <stdexcept>
 
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
@@ -43,9 +44,64 @@ void bind_environment_with(CLI::App& app, const std::string& prefix) {
 
 void bind_environment(CLI::App& app) { bind_environment_with(app, "LLMQ_"); }
 
+namespace {
+// CLI11 ignores keys it cannot place; a misspelt one would silently leave its
+// option at the default, so every key of the file must name an option.
+void reject_unknown_config_keys(CLI::App& app) {
+    const CLI::Option* config = app.get_config_ptr();
+    if (config == nullptr || config->count() == 0) return;
+    for (const std::string& file : config->as<std::vector<std::string>>()) {
+        auto items = app.get_config_formatter()->from_file(file);
+        if (auto key = find_unknown_config_key(app, items))
+            throw CLI::ConfigError("unknown key '" + *key + "' in the config file " + file);
+    }
+}
+}  // namespace
+
+std::optional<std::string> find_unknown_config_key(const CLI::App& app, const std::vector<CLI::ConfigItem>& items) {
+    for (const CLI::ConfigItem& item : items) {
+        const CLI::App* at = &app;
+        for (const std::string& table : item.parents) {
+            try {
+                at = at->get_subcommand(table);
+            } catch (const CLI::OptionNotFound&) {
+                at = nullptr;
+                break;
+            }
+        }
+        // "++" and "--" mark where a table starts and ends: only its name counts.
+        bool table_mark = item.name == "++" || item.name == "--";
+        if (at == nullptr) return table_mark ? CLI::detail::join(item.parents, ".") : item.fullname();
+        if (table_mark) continue;
+        // The names CLI11 tries for a key (App::_parse_single_config).
+        bool known = at->get_option_no_throw("--" + item.name) != nullptr ||
+                     (item.name.size() == 1 && at->get_option_no_throw("-" + item.name) != nullptr) ||
+                     at->get_option_no_throw(item.name) != nullptr;
+        if (!known) return item.fullname();
+    }
+    return std::nullopt;
+}
+
+void check_option_values(CLI::App& app) {
+    for (CLI::Option* opt : app.get_options()) {
+        // Flags (no value) and --help/--version/--config carry no bounds.
+        if (opt->get_expected_min() == 0 || opt == app.get_config_ptr()) continue;
+        opt->capture_default_str();  // the variable's current value, as text
+        opt->clear();
+        opt->add_result(opt->get_default_str());
+        try {
+            opt->run_callback();  // validates, then stores the value back (unchanged)
+        } catch (const CLI::ParseError& e) {
+            throw std::invalid_argument(e.what());
+        }
+    }
+    for (CLI::App* sub : app.get_subcommands({})) check_option_values(*sub);
+}
+
 int parse_command_line(CLI::App& app, int argc, char** argv) {
     try {
         app.parse(argc, argv);
+        reject_unknown_config_keys(app);
     } catch (const CLI::ParseError& e) {
         int rc = app.exit(e);
         return rc == 0 ? 0 : 2;

@@ -14,6 +14,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include "common/config.hpp"
 #include "common/time.hpp"
 
 namespace llmq::worker {
@@ -99,6 +100,8 @@ void add_worker_options(CLI::App& app, WorkerConfig& c) {
         ->capture_default_str()->check(CLI::Range(10, 600'000));
 }
 
+void check_bounds(const WorkerConfig& cfg) { check_config_bounds(cfg, add_worker_options, "worker"); }
+
 Worker::Worker(WorkerConfig cfg, StoreFactory make_store, CacheFactory make_cache, zmq::context_t* ctx)
     : cfg_(std::move(cfg)),
       make_store_(std::move(make_store)),
@@ -110,6 +113,7 @@ Worker::Worker(WorkerConfig cfg, StoreFactory make_store, CacheFactory make_cach
       queries_(kMaxQueuedQueries),
       heartbeat_ms_(cfg_.heartbeat_ms),
       liveness_(cfg_.liveness) {
+    check_bounds(cfg_);
     info_.host = hostname();
     info_.pid = getpid();
     if (cfg_.id.empty()) {
@@ -226,6 +230,7 @@ void Worker::connect() {
     sock_->set(zmq::sockopt::maxmsgsize, static_cast<int64_t>(proto::kMaxFrameBytes));
     sock_->connect(cfg_.broker);
     jobs_.clear();  // a new connection: the broker redelivers what we held
+    unsent_.clear();  // answers for batches the broker took back
     send(Command::ready, proto::encode(proto::Ready{cfg_.credit, info_}));
     last_heard_ns_ = steady_now_ns();
 }
@@ -240,10 +245,18 @@ void Worker::register_again(const char* why) {
 
 void Worker::send(Command cmd, const std::string& body) {
     // Never block the I/O thread on a broker that stopped reading: what the
-    // socket will not take now is dropped (a lost `done` is redelivered by the
-    // broker; a lost heartbeat is followed by the next).
-    if (!send_message(*sock_, nullptr, cmd, body, true))
-        spdlog::warn("broker connection full: a '{}' was dropped", proto::command_name(cmd));
+    // socket will not take now waits, in order, for the next turn of the loop.
+    // (Dropping a `done` would strand its batch at a broker that still hears
+    // our heartbeats.) It holds at most the credit's answers and a heartbeat
+    // a second.
+    if (unsent_.empty() && send_message(*sock_, nullptr, cmd, body, true)) return;
+    if (unsent_.empty()) spdlog::warn("the broker is not reading; holding what we send until it does");
+    unsent_.emplace_back(cmd, body);
+}
+
+void Worker::send_unsent() {
+    while (!unsent_.empty() && send_message(*sock_, nullptr, unsent_.front().first, unsent_.front().second, true))
+        unsent_.pop_front();
 }
 
 void Worker::handle(Incoming& in) {
@@ -386,12 +399,14 @@ void Worker::finish_in_hand() {
         zmq::pollitem_t items[] = {{sock_->handle(), 0, ZMQ_POLLIN, 0}, {nullptr, mailbox_.fd(), ZMQ_POLLIN, 0}};
         zmq::poll(items, 2, 100ms);
         while (recv_message(*sock_, false, in)) last_heard_ns_ = steady_now_ns();  // the broker still hears us
+        send_unsent();
         flush_mailbox();
         if (steady_now_ns() >= next_heartbeat_ns_) send_heartbeat();
     }
     for (auto& lane : executors_) lane->thread.join();
     query_lane_->thread.join();
     flush_mailbox();
+    send_unsent();  // what is still unsent goes out within the socket's linger
 }
 
 void Worker::run(const std::atomic<bool>& stop) {
@@ -416,6 +431,7 @@ void Worker::run(const std::atomic<bool>& stop) {
         } catch (const zmq::error_t& e) {
             if (e.num() != EINTR) throw;
         }
+        send_unsent();
         flush_mailbox();
         while (recv_message(*sock_, false, in)) {
             last_heard_ns_ = steady_now_ns();

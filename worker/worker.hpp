@@ -7,6 +7,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <deque>
 #include <functional>
 #include <memory>
 #include <string>
@@ -46,6 +47,10 @@ struct WorkerConfig {
 
 // Declares every worker option (name, description, default, bounds) on `app`.
 void add_worker_options(CLI::App& app, WorkerConfig& cfg);
+
+// Throws std::invalid_argument naming the first option of `cfg` outside the
+// bounds add_worker_options declares, and the bound.
+void check_bounds(const WorkerConfig& cfg);
 
 // Each thread that touches storage gets its own connections from these.
 using StoreFactory = std::function<std::unique_ptr<Store>()>;
@@ -95,6 +100,7 @@ private:
     void connect();
     void register_again(const char* why);
     void send(proto::Command cmd, const std::string& body);
+    void send_unsent();
     void handle(Incoming& in);
     void flush_mailbox();
     void send_heartbeat();
@@ -130,6 +136,7 @@ private:
     std::atomic<int> heartbeat_ms_{1000};
     std::atomic<int> liveness_{3};
     int64_t last_heard_ns_ = 0;
+    std::deque<std::pair<proto::Command, std::string>> unsent_;  // the socket would not take them yet
     int64_t next_heartbeat_ns_ = 0;
 };
 

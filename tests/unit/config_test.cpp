@@ -1,7 +1,10 @@
-// Unit tests for option precedence (flag > --config file > LLMQ_* environment > default) and CLI parsing (common/config.hpp, broker options).
+// Unit tests for option precedence (flag > --config file > LLMQ_* environment > default), CLI parsing,
+// unknown config keys and bounds of configurations built in code (common/config.hpp, broker, worker, llmq options).
 #include "common/config.hpp"
 
 #include "broker/broker.hpp"
+#include "client/options.hpp"
+#include "worker/worker.hpp"
 
 #include <gtest/gtest.h>
 
@@ -61,6 +64,7 @@ struct Result {
     int batch_size = 0;
     std::string name;
     CommonOptions common;
+    std::string err;  // what was printed on stderr
 };
 
 // Parses args (without the program name) with the common options plus --batch-size and --name.
@@ -81,7 +85,7 @@ Result parse(std::vector<std::string> args) {
     ::testing::internal::CaptureStderr();
     r.rc = parse_command_line(app, static_cast<int>(args.size()), argv.data());
     (void)::testing::internal::GetCapturedStdout();
-    (void)::testing::internal::GetCapturedStderr();
+    r.err = ::testing::internal::GetCapturedStderr();
     return r;
 }
 
@@ -272,6 +276,167 @@ TEST(BrokerOptions, EnvironmentSetsBrokerOptions) {
     EXPECT_EQ(r.rc, -1);
     EXPECT_EQ(r.cfg.batch_size, 250u);
     EXPECT_EQ(r.cfg.policy, "strict");
+}
+
+// ---- unknown keys in a config file ----------------------------------------------------
+
+TEST_F(ConfigPrecedence, UnknownConfigKeyIsAUsageErrorNamingIt) {
+    TempFile toml("batch-size = 7\nbatch-sise = 8\n");
+    Result r = parse({"--config", toml.path()});
+    EXPECT_EQ(r.rc, 2);
+    EXPECT_NE(r.err.find("unknown key 'batch-sise' in the config file " + toml.path()), std::string::npos) << r.err;
+}
+
+TEST_F(ConfigPrecedence, KnownKeysOnlyParse) {
+    TempFile toml("# comment\nbatch-size = 7\nlog-level = \"warn\"\n");
+    Result r = parse({"--config", toml.path()});
+    EXPECT_EQ(r.rc, -1) << r.err;
+    EXPECT_EQ(r.common.log_level, "warn");
+}
+
+TEST(UnknownConfigKey, FoundInTablesOfSubcommandsToo) {
+    CLI::App app{"keys"};
+    int window = 1;
+    bool json = false;
+    auto* push = app.add_subcommand("push", "p");
+    push->add_option("--window", window, "w");
+    push->add_option("-c,--conversation", window, "c");
+    app.add_flag("--json", json, "j");
+    auto item = [](std::vector<std::string> parents, std::string name) {
+        CLI::ConfigItem i;
+        i.parents = std::move(parents);
+        i.name = std::move(name);
+        return i;
+    };
+    EXPECT_FALSE(find_unknown_config_key(app, {item({}, "json"), item({"push"}, "++"), item({"push"}, "window"),
+                                               item({"push"}, "conversation"), item({"push"}, "--")}));
+    EXPECT_EQ(find_unknown_config_key(app, {item({"push"}, "windw")}), "push.windw");
+    EXPECT_EQ(find_unknown_config_key(app, {item({}, "window")}), "window");  // a push option, not a global one
+    EXPECT_EQ(find_unknown_config_key(app, {item({"pushh"}, "++"), item({"pushh"}, "window")}), "pushh");
+}
+
+// Parses the real llmq command line (client/options.hpp) with a config file.
+int parse_llmq(const std::string& toml_text, std::vector<std::string> args, client::CliArgs& out, std::string& err) {
+    TempFile toml(toml_text);
+    CLI::App app{"llmq"};
+    app.require_subcommand(1);
+    app.fallthrough();
+    CommonOptions common;
+    add_common_options(app, common);
+    client::add_llmq_options(app, out);
+    std::vector<std::string> full = {"llmq", "--config", toml.path()};
+    full.insert(full.end(), args.begin(), args.end());
+    std::vector<char*> argv;
+    for (auto& a : full) argv.push_back(a.data());
+    ::testing::internal::CaptureStdout();
+    ::testing::internal::CaptureStderr();
+    int rc = parse_command_line(app, static_cast<int>(full.size()), argv.data());
+    (void)::testing::internal::GetCapturedStdout();
+    err = ::testing::internal::GetCapturedStderr();
+    err += "\n(config file " + toml.path() + ")";
+    return rc;
+}
+
+TEST(UnknownConfigKey, LlmqSubcommandTablesAreChecked) {
+    client::CliArgs ok;
+    std::string err;
+    EXPECT_EQ(parse_llmq("timeout-ms = 500\n[push]\nwindow = 7\n[top]\nwindow-s = 3\n", {"stats"}, ok, err), -1)
+        << err;
+    EXPECT_EQ(ok.global.timeout_ms, 500);
+    EXPECT_EQ(ok.push.window, 7u);  // a table supplies options even when its subcommand is not the one given
+
+    client::CliArgs bad;
+    EXPECT_EQ(parse_llmq("[push]\nwindoww = 7\n", {"stats"}, bad, err), 2);
+    EXPECT_NE(err.find("unknown key 'push.windoww' in the config file"), std::string::npos) << err;
+    EXPECT_EQ(parse_llmq("[hisstory]\nlimit = 7\n", {"stats"}, bad, err), 2);
+    EXPECT_NE(err.find("unknown key 'hisstory' in the config file"), std::string::npos) << err;
+}
+
+// ---- bounds of configurations built in code -------------------------------------------
+
+template <class Config>
+std::string bounds_error(const Config& cfg) {
+    try {
+        check_bounds(cfg);
+    } catch (const std::invalid_argument& e) {
+        return e.what();
+    }
+    return "";
+}
+
+TEST(CheckBounds, BrokerDefaultsPass) { EXPECT_EQ(bounds_error(broker::BrokerConfig{}), ""); }
+
+TEST(CheckBounds, BrokerValuesOutOfBoundsAreNamed) {
+    broker::BrokerConfig c;
+    c.batch_size = 0;
+    std::string e = bounds_error(c);
+    EXPECT_NE(e.find("--batch-size"), std::string::npos) << e;
+    EXPECT_NE(e.find("1 to 100000"), std::string::npos) << e;
+
+    c = {};
+    c.heartbeat_ms = 5;
+    e = bounds_error(c);
+    EXPECT_NE(e.find("--heartbeat-ms"), std::string::npos) << e;
+    EXPECT_NE(e.find("10 to 60000"), std::string::npos) << e;
+
+    c = {};
+    c.policy = "random";
+    EXPECT_NE(bounds_error(c).find("--policy"), std::string::npos);
+
+    c = {};
+    c.weights = "8:4:2";
+    EXPECT_NE(bounds_error(c).find("--weights"), std::string::npos);
+
+    c = {};
+    c.max_attempts = 0;
+    EXPECT_NE(bounds_error(c).find("--max-attempts"), std::string::npos);
+}
+
+TEST(CheckBounds, BrokerConstructorRefusesOutOfBounds) {
+    broker::BrokerConfig c;
+    c.frontend = c.backend = c.metrics = "inproc://check-bounds-never-bound";
+    c.lane_capacity = 0;
+    EXPECT_THROW(broker::Broker{c}, std::invalid_argument);
+}
+
+TEST(CheckBounds, WorkerDefaultsPass) { EXPECT_EQ(bounds_error(worker::WorkerConfig{}), ""); }
+
+TEST(CheckBounds, WorkerValuesOutOfBoundsAreNamed) {
+    worker::WorkerConfig c;
+    c.executors = 0;
+    std::string e = bounds_error(c);
+    EXPECT_NE(e.find("--executors"), std::string::npos) << e;
+    EXPECT_NE(e.find("1 to 16"), std::string::npos) << e;
+
+    c = {};
+    c.batch_timeout_ms = 99;
+    EXPECT_NE(bounds_error(c).find("--batch-timeout-ms"), std::string::npos);
+
+    c = {};
+    c.persist_method = "insert";
+    EXPECT_NE(bounds_error(c).find("--persist-method"), std::string::npos);
+}
+
+TEST(CheckBounds, WorkerConstructorRefusesOutOfBounds) {
+    worker::WorkerConfig c;
+    c.credit = 0;
+    auto no_store = []() -> std::unique_ptr<worker::Store> { return nullptr; };
+    auto no_cache = []() -> std::unique_ptr<worker::Cache> { return nullptr; };
+    EXPECT_THROW((worker::Worker(c, no_store, no_cache)), std::invalid_argument);
+}
+
+TEST(CheckBounds, RunsTheValidatorsOfAnyApp) {
+    CLI::App app{"values"};
+    int n = 3;
+    std::string mode = "a";
+    app.add_option("--n", n, "n")->check(CLI::Range(1, 5));
+    app.add_option("--mode", mode, "mode")->check(CLI::IsMember({"a", "b"}));
+    EXPECT_NO_THROW(check_option_values(app));
+    n = 6;
+    EXPECT_THROW(check_option_values(app), std::invalid_argument);
+    n = 3;
+    mode = "c";
+    EXPECT_THROW(check_option_values(app), std::invalid_argument);
 }
 
 }  // namespace

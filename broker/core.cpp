@@ -1,0 +1,634 @@
+// The broker's state machine: intake into lanes, dispatch of batches to workers by
+// credit, acks after commit, queries, heartbeats, redelivery, expiry and draining.
+#include "broker/core.hpp"
+
+#include <algorithm>
+#include <iterator>
+#include <stdexcept>
+
+#include <spdlog/spdlog.h>
+
+#include "common/time.hpp"
+
+namespace llmq::broker {
+namespace {
+
+using proto::Command;
+using proto::Status;
+
+constexpr int64_t kMs = 1'000'000;
+// A worker that keeps answering persist_failed past max_attempts (it should
+// dead-letter first) gets the message failed to its client after this many more.
+// Pending::attempts counts persist_failed answers only (a batch carries
+// attempts + 1), so the client sees 507 after max_attempts + kAttemptSlack of
+// them, however often the message was redelivered for other reasons.
+constexpr uint32_t kAttemptSlack = 2;
+// Undecodable heartbeats from one worker: a warning (and an `error` to it) at
+// most this often; every one is counted in bad_frames.
+constexpr int64_t kBadHeartbeatWarnEveryNs = 60'000 * kMs;
+// Clients idle this long are forgotten (they only matter for the connection gauge).
+constexpr int64_t kClientIdleNs = 60'000 * kMs;
+
+std::string frame_count_error(size_t frames) {
+    return "expected 3 frames (signature, command, body), got " + std::to_string(frames);
+}
+
+}  // namespace
+
+int64_t SystemClock::steady_ns() const { return steady_now_ns(); }
+int64_t SystemClock::wall_us() const { return wall_now_us(); }
+
+BrokerCore::BrokerCore(const BrokerConfig& cfg, const Clock& clock)
+    : cfg_(cfg), clock_(clock), lanes_(cfg.lane_capacity), scheduler_(SchedulerConfig{}) {
+    auto weights = parse_weights(cfg_.weights);
+    if (!weights)
+        throw std::runtime_error("--weights must be four positive integers like 8:4:2:1, got '" + cfg_.weights + "'");
+    SchedulerConfig sc;
+    sc.policy = cfg_.policy == "strict" ? Policy::strict : Policy::weighted;
+    sc.weights = *weights;
+    sc.max_wait_ns = int64_t{cfg_.max_wait_ms} * kMs;
+    scheduler_ = Scheduler(sc);
+    proto::Heartbeat hb;
+    hb.heartbeat_ms = static_cast<uint32_t>(std::max(cfg_.heartbeat_ms, 0));
+    hb.liveness = static_cast<uint32_t>(std::max(cfg_.liveness, 0));
+    heartbeat_body_ = proto::encode(hb);
+    started_ns_ = clock_.steady_ns();
+}
+
+// ---- output ---------------------------------------------------------------------
+
+void BrokerCore::take_output(std::vector<Outgoing>& out) {
+    out.clear();
+    std::swap(out, outbox_);
+}
+
+void BrokerCore::to_client(const std::string& client, Command cmd, std::string body) {
+    outbox_.push_back({Socket::frontend, client, cmd, std::move(body)});
+}
+
+void BrokerCore::to_worker(const std::string& worker, Command cmd, std::string body) {
+    outbox_.push_back({Socket::backend, worker, cmd, std::move(body)});
+}
+
+void BrokerCore::client_error(const std::string& client, uint64_t req, Status st, std::string reason) {
+    ++bad_frames_;
+    spdlog::debug("client error {}: {}", static_cast<int>(st), reason);
+    to_client(client, Command::error, proto::encode(proto::Error{req, st, std::move(reason)}));
+}
+
+void BrokerCore::worker_error(const std::string& worker, Status st, std::string reason) {
+    ++bad_frames_;
+    to_worker(worker, Command::error, proto::encode(proto::Error{0, st, std::move(reason)}));
+}
+
+void BrokerCore::send_failed(const Outgoing& o) {
+    if (o.socket == Socket::frontend) {
+        // The client has gone or stopped reading: it will time out and resend
+        // (ids make that harmless). Every refusal is counted.
+        ++unroutable_;
+        spdlog::debug("reply to a gone or full client dropped ({})", proto::command_name(o.cmd));
+        return;
+    }
+    // A gone worker is also reaped by its silence; these need not hurry it.
+    if (o.cmd == Command::error || o.cmd == Command::disconnect) return;
+    drop_worker(o.peer, "unreachable when sent " + std::string(proto::command_name(o.cmd)),
+                "worker unreachable; retry");
+    dispatch(clock_.steady_ns());  // its batches to the others now, not at the next wake-up
+}
+
+// ---- clients --------------------------------------------------------------------
+
+void BrokerCore::on_frontend(const std::string& client, const Frames& in) {
+    int64_t now = clock_.steady_ns();
+    clients_[client] = now;
+    if (in.count != 3)
+        return client_error(client, proto::peek_req(in.body), Status::bad_frame, frame_count_error(in.count));
+    auto hdr = proto::parse_header(in.sig, in.cmd);
+    if (auto* err = std::get_if<proto::DecodeError>(&hdr))
+        return client_error(client, proto::peek_req(in.body), err->status, err->reason);
+    Command cmd = std::get<Command>(hdr);
+    switch (cmd) {
+        case Command::push: {
+            auto decoded = proto::decode_push(in.body);
+            if (auto* err = std::get_if<proto::DecodeError>(&decoded))
+                return client_error(client, proto::peek_req(in.body), err->status, err->reason);
+            return handle_push(client, std::get<proto::Push>(decoded), now);
+        }
+        case Command::history:
+        case Command::get:
+        case Command::dead_letters: {
+            auto decoded = proto::decode_query(in.body, cmd);
+            if (auto* err = std::get_if<proto::DecodeError>(&decoded))
+                return client_error(client, proto::peek_req(in.body), err->status, err->reason);
+            return handle_query(client, std::get<proto::Query>(decoded), now);
+        }
+        case Command::stats: {
+            auto decoded = proto::decode_stats_request(in.body);
+            if (auto* err = std::get_if<proto::DecodeError>(&decoded))
+                return client_error(client, proto::peek_req(in.body), err->status, err->reason);
+            return handle_stats(client, std::get<proto::StatsRequest>(decoded).req);
+        }
+        default:
+            client_error(client, proto::peek_req(in.body), Status::unknown_command,
+                         "command '" + std::string(in.cmd) + "' is not accepted from clients");
+    }
+}
+
+void BrokerCore::push(const std::string& client, proto::Push push) {
+    int64_t now = clock_.steady_ns();
+    clients_[client] = now;
+    handle_push(client, push, now);
+}
+
+void BrokerCore::query(const std::string& client, proto::Query q) {
+    int64_t now = clock_.steady_ns();
+    clients_[client] = now;
+    handle_query(client, q, now);
+}
+
+void BrokerCore::stats_request(const std::string& client, const proto::StatsRequest& r) {
+    clients_[client] = clock_.steady_ns();
+    handle_stats(client, r.req);
+}
+
+void BrokerCore::handle_push(const std::string& client, proto::Push& push, int64_t now) {
+    proto::Ack ack;
+    ack.req = push.req;
+    int64_t now_us = clock_.wall_us();
+    for (auto& m : push.msgs) {
+        if (draining_) {
+            ack.results.push_back({m.id, Status::unavailable, "broker is shutting down; resend later"});
+            continue;
+        }
+        if (m.expires_at_us && m.expires_at_us <= now_us) {
+            ack.results.push_back({m.id, Status::expired, "expired before it was queued"});
+            ++expired_;
+            continue;
+        }
+        int lane = static_cast<int>(m.priority);
+        MessageId id = m.id;
+        Pending p{std::move(m), client, push.req, now, push.ack, 0};
+        if (!lanes_.try_push(std::move(p))) {
+            ++busy_[lane];
+            ack.retry_after_ms = static_cast<uint32_t>(cfg_.busy_retry_ms);
+            ack.results.push_back({id, Status::busy, "lane full"});
+            continue;
+        }
+        ++received_[lane];
+        if (push.ack == proto::AckMode::queued) ack.results.push_back({id, Status::queued, {}});
+    }
+    if (!ack.results.empty()) to_client(client, Command::ack, proto::encode(ack));
+}
+
+void BrokerCore::handle_query(const std::string& client, proto::Query& q, int64_t now) {
+    WorkerEntry* w = workers_.pick_for_query();
+    if (!w) {
+        to_client(client, Command::error,
+                  proto::encode(proto::Error{q.req, Status::unavailable, "no worker is connected to answer queries"}));
+        return;
+    }
+    // The worker answers our query id; the reply is mapped back to the client's.
+    uint64_t qid = next_query_++;
+    queries_.emplace(qid, PendingQuery{client, q.req, w->routing_id, now + int64_t{cfg_.query_timeout_ms} * kMs});
+    q.req = qid;
+    to_worker(w->routing_id, Command::query, proto::encode(q));
+}
+
+void BrokerCore::handle_stats(const std::string& client, uint64_t req) {
+    auto s = snapshot();
+    s.req = req;
+    to_client(client, Command::stats, proto::encode(s));
+}
+
+// ---- workers --------------------------------------------------------------------
+
+void BrokerCore::on_backend(const std::string& worker, const Frames& in) {
+    int64_t now = clock_.steady_ns();
+    if (in.count != 3) return worker_error(worker, Status::bad_frame, frame_count_error(in.count));
+    auto hdr = proto::parse_header(in.sig, in.cmd);
+    if (auto* err = std::get_if<proto::DecodeError>(&hdr)) return worker_error(worker, err->status, err->reason);
+    handle_worker_frame(worker, std::get<Command>(hdr), in.body, now);
+}
+
+void BrokerCore::handle_worker_frame(const std::string& worker, Command cmd, std::string_view body, int64_t now) {
+    if (cmd == Command::ready) {
+        auto decoded = proto::decode_ready(body);
+        if (auto* err = std::get_if<proto::DecodeError>(&decoded))
+            return worker_error(worker, err->status, err->reason);
+        return ready(worker, std::get<proto::Ready>(decoded));
+    }
+    WorkerEntry* w = known_worker(worker, cmd, now);
+    if (!w) return;
+    switch (cmd) {
+        case Command::heartbeat: {
+            auto hb = proto::decode_heartbeat(body);
+            if (auto* err = std::get_if<proto::DecodeError>(&hb)) return bad_heartbeat(*w, body, *err, now);
+            return handle_heartbeat(*w, std::get<proto::Heartbeat>(hb), now);
+        }
+        case Command::done: {
+            auto decoded = proto::decode_done(body);
+            if (auto* err = std::get_if<proto::DecodeError>(&decoded)) {
+                ++bad_frames_;
+                spdlog::warn("worker {} sent an undecodable done: {}", w->info.id, err->reason);
+                // We cannot tell which batch it answers: forget the worker so everything it
+                // held is redelivered now (not held for ever); its next frame gets
+                // `disconnect` and it registers again.
+                return drop_worker(worker, "undecodable done");
+            }
+            return handle_done(*w, std::get<proto::Done>(decoded), now);
+        }
+        case Command::reply: {
+            auto decoded = proto::decode_reply(body);
+            if (auto* err = std::get_if<proto::DecodeError>(&decoded)) {
+                ++bad_frames_;
+                spdlog::warn("undecodable reply from a worker: {}", err->reason);
+                return;  // the query times out and the client is told
+            }
+            return handle_reply(std::get<proto::Reply>(decoded));
+        }
+        case Command::disconnect: return drop_worker(worker, "said goodbye");
+        default:
+            worker_error(worker, Status::unknown_command,
+                         "command '" + std::string(proto::command_name(cmd)) + "' is not accepted from workers");
+    }
+}
+
+WorkerEntry* BrokerCore::known_worker(const std::string& worker, Command cmd, int64_t now) {
+    WorkerEntry* w = workers_.find(worker);
+    if (!w) {
+        // Unknown (e.g. declared dead, or we restarted): ask it to register again.
+        if (cmd != Command::disconnect)
+            to_worker(worker, Command::disconnect,
+                      proto::encode(proto::Disconnect{"unknown worker: send ready to register"}));
+        return nullptr;
+    }
+    w->last_seen_ns = now;  // any frame shows it is alive
+    return w;
+}
+
+void BrokerCore::ready(const std::string& worker, const proto::Ready& r) {
+    bool known = workers_.find(worker) != nullptr;
+    auto& w = workers_.upsert(worker, r, clock_.steady_ns());
+    if (!known)
+        spdlog::info("worker {} (host {}, pid {}) registered with credit {}; {} connected", w.info.id,
+                     w.info.host, w.info.pid, w.credit, workers_.size());
+    // The answer to every `ready`: a heartbeat carrying our --heartbeat-ms and
+    // --liveness, so the worker judges our silence by our own settings.
+    to_worker(worker, Command::heartbeat, heartbeat_body_);
+}
+
+void BrokerCore::heartbeat(const std::string& worker, proto::Heartbeat hb) {
+    int64_t now = clock_.steady_ns();
+    if (WorkerEntry* w = known_worker(worker, Command::heartbeat, now)) handle_heartbeat(*w, hb, now);
+}
+
+void BrokerCore::done(const std::string& worker, proto::Done d) {
+    int64_t now = clock_.steady_ns();
+    if (WorkerEntry* w = known_worker(worker, Command::done, now)) handle_done(*w, d, now);
+}
+
+void BrokerCore::reply(const std::string& worker, proto::Reply r) {
+    if (known_worker(worker, Command::reply, clock_.steady_ns())) handle_reply(r);
+}
+
+void BrokerCore::disconnect(const std::string& worker) {
+    if (known_worker(worker, Command::disconnect, clock_.steady_ns())) drop_worker(worker, "said goodbye");
+}
+
+void BrokerCore::set_health(WorkerEntry& w, bool healthy) {
+    if (healthy == w.healthy) return;
+    w.healthy = healthy;
+    if (w.healthy) spdlog::info("worker {} is healthy again; it gets batches", w.info.id);
+    else spdlog::warn("worker {} reports itself unhealthy; no batches for it until it recovers", w.info.id);
+}
+
+void BrokerCore::handle_heartbeat(WorkerEntry& w, proto::Heartbeat& h, int64_t now) {
+    set_health(w, h.healthy);
+    if (h.metrics) absorb_worker_metrics(w, std::move(*h.metrics));
+    w.busy = std::move(h.busy);
+    w.busy_at_ns = now;
+}
+
+void BrokerCore::bad_heartbeat(WorkerEntry& w, std::string_view body, const proto::DecodeError& err, int64_t now) {
+    // It is alive (any frame counts), but we cannot read what it says. Its
+    // health matters most: a readable `healthy` is honoured anyway, else the
+    // last known state stays (and the warning says which).
+    ++bad_frames_;
+    auto healthy = proto::peek_healthy(body);
+    if (healthy) set_health(w, *healthy);
+    if (now < w.next_bad_heartbeat_warn_ns) {
+        ++w.quiet_bad_heartbeats;
+        return;
+    }
+    std::string quiet = w.quiet_bad_heartbeats
+                            ? " (and " + std::to_string(w.quiet_bad_heartbeats) + " more since the last warning)"
+                            : std::string();
+    spdlog::warn("worker {} sent an undecodable heartbeat{}: {}; {}", w.info.id, quiet, err.reason,
+                 healthy ? (*healthy ? "its healthy=true was applied" : "its healthy=false was applied")
+                         : (w.healthy ? "it stays healthy" : "it stays unhealthy"));
+    w.next_bad_heartbeat_warn_ns = now + kBadHeartbeatWarnEveryNs;
+    w.quiet_bad_heartbeats = 0;
+    to_worker(w.routing_id, Command::error, proto::encode(proto::Error{0, err.status, "heartbeat: " + err.reason}));
+}
+
+void BrokerCore::handle_done(WorkerEntry& w, proto::Done& done, int64_t now) {
+    // Whatever becomes of this done, the worker no longer works on that batch.
+    std::erase_if(w.busy, [&](const proto::BusyBatch& b) { return b.batch == done.batch; });
+    auto it = inflight_.find(done.batch);
+    if (it == inflight_.end() || it->second.worker != w.routing_id) {
+        spdlog::debug("late or unknown done for batch {} ignored", done.batch);
+        return;
+    }
+    InflightBatch batch = std::move(it->second);
+    inflight_.erase(it);
+    w.inflight.erase(done.batch);
+    ++w.batches_done;
+
+    bool consistent = done.results.size() == batch.items.size();
+    for (size_t i = 0; consistent && i < batch.items.size(); ++i)
+        consistent = done.results[i].id == batch.items[i].msg.id;
+    if (!consistent) {
+        spdlog::error("worker {} answered batch {} with {} results that do not match its {} messages; redelivering",
+                      w.info.id, done.batch, done.results.size(), batch.items.size());
+        requeue(batch.items);
+        return;
+    }
+    finish(batch.items, done.results, now);
+}
+
+// Acks the final outcomes of a batch; puts the messages to retry back at the head.
+void BrokerCore::finish(std::vector<Pending>& items, std::vector<proto::Outcome>& results, int64_t now) {
+    std::vector<Pending> finished, retry;
+    std::vector<proto::Outcome> outcomes;
+    finished.reserve(items.size());
+    outcomes.reserve(items.size());
+    for (size_t i = 0; i < items.size(); ++i) {
+        auto& r = results[i];
+        auto& item = items[i];
+        // 3xx, storage_error (PostgreSQL was unavailable): not this message's
+        // fault; retried, the attempt does not count.
+        // persist_failed: this message failed to store: the attempt counts; it is
+        // retried until the worker dead-letters it (or kAttemptSlack more).
+        if (r.status == Status::persist_failed) ++item.attempts;
+        bool again = proto::is_retry(r.status) || r.status == Status::storage_error ||
+                     (r.status == Status::persist_failed && item.attempts < cfg_.max_attempts + kAttemptSlack);
+        if (again) {
+            retry.push_back(std::move(item));
+            continue;
+        }
+        if (r.status == Status::ok) {
+            ++persisted_;
+            int lane = static_cast<int>(item.msg.priority);
+            ++persisted_by_lane_[lane];
+            if (item.ack == proto::AckMode::persisted)
+                latency_us_[lane].record(static_cast<uint64_t>(std::max<int64_t>(0, now - item.received_ns) / 1000));
+        } else {
+            if (r.status == Status::dead_lettered) ++dead_lettered_;
+            else ++rejected_;
+            ++rejected_by_reason_[proto::outcome_code(r)];
+        }
+        finished.push_back(std::move(item));
+        outcomes.push_back(std::move(r));
+    }
+    requeue(retry);
+    send_acks(finished, &outcomes, Status::ok, {});
+}
+
+void BrokerCore::handle_reply(proto::Reply& reply) {
+    auto it = queries_.find(reply.req);
+    if (it == queries_.end()) return;  // timed out already
+    reply.req = it->second.req;
+    std::string client = std::move(it->second.client);
+    queries_.erase(it);
+    to_client(client, Command::reply, proto::encode(reply));
+}
+
+void BrokerCore::absorb_worker_metrics(WorkerEntry& w, proto::WorkerMetrics m) {
+    // Cluster totals grow by each report's increment over the worker's previous
+    // one, so they stay monotonic when workers come and go (a restarted worker's
+    // counters start again from zero: then its whole report is the increment).
+    proto::WorkerMetrics& prev = last_reports_[w.info.id];
+    auto delta = [](uint64_t now, uint64_t before) { return now >= before ? now - before : now; };
+    db_errors_ += delta(m.db_errors, prev.db_errors);
+    redis_errors_ += delta(m.redis_errors, prev.redis_errors);
+    cache_read_hits_ += delta(m.cache_read_hits, prev.cache_read_hits);
+    cache_read_misses_ += delta(m.cache_read_misses, prev.cache_read_misses);
+    cache_writes_ += delta(m.cache_writes, prev.cache_writes);
+    cache_write_errors_ += delta(m.cache_write_errors, prev.cache_write_errors);
+    metrics::Histogram inc = m.persist_us;
+    if (!inc.subtract(prev.persist_us)) inc = m.persist_us;
+    persist_us_.merge(inc);
+    prev = m;
+    w.metrics = std::move(m);
+}
+
+void BrokerCore::send_acks(std::vector<Pending>& items, const std::vector<proto::Outcome>* outcomes,
+                           Status uniform, const std::string& reason) {
+    // One ack frame per (client, request), carrying one outcome per message.
+    std::unordered_map<std::string, proto::Ack> groups;
+    for (size_t i = 0; i < items.size(); ++i) {
+        auto& p = items[i];
+        if (p.ack == proto::AckMode::queued) continue;  // acknowledged on entry already
+        std::string key = p.client;
+        key.append(reinterpret_cast<const char*>(&p.req), sizeof p.req);
+        auto& ack = groups[key];
+        ack.req = p.req;
+        if (outcomes) ack.results.push_back((*outcomes)[i]);
+        else ack.results.push_back({p.msg.id, uniform, reason});
+    }
+    for (auto& [key, ack] : groups)
+        to_client(key.substr(0, key.size() - sizeof(uint64_t)), Command::ack, proto::encode(ack));
+}
+
+// ---- dispatch, liveness, expiry -------------------------------------------------
+
+void BrokerCore::tick() {
+    int64_t now = clock_.steady_ns();
+    // Reap first: no batch goes to a worker about to be declared dead, and a
+    // dead worker's batches go to the others in this same tick.
+    heartbeat_and_reap(now);
+    dispatch(now);
+    expire_queries(now);
+}
+
+int64_t BrokerCore::next_wakeup_ns() const {
+    int64_t now = clock_.steady_ns();
+    int64_t next = next_heartbeat_ns_;
+    if (cfg_.batch_linger_ms > 0 && lanes_.total() > 0) {
+        // Only a linger still running: once it is over, what is left waits for
+        // credit, which comes with an event (ready, done, heartbeat), not with
+        // time (waking for it at once would spin).
+        int64_t linger_end = lanes_.oldest_received_ns() + int64_t{cfg_.batch_linger_ms} * kMs;
+        if (linger_end > now) next = std::min(next, linger_end);
+    }
+    return std::max(next, now);
+}
+
+bool BrokerCore::lingering(int64_t now) const {
+    // A batch smaller than batch_size waits up to batch_linger_ms (from its
+    // oldest message) to fill.
+    return cfg_.batch_linger_ms > 0 && lanes_.total() < cfg_.batch_size &&
+           now - lanes_.oldest_received_ns() < int64_t{cfg_.batch_linger_ms} * kMs;
+}
+
+// Messages that expired while queued are answered now, not stored.
+void BrokerCore::drop_expired(std::vector<Pending>& batch) {
+    int64_t now_us = clock_.wall_us();
+    std::vector<Pending> expired;
+    size_t keep = 0;
+    for (size_t i = 0; i < batch.size(); ++i) {
+        auto& p = batch[i];
+        if (p.msg.expires_at_us && p.msg.expires_at_us <= now_us) expired.push_back(std::move(p));
+        else if (keep++ != i) batch[keep - 1] = std::move(p);  // never self-move
+    }
+    batch.resize(keep);
+    if (expired.empty()) return;
+    expired_ += expired.size();
+    send_acks(expired, nullptr, Status::expired, "expired before dispatch");
+}
+
+void BrokerCore::dispatch(int64_t now) {
+    while (lanes_.total() > 0 && !lingering(now)) {
+        WorkerEntry* w = workers_.pick_for_batch();
+        if (!w) return;
+        batch_buf_.clear();
+        scheduler_.fill_batch(lanes_, cfg_.batch_size, now, batch_buf_);
+        drop_expired(batch_buf_);
+        if (batch_buf_.empty()) continue;
+        std::vector<const Message*> msgs;
+        std::vector<uint32_t> attempts;
+        msgs.reserve(batch_buf_.size());
+        attempts.reserve(batch_buf_.size());
+        for (auto& p : batch_buf_) {
+            msgs.push_back(&p.msg);
+            attempts.push_back(p.attempts + 1);  // raised only by a persist_failed answer (finish)
+            ++dispatched_[static_cast<int>(p.msg.priority)];
+        }
+        uint64_t id = next_batch_++;
+        to_worker(w->routing_id, Command::batch, proto::encode_batch(id, msgs, attempts, cfg_.max_attempts));
+        batch_size_.record(batch_buf_.size());
+        w->inflight.insert(id);
+        workers_.mark_dispatched(*w);
+        inflight_.emplace(id, InflightBatch{w->routing_id, std::move(batch_buf_)});
+        batch_buf_ = {};
+    }
+}
+
+void BrokerCore::requeue(std::vector<Pending>& items) {
+    for (auto r = items.rbegin(); r != items.rend(); ++r) lanes_.push_front(std::move(*r));
+    redeliveries_ += items.size();
+}
+
+void BrokerCore::drop_worker(const std::string& routing_id, const std::string& why, const char* query_error) {
+    WorkerEntry* w = workers_.find(routing_id);
+    if (!w) return;
+    std::string name = w->info.id;
+    auto held = workers_.remove(routing_id);
+    size_t requeued = 0;
+    for (uint64_t id : held) {
+        auto it = inflight_.find(id);
+        if (it == inflight_.end()) continue;
+        requeued += it->second.items.size();
+        requeue(it->second.items);
+        inflight_.erase(it);
+    }
+    for (auto it = queries_.begin(); it != queries_.end();) {
+        if (it->second.worker == routing_id) {
+            to_client(it->second.client, Command::error,
+                      proto::encode(proto::Error{it->second.req, Status::unavailable, query_error}));
+            it = queries_.erase(it);
+        } else {
+            ++it;
+        }
+    }
+    spdlog::warn("worker {} removed ({}): {} messages back at the head of their lanes; {} workers left", name, why,
+                 requeued, workers_.size());
+}
+
+void BrokerCore::heartbeat_and_reap(int64_t now) {
+    int64_t timeout = int64_t{cfg_.heartbeat_ms} * cfg_.liveness * kMs;
+    for (const auto& id : workers_.expired(now, timeout)) drop_worker(id, "missed heartbeats");
+    if (now < next_heartbeat_ns_) return;
+    next_heartbeat_ns_ = now + int64_t{cfg_.heartbeat_ms} * kMs;
+    for (const auto& [id, w] : workers_.all()) to_worker(id, Command::heartbeat, heartbeat_body_);
+    for (auto it = clients_.begin(); it != clients_.end();)
+        it = now - it->second > kClientIdleNs ? clients_.erase(it) : std::next(it);
+}
+
+void BrokerCore::expire_queries(int64_t now) {
+    for (auto it = queries_.begin(); it != queries_.end();) {
+        if (now >= it->second.deadline_ns) {
+            to_client(it->second.client, Command::error,
+                      proto::encode(proto::Error{it->second.req, Status::unavailable, "query timed out"}));
+            it = queries_.erase(it);
+        } else {
+            ++it;
+        }
+    }
+}
+
+// ---- draining -------------------------------------------------------------------
+
+void BrokerCore::start_drain() {
+    if (draining_) return;
+    draining_ = true;
+    drain_deadline_ns_ = clock_.steady_ns() + int64_t{cfg_.drain_timeout_ms} * kMs;
+    spdlog::info("draining: {} queued, {} batches in flight", lanes_.total(), inflight_.size());
+}
+
+bool BrokerCore::drained() {
+    if (!draining_) return false;
+    if (lanes_.total() == 0 && inflight_.empty()) return true;
+    if (clock_.steady_ns() < drain_deadline_ns_) return false;
+    spdlog::warn("drain timeout: leaving {} queued and {} batches in flight unacknowledged "
+                 "(their clients will resend)", lanes_.total(), inflight_.size());
+    return true;
+}
+
+// ---- metrics --------------------------------------------------------------------
+
+proto::Stats BrokerCore::snapshot() const {
+    int64_t now = clock_.steady_ns();
+    proto::Stats s;
+    s.uptime_ms = (now - started_ns_) / kMs;
+    for (int i = 0; i < kPriorityCount; ++i) {
+        int64_t age = lanes_.empty(i) ? 0 : (now - lanes_.head_received_ns(i)) / kMs;
+        s.lanes[i] = {lanes_.depth(i), lanes_.capacity(i), received_[i], dispatched_[i], busy_[i],
+                      persisted_by_lane_[i], age};
+        s.latency_us[i] = latency_us_[i];
+    }
+    s.expired = expired_;
+    s.rejected_by_reason.assign(rejected_by_reason_.begin(), rejected_by_reason_.end());
+    s.db_errors = db_errors_;
+    s.redis_errors = redis_errors_;
+    s.cache_read_hits = cache_read_hits_;
+    s.cache_read_misses = cache_read_misses_;
+    s.cache_writes = cache_writes_;
+    s.cache_write_errors = cache_write_errors_;
+    s.batch_size = batch_size_;
+    s.persist_us = persist_us_;
+    s.persisted = persisted_;
+    s.rejected = rejected_;
+    s.dead_lettered = dead_lettered_;
+    s.redeliveries = redeliveries_;
+    s.inflight_batches = inflight_.size();
+    s.client_connections = clients_.size();
+    s.bad_frames = bad_frames_;
+    s.unroutable = unroutable_;
+    for (const auto& [id, w] : workers_.all()) {
+        proto::WorkerStats ws{w.info.id,   w.info.host,       w.info.pid, w.inflight.size(),
+                              w.credit,    w.batches_done,    w.healthy,  w.metrics};
+        ws.busy_batches = w.busy.size();
+        if (!w.busy.empty()) {
+            // As reported, plus the time since the report.
+            int64_t longest = 0;
+            for (const auto& b : w.busy) longest = std::max(longest, b.ms);
+            ws.busy_ms = longest + std::max<int64_t>(0, now - w.busy_at_ns) / kMs;
+        }
+        ws.heartbeat_age_ms = std::max<int64_t>(0, now - w.last_seen_ns) / kMs;
+        s.workers.push_back(std::move(ws));
+    }
+    return s;
+}
+
+}  // namespace llmq::broker

@@ -1,0 +1,147 @@
+// The llmq CLI's options, each declared once (name, description, default,
+// bounds): the CLI parses them, and the settings test holds configs/llmq.toml
+// and the README to them. Header-only, since the CLI's main is in no library.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+#include <CLI/CLI.hpp>
+
+#include "client/top.hpp"
+#include "common/message.hpp"
+#include "common/protocol.hpp"
+#include "common/uuid.hpp"
+
+namespace llmq::client {
+
+// Options every subcommand uses.
+struct GlobalArgs {
+    std::string broker = "tcp://127.0.0.1:5555";
+    int timeout_ms = 10'000;
+};
+
+struct PushArgs {
+    std::string conversation, user, priority = "normal", text, file, ack = "persisted", id, progress = "auto";
+    size_t window = 20'000, frame_messages = 500, max_content_bytes = kDefaultMaxContentBytes;
+    int resend_after_ms = 15'000, give_up_after_ms = 60'000;
+    int64_t ttl_ms = 0;
+    size_t show_rejects = 10;
+};
+
+struct HistoryArgs {
+    std::string conversation, after;
+    uint32_t limit = 50;
+    bool json = false;
+};
+
+struct GetArgs {
+    std::string id;
+    bool json = false;
+};
+
+struct DeadLetterArgs {
+    uint32_t limit = 100;
+    bool json = false;
+};
+
+struct CliArgs {
+    GlobalArgs global;
+    PushArgs push;
+    HistoryArgs history;
+    GetArgs get;
+    bool stats_json = false;
+    DeadLetterArgs dead_letters;
+    TopOptions top;
+};
+
+// The subcommands, to see which one was given.
+struct CliCommands {
+    CLI::App *push, *history, *get, *stats, *dead_letters, *top;
+};
+
+inline void add_push_options(CLI::App& push, PushArgs& a) {
+    push.add_option("-c,--conversation", a.conversation, "Conversation id (1-128 bytes)");
+    push.add_option("-u,--user", a.user, "User id (1-128 bytes)");
+    push.add_option("-p,--priority", a.priority, "urgent, high, normal or low")
+        ->capture_default_str()->check(CLI::IsMember({"urgent", "high", "normal", "low"}));
+    push.add_option("--id", a.id, "Message id (UUID); default a new UUIDv7")
+        ->check([](const std::string& v) { return uuid_from_string(v) ? std::string() : "not a UUID: " + v; });
+    push.add_option("TEXT", a.text, "Content of a single message");
+    push.add_option("-f,--file", a.file,
+                    "JSON lines: {\"conversation_id\",\"user_id\",\"content\",\"priority\"[,\"id\",\"created_at\"]}");
+    push.add_option("--ack", a.ack, "persisted: answered once stored in PostgreSQL; queued: once in a broker lane")
+        ->capture_default_str()->check(CLI::IsMember({"persisted", "queued"}));
+    push.add_option("--window", a.window, "Messages in flight at most")
+        ->capture_default_str()->check(CLI::Range(size_t{1}, size_t{10'000'000}));
+    push.add_option("--frame-messages", a.frame_messages, "Messages per push frame at most")
+        ->capture_default_str()->check(CLI::Range(size_t{1}, size_t{10'000}));
+    push.add_option("--max-content-bytes", a.max_content_bytes, "Lines whose content is larger are rejected locally")
+        ->capture_default_str();
+    push.add_option("--resend-after-ms", a.resend_after_ms, "Resend (same id) a message unanswered this long")
+        ->capture_default_str()->check(CLI::Range(10, 3'600'000));
+    push.add_option("--give-up-after-ms", a.give_up_after_ms, "Exit 3 when the broker says nothing for this long")
+        ->capture_default_str()->check(CLI::Range(10, 86'400'000));
+    push.add_option("--progress", a.progress, "auto (when stderr is a terminal), always or never")
+        ->capture_default_str()->check(CLI::IsMember({"auto", "always", "never"}));
+    push.add_option("--show-rejects", a.show_rejects, "How many rejected lines to print")->capture_default_str();
+    push.add_option("--ttl-ms", a.ttl_ms,
+                    "Give up on a message not dispatched to a worker within this long (answered expired, not "
+                    "stored; 0 = never)")
+        ->capture_default_str()->check(CLI::Range(int64_t{0}, int64_t{86'400'000'000}));
+}
+
+inline void add_top_options(CLI::App& top, TopOptions& t) {
+    top.add_option("--interval-ms", t.interval_ms, "Refresh period")
+        ->capture_default_str()->check(CLI::Range(100, 3'600'000));
+    top.add_option("--iterations", t.iterations, "Stop after this many refreshes (0 = until q or Ctrl-C)")
+        ->capture_default_str()->check(CLI::Range(0, 1'000'000'000));
+    top.add_option("--mode", t.mode,
+                   "auto (full screen when stdout is a terminal, else one line per refresh), screen or plain")
+        ->capture_default_str()->check(CLI::IsMember({"auto", "screen", "plain"}));
+    top.add_option("--window-s", t.window_s, "Latency percentiles cover the last this many seconds")
+        ->capture_default_str()->check(CLI::Range(1, 3600));
+}
+
+// Declares the global options and every subcommand with its options on `app`
+// (the common ones, --config, --log-level…, come from add_common_options).
+inline CliCommands add_llmq_options(CLI::App& app, CliArgs& a) {
+    app.add_option("--broker", a.global.broker, "Broker frontend endpoint")->capture_default_str();
+    app.add_option("--timeout-ms", a.global.timeout_ms, "How long history/get/stats wait for an answer")
+        ->capture_default_str()->check(CLI::Range(1, 3'600'000));
+    CliCommands cmd{};
+    cmd.push = app.add_subcommand(
+        "push", "Push one message (TEXT with -c and -u) or many (--file FILE.jsonl, - for stdin)");
+    add_push_options(*cmd.push, a.push);
+
+    cmd.history = app.add_subcommand(
+        "history", "Show a conversation's messages, oldest first: the most recent --limit, or those after --after ID");
+    cmd.history->add_option("CONVERSATION", a.history.conversation, "Conversation id")->required();
+    cmd.history->add_option("--after", a.history.after,
+                            "Only messages with a larger id (cursor paging; the nil UUID pages from the start)");
+    cmd.history->add_option("--limit", a.history.limit, "Messages per page")
+        ->capture_default_str()->check(CLI::Range(1u, proto::kMaxHistoryLimit));
+    cmd.history->add_flag("--json", a.history.json, "Print JSON");
+
+    cmd.get = app.add_subcommand("get", "Show one message by id");
+    cmd.get->add_option("ID", a.get.id, "Message id (UUID)")->required();
+    cmd.get->add_flag("--json", a.get.json, "Print JSON");
+
+    cmd.stats = app.add_subcommand("stats", "Show one snapshot of the broker's lanes, workers and counters");
+    cmd.stats->add_flag("--json", a.stats_json, "Print JSON");
+
+    cmd.dead_letters = app.add_subcommand(
+        "dead-letters", "List messages given up on after failing to be stored --max-attempts times, newest first");
+    cmd.dead_letters->add_option("--limit", a.dead_letters.limit, "How many")
+        ->capture_default_str()->check(CLI::Range(1u, proto::kMaxHistoryLimit));
+    cmd.dead_letters->add_flag("--json", a.dead_letters.json, "Print JSON");
+
+    cmd.top = app.add_subcommand("top", "Live view of lanes (depth, rates), workers and latency percentiles, "
+                                        "refreshed every --interval-ms; q quits. Plain lines when stdout is not a "
+                                        "terminal");
+    add_top_options(*cmd.top, a.top);
+    return cmd;
+}
+
+}  // namespace llmq::client
