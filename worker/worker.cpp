@@ -215,8 +215,9 @@ void Worker::query_loop(Lane& lane) {
         if (q) mailbox_.post({Outgoing::Kind::reply, proto::encode(lane.pipeline->answer(*q))});
         else if (queries_.closed()) break;
         // Readers find conversations to rebuild (a dead writer's mark, a flushed
-        // cache): this thread's cache queued them, so this thread repairs them,
-        // when no query is waiting.
+        // cache) and queue them in the process's repair queue: this thread
+        // repairs too, when no query is waiting, so an idle worker's readers
+        // need no executor to get them back.
         if (healthy_ && queries_.size() == 0) lane.pipeline->run_repairs(kRepairsPerTurn);
     }
 }
