@@ -184,8 +184,12 @@ cmd_up() {
   trap 'echo "cluster: up failed; cleaning up" >&2; cmd_down >/dev/null 2>&1' ERR
   mkdir -p "$STATE"
   if ((!keep)); then
-    LLMQ_RUN_DIR="$STATE/db" bash "$REPO_DIR/scripts/services.sh" clean >"$STATE/db-services.log" 2>&1 ||
-      die "could not remove the last cluster's data (see $STATE/db-services.log)"
+    # No cluster is up, so nothing uses the last one's data: remove it (and
+    # the private /tmp directory services.sh may have put PostgreSQL's in).
+    local pg_data
+    pg_data=$(readlink -- "$STATE/db/pg" 2>/dev/null || true)
+    [[ $pg_data == /tmp/llmq-pg.* ]] && rm -rf -- "$pg_data"
+    rm -rf -- "$STATE/db"
   fi
   ip link add "$BRIDGE" type bridge
   ip link set "$BRIDGE" up
@@ -207,6 +211,12 @@ cmd_down() {
   local h
   # Thaw first: a frozen process cannot die.
   for h in /sys/fs/cgroup/freezer/$CG/*/; do [[ -d $h ]] && echo THAWED >"$h/freezer.state" 2>/dev/null || true; done
+  # PostgreSQL and Redis get a clean stop (kill -9 below would leave the data
+  # directory claiming a server that is gone).
+  if is_host db; then
+    on_host db env LLMQ_RUN_DIR="$STATE/db" LLMQ_PG_PORT=$PG_PORT LLMQ_REDIS_PORT=$REDIS_PORT LLMQ_SERVICES_TIMEOUT=15 \
+      bash "$REPO_DIR/scripts/services.sh" stop >>"$STATE/db-services.log" 2>&1 || true
+  fi
   for h in $(hosts); do
     ip netns pids "$NS_PREFIX$h" 2>/dev/null | xargs -r kill -9 2>/dev/null || true
   done
