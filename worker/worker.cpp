@@ -198,6 +198,9 @@ void Worker::executor_loop(Lane& lane) {
         lane.busy_batch = job->batch;
         bool sent = false;
         BatchResult result = lane.pipeline->process(*job, [&](const proto::Done& done) {
+            // Answered: the cache write that follows is not the batch's any
+            // more, so heartbeats stop naming it (the broker forgets it on done).
+            lane.busy_batch = 0;
             mailbox_.post({Outgoing::Kind::done, proto::encode(done)});
             sent = true;
         });
