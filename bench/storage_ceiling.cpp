@@ -34,6 +34,7 @@
 #include "worker/preprocess.hpp"
 #include "worker/redis_cache.hpp"
 #include "common/signals.hpp"
+#include "worker/resp.hpp"
 
 using namespace llmq;
 using Clock = std::chrono::steady_clock;
@@ -43,7 +44,6 @@ namespace {
 constexpr size_t kBatch = 1000;    // rows per COPY transaction; messages per Redis pipeline batch
 constexpr int kPgConnections = 2;  // as the benchmark's 2 workers
 constexpr size_t kRedisInFlight = 2;
-constexpr size_t kBucketHex = 9;   // the worker's by-id buckets: the id's first 9 hex digits
 
 struct Options {
     std::string postgres, redis, redis_prefix = "ceiling:";
@@ -170,45 +170,6 @@ RedisPtr connect_redis(const std::string& url) {
     return c;
 }
 
-// The first `digits` hex digits of an id (32: all of it), as the worker names ids in Redis.
-void append_hex(std::string& out, const MessageId& id, size_t digits) {
-    static constexpr char hex[] = "0123456789abcdef";
-    for (size_t d = 0; d < digits; ++d) out.push_back(hex[(id[d / 2] >> (d % 2 ? 0 : 4)) & 0xf]);
-}
-
-// Redis commands written straight in RESP into one reused buffer, as the worker does.
-class Resp {
-public:
-    explicit Resp(std::string& out) : out_(out) {}
-    void command(size_t argc) { head('*', argc); }
-    void arg(std::string_view a) {
-        head('$', a.size());
-        out_.append(a);
-        out_.append("\r\n");
-    }
-    void arg(uint64_t v) { arg(std::string_view(std::to_string(v))); }
-    // "<prefix><first `digits` hex digits of id><suffix>" as one argument.
-    void hex_arg(std::string_view prefix, const MessageId& id, size_t digits, std::string_view suffix = {}) {
-        head('$', prefix.size() + digits + suffix.size());
-        out_.append(prefix);
-        append_hex(out_, id, digits);
-        out_.append(suffix);
-        out_.append("\r\n");
-    }
-
-private:
-    void head(char kind, size_t n) {
-        out_.push_back(kind);
-        out_.append(std::to_string(n));
-        out_.append("\r\n");
-    }
-    std::string& out_;
-};
-
-bool same_bucket(const MessageId& a, const MessageId& b) {
-    return std::equal(a.begin(), a.begin() + 4, b.begin()) && (a[4] >> 4) == (b[4] >> 4);
-}
-
 struct RedisPlan {
     std::string prefix;
     std::vector<std::string> history_keys;  // per conversation: <prefix>h:conv_N
@@ -216,26 +177,26 @@ struct RedisPlan {
     uint32_t history_size = 0, message_ttl_s = 0;
 };
 
-// Appends the commands of messages [begin, end) to `buf`; returns how many replies they get.
+// Writes the commands of messages [begin, end) into `buf` (started over); returns how many replies they get.
 size_t encode_batch(const Workload& w, size_t begin, size_t end, const RedisPlan& plan, std::string& buf) {
-    Resp cmd(buf);
+    worker::RespBuffer cmd(buf);
     std::vector<std::string> payloads(end - begin);
     for (size_t i = begin; i < end; ++i) proto::encode_cached(w.messages[i], payloads[i - begin]);
     const std::string bucket_prefix = plan.prefix + "m:";
     size_t replies = 0;
     for (size_t k = begin; k < end;) {  // ids are sorted: a bucket's ids are adjacent
         size_t stop = k + 1;
-        while (stop < end && same_bucket(w.messages[k].id, w.messages[stop].id)) ++stop;
+        while (stop < end && worker::same_bucket(w.messages[k].id, w.messages[stop].id)) ++stop;
         cmd.command(2 + 2 * (stop - k));
         cmd.arg("HSET");
-        cmd.hex_arg(bucket_prefix, w.messages[k].id, kBucketHex);
+        cmd.bucket_arg(bucket_prefix, w.messages[k].id);
         for (size_t j = k; j < stop; ++j) {
-            cmd.hex_arg("", w.messages[j].id, 32);
+            cmd.id_arg("", w.messages[j].id);
             cmd.arg(payloads[j - begin]);
         }
         cmd.command(3);
         cmd.arg("EXPIRE");
-        cmd.hex_arg(bucket_prefix, w.messages[k].id, kBucketHex);
+        cmd.bucket_arg(bucket_prefix, w.messages[k].id);
         cmd.arg(uint64_t{plan.message_ttl_s});
         replies += 2;
         k = stop;
@@ -253,8 +214,8 @@ size_t encode_batch(const Workload& w, size_t begin, size_t end, const RedisPlan
         for (size_t j = k; j < stop; ++j) {
             size_t i = by_conv[j].second;
             cmd.arg("0");  // all scores 0: members sort by their leading hex id
-            if (plan.full_member) cmd.hex_arg("", w.messages[i].id, 32, ":" + payloads[i - begin]);
-            else cmd.hex_arg("", w.messages[i].id, 32);
+            if (plan.full_member) cmd.member_arg(w.messages[i].id, payloads[i - begin]);
+            else cmd.id_arg("", w.messages[i].id);
         }
         cmd.command(4);
         cmd.arg("ZREMRANGEBYRANK");
@@ -340,7 +301,7 @@ RedisCounts count_redis(redisContext* c, const Workload& w, const RedisPlan& pla
     std::set<std::string> buckets;
     for (const auto& m : w.messages) {
         std::string key = plan.prefix + "m:";
-        append_hex(key, m.id, kBucketHex);
+        key += worker::hex_id(m.id).substr(0, worker::kBucketHex);
         buckets.insert(std::move(key));
     }
     std::set<uint32_t> convs(w.conversation.begin(), w.conversation.end());
