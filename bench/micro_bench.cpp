@@ -10,12 +10,14 @@
 #include <vector>
 
 #include "broker/lanes.hpp"
+#include "broker/metrics.hpp"
 #include "broker/scheduler.hpp"
 #include "collector/exposition.hpp"
 #include "common/metrics.hpp"
 #include "common/protocol.hpp"
 #include "common/time.hpp"
 #include "common/uuid.hpp"
+#include "worker/metrics.hpp"
 #include "worker/preprocess.hpp"
 
 using namespace llmq;
@@ -69,25 +71,43 @@ proto::Push make_push(size_t n) {
     return p;
 }
 
+// A broker's snapshot as it publishes it: its own families (the lanes busy, a
+// few rejections) and, gathered from `workers` workers' heartbeats, theirs.
 proto::Stats make_stats(int workers) {
     auto values = sample_values(100'000);
+    broker::BrokerMetrics m;
+    for (size_t i = 0; i < static_cast<size_t>(kPriorityCount); ++i) {
+        const std::string_view p = priority_name(static_cast<Priority>(i));
+        m.depth.with({p}).set(10);
+        m.capacity.with({p}).set(100'000);
+        m.oldest_age_seconds.with({p}).set(0.012);
+        *m.received[i] += 1'000'000;
+        *m.dispatched[i] += 1'000'000;
+        *m.persisted[i] += 999'990;
+        for (size_t j = i; j < values.size(); j += 4) m.latency_us[i]->record(values[j]);
+    }
+    for (int i = 0; i < 1000; ++i) m.batch_size.record(static_cast<uint64_t>(1 + i));
+    m.rejected_by_reason.with({"content_empty"}) += 10;
+    m.rejected_by_reason.with({"content_invalid_utf8"}) += 3;
+    metrics::Gathered gathered("worker");
+    for (int w = 0; w < workers; ++w) {
+        const std::string host = "host-" + std::to_string(w), id = host + ":1234:abcd";
+        m.worker_up.with({id, host}).set(1);
+        for (auto* f : {&m.worker_healthy, &m.worker_inflight, &m.worker_credit, &m.worker_heartbeat_age})
+            f->with({id}).set(1);
+        m.worker_batches.with({id}) += 1000;
+        m.worker_persisted.with({id}) += 999'990;
+        worker::WorkerCounters own;
+        for (size_t i = 0; i < 1000; ++i) own.persist_us.record(values[i]);
+        own.cache_hits += 900;
+        own.cache_misses += 100;
+        own.cache_writes += 1000;
+        gathered.report(id, own.registry.snapshot());
+    }
     proto::Stats s;
     s.uptime_ms = 3'600'000;
-    for (int i = 0; i < kPriorityCount; ++i) {
-        s.lanes[i] = {10, 100'000, 1'000'000, 1'000'000, 0, 999'990, 12};
-        for (size_t j = i; j < values.size(); j += 4) s.latency_us[i].record(values[j]);
-    }
-    for (int i = 0; i < 1000; ++i) s.batch_size.record(static_cast<uint64_t>(1 + i));
-    for (int w = 0; w < workers; ++w) {
-        proto::WorkerStats ws;
-        ws.id = "host-" + std::to_string(w) + ":1234:abcd";
-        ws.host = "host-" + std::to_string(w);
-        ws.pid = 1234;
-        for (int i = 0; i < 1000; ++i) ws.metrics.persist_us.record(values[static_cast<size_t>(i)]);
-        s.persist_us.merge(ws.metrics.persist_us);
-        s.workers.push_back(ws);
-    }
-    s.rejected_by_reason = {{"content_empty", 10}, {"content_invalid_utf8", 3}};
+    s.families = m.registry.snapshot();
+    gathered.append_to(s.families);
     return s;
 }
 

@@ -187,7 +187,7 @@ print(f'  latency ms (worse of the two processes): p50 {l["p50_ms"]:.2f}  p90 {l
 EOF
   fi
   "$BUILD_DIR/llmq" --broker "$FRONTEND" stats --json 2>/dev/null |
-    python3 -c 'import json,sys; s=json.load(sys.stdin); print("broker saw", s.get("client_connections"), "client connections at the end")' || true
+    stats_expr 'f"broker saw {total(\"llmq_client_connections\"):.0f} client connections at the end"' || true
 fi
 stop_started
 

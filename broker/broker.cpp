@@ -143,9 +143,10 @@ void Broker::run(const std::atomic<bool>& stop) {
         if (clock_->steady_ns() >= next_stats_ns_) publish_stats();
     }
     publish_stats();
-    auto s = core_->snapshot();
-    spdlog::info("broker stopped: {} persisted, {} rejected, {} redeliveries", s.persisted, s.rejected,
-                 s.redeliveries);
+    const auto f = core_->snapshot().families;
+    spdlog::info("broker stopped: {} persisted, {} rejected, {} redeliveries",
+                 metrics::sum(f, "llmq_messages_persisted_total"), metrics::sum(f, "llmq_messages_rejected_total"),
+                 metrics::sum(f, "llmq_redeliveries_total"));
 }
 
 void Broker::flush() {

@@ -53,6 +53,7 @@ BrokerCore::BrokerCore(const BrokerConfig& cfg, const Clock& clock)
     hb.liveness = static_cast<uint32_t>(std::max(cfg_.liveness, 0));
     heartbeat_body_ = proto::encode(hb);
     started_ns_ = clock_.steady_ns();
+    m_.registry.on_collect([this] { collect(); });
 }
 
 // ---- output ---------------------------------------------------------------------
@@ -71,13 +72,13 @@ void BrokerCore::to_worker(const std::string& worker, Command cmd, std::string b
 }
 
 void BrokerCore::client_error(const std::string& client, uint64_t req, Status st, std::string reason) {
-    ++bad_frames_;
+    ++m_.bad_frames;
     spdlog::debug("client error {}: {}", static_cast<int>(st), reason);
     to_client(client, Command::error, proto::encode(proto::Error{req, st, std::move(reason)}));
 }
 
 void BrokerCore::worker_error(const std::string& worker, Status st, std::string reason) {
-    ++bad_frames_;
+    ++m_.bad_frames;
     to_worker(worker, Command::error, proto::encode(proto::Error{0, st, std::move(reason)}));
 }
 
@@ -85,7 +86,7 @@ void BrokerCore::send_failed(const Outgoing& o) {
     if (o.socket == Socket::frontend) {
         // The client has gone or stopped reading: it will time out and resend
         // (ids make that harmless). Every refusal is counted.
-        ++unroutable_;
+        ++m_.unroutable;
         spdlog::debug("reply to a gone or full client dropped ({})", proto::command_name(o.cmd));
         return;
     }
@@ -162,19 +163,19 @@ void BrokerCore::handle_push(const std::string& client, proto::Push& push, int64
         }
         if (m.expires_at_us && m.expires_at_us <= now_us) {
             ack.results.push_back({m.id, Status::expired, "expired before it was queued"});
-            ++expired_;
+            ++m_.expired;
             continue;
         }
         int lane = static_cast<int>(m.priority);
         MessageId id = m.id;
         Pending p{std::move(m), client, push.req, now, push.ack, 0};
         if (!lanes_.try_push(std::move(p))) {
-            ++busy_[lane];
+            ++*m_.busy[static_cast<size_t>(lane)];
             ack.retry_after_ms = static_cast<uint32_t>(cfg_.busy_retry_ms);
             ack.results.push_back({id, Status::busy, "lane full"});
             continue;
         }
-        ++received_[lane];
+        ++*m_.received[static_cast<size_t>(lane)];
         if (push.ack == proto::AckMode::queued) ack.results.push_back({id, Status::queued, {}});
     }
     if (!ack.results.empty()) to_client(client, Command::ack, proto::encode(ack));
@@ -228,7 +229,7 @@ void BrokerCore::handle_worker_frame(const std::string& worker, Command cmd, std
         case Command::done: {
             auto decoded = proto::decode_done(body);
             if (auto* err = std::get_if<proto::DecodeError>(&decoded)) {
-                ++bad_frames_;
+                ++m_.bad_frames;
                 spdlog::warn("worker {} sent an undecodable done: {}", w->info.id, err->reason);
                 // We cannot tell which batch it answers: forget the worker so everything it
                 // held is redelivered now (not held for ever); its next frame gets
@@ -240,7 +241,7 @@ void BrokerCore::handle_worker_frame(const std::string& worker, Command cmd, std
         case Command::reply: {
             auto decoded = proto::decode_reply(body);
             if (auto* err = std::get_if<proto::DecodeError>(&decoded)) {
-                ++bad_frames_;
+                ++m_.bad_frames;
                 spdlog::warn("undecodable reply from a worker: {}", err->reason);
                 return;  // the query times out and the client is told
             }
@@ -304,7 +305,7 @@ void BrokerCore::set_health(WorkerEntry& w, bool healthy) {
 
 void BrokerCore::handle_heartbeat(WorkerEntry& w, proto::Heartbeat& h, int64_t now) {
     set_health(w, h.healthy);
-    if (h.metrics) absorb_worker_metrics(w, std::move(*h.metrics));
+    if (h.metrics) gathered_.report(w.info.id, std::move(*h.metrics));
     w.busy = std::move(h.busy);
     w.busy_at_ns = now;
 }
@@ -313,7 +314,7 @@ void BrokerCore::bad_heartbeat(WorkerEntry& w, std::string_view body, const prot
     // It is alive (any frame counts), but we cannot read what it says. Its
     // health matters most: a readable `healthy` is honoured anyway, else the
     // last known state stays (and the warning says which).
-    ++bad_frames_;
+    ++m_.bad_frames;
     auto healthy = proto::peek_healthy(body);
     if (healthy) set_health(w, *healthy);
     if (now < w.next_bad_heartbeat_warn_ns) {
@@ -343,6 +344,7 @@ void BrokerCore::handle_done(WorkerEntry& w, proto::Done& done, int64_t now) {
     inflight_.erase(it);
     w.inflight.erase(done.batch);
     ++w.batches_done;
+    ++m_.worker_batches.with({w.info.id});
 
     bool consistent = done.results.size() == batch.items.size();
     for (size_t i = 0; consistent && i < batch.items.size(); ++i)
@@ -353,11 +355,15 @@ void BrokerCore::handle_done(WorkerEntry& w, proto::Done& done, int64_t now) {
         requeue(batch.items);
         return;
     }
-    finish(batch.items, done.results, now);
+    auto [persisted, failed] = finish(batch.items, done.results, now);
+    m_.worker_persisted.with({w.info.id}) += persisted;
+    m_.worker_rejected.with({w.info.id}) += failed;
 }
 
 // Acks the final outcomes of a batch; puts the messages to retry back at the head.
-void BrokerCore::finish(std::vector<Pending>& items, std::vector<proto::Outcome>& results, int64_t now) {
+BrokerCore::Finished BrokerCore::finish(std::vector<Pending>& items, std::vector<proto::Outcome>& results,
+                                        int64_t now) {
+    Finished counts;
     std::vector<Pending> finished, retry;
     std::vector<proto::Outcome> outcomes;
     finished.reserve(items.size());
@@ -377,21 +383,22 @@ void BrokerCore::finish(std::vector<Pending>& items, std::vector<proto::Outcome>
             continue;
         }
         if (r.status == Status::ok) {
-            ++persisted_;
-            int lane = static_cast<int>(item.msg.priority);
-            ++persisted_by_lane_[lane];
+            ++counts.persisted;
+            auto lane = static_cast<size_t>(item.msg.priority);
+            ++*m_.persisted[lane];
             if (item.ack == proto::AckMode::persisted)
-                latency_us_[lane].record(static_cast<uint64_t>(std::max<int64_t>(0, now - item.received_ns) / 1000));
+                m_.latency_us[lane]->record(static_cast<uint64_t>(std::max<int64_t>(0, now - item.received_ns) / 1000));
         } else {
-            if (r.status == Status::dead_lettered) ++dead_lettered_;
-            else ++rejected_;
-            ++rejected_by_reason_[proto::outcome_code(r)];
+            ++counts.failed;
+            if (r.status == Status::dead_lettered) ++m_.dead_lettered;
+            ++m_.rejected_by_reason.with({proto::outcome_code(r)});
         }
         finished.push_back(std::move(item));
         outcomes.push_back(std::move(r));
     }
     requeue(retry);
     send_acks(finished, &outcomes, Status::ok, {});
+    return counts;
 }
 
 void BrokerCore::handle_reply(proto::Reply& reply) {
@@ -401,25 +408,6 @@ void BrokerCore::handle_reply(proto::Reply& reply) {
     std::string client = std::move(it->second.client);
     queries_.erase(it);
     to_client(client, Command::reply, proto::encode(reply));
-}
-
-void BrokerCore::absorb_worker_metrics(WorkerEntry& w, proto::WorkerMetrics m) {
-    // Cluster totals grow by each report's increment over the worker's previous
-    // one, so they stay monotonic when workers come and go (a restarted worker's
-    // counters start again from zero: then its whole report is the increment).
-    proto::WorkerMetrics& prev = last_reports_[w.info.id];
-    auto delta = [](uint64_t now, uint64_t before) { return now >= before ? now - before : now; };
-    db_errors_ += delta(m.db_errors, prev.db_errors);
-    redis_errors_ += delta(m.redis_errors, prev.redis_errors);
-    cache_read_hits_ += delta(m.cache_read_hits, prev.cache_read_hits);
-    cache_read_misses_ += delta(m.cache_read_misses, prev.cache_read_misses);
-    cache_writes_ += delta(m.cache_writes, prev.cache_writes);
-    cache_write_errors_ += delta(m.cache_write_errors, prev.cache_write_errors);
-    metrics::Histogram inc = m.persist_us;
-    if (!inc.subtract(prev.persist_us)) inc = m.persist_us;
-    persist_us_.merge(inc);
-    prev = m;
-    w.metrics = std::move(m);
 }
 
 void BrokerCore::send_acks(std::vector<Pending>& items, const std::vector<proto::Outcome>* outcomes,
@@ -483,7 +471,7 @@ void BrokerCore::drop_expired(std::vector<Pending>& batch) {
     }
     batch.resize(keep);
     if (expired.empty()) return;
-    expired_ += expired.size();
+    m_.expired += expired.size();
     send_acks(expired, nullptr, Status::expired, "expired before dispatch");
 }
 
@@ -502,11 +490,11 @@ void BrokerCore::dispatch(int64_t now) {
         for (auto& p : batch_buf_) {
             msgs.push_back(&p.msg);
             attempts.push_back(p.attempts + 1);  // raised only by a persist_failed answer (finish)
-            ++dispatched_[static_cast<int>(p.msg.priority)];
+            ++*m_.dispatched[static_cast<size_t>(p.msg.priority)];
         }
         uint64_t id = next_batch_++;
         to_worker(w->routing_id, Command::batch, proto::encode_batch(id, msgs, attempts, cfg_.max_attempts));
-        batch_size_.record(batch_buf_.size());
+        m_.batch_size.record(batch_buf_.size());
         w->inflight.insert(id);
         workers_.mark_dispatched(*w);
         inflight_.emplace(id, InflightBatch{w->routing_id, std::move(batch_buf_)});
@@ -516,13 +504,16 @@ void BrokerCore::dispatch(int64_t now) {
 
 void BrokerCore::requeue(std::vector<Pending>& items) {
     for (auto r = items.rbegin(); r != items.rend(); ++r) lanes_.push_front(std::move(*r));
-    redeliveries_ += items.size();
+    m_.redeliveries += items.size();
 }
 
 void BrokerCore::drop_worker(const std::string& routing_id, const std::string& why, const char* query_error) {
     WorkerEntry* w = workers_.find(routing_id);
     if (!w) return;
     std::string name = w->info.id;
+    // Its series leave the snapshot (what it added to the totals stays).
+    gathered_.forget(name);
+    for (auto* f : {&m_.worker_batches, &m_.worker_persisted, &m_.worker_rejected}) f->remove({name});
     auto held = workers_.remove(routing_id);
     size_t requeued = 0;
     for (uint64_t id : held) {
@@ -587,47 +578,50 @@ bool BrokerCore::drained() {
 
 // ---- metrics --------------------------------------------------------------------
 
-proto::Stats BrokerCore::snapshot() const {
-    int64_t now = clock_.steady_ns();
-    proto::Stats s;
-    s.uptime_ms = (now - started_ns_) / kMs;
+// Copies what the core's structures hold now into the registry's gauges
+// (called by each registry snapshot).
+void BrokerCore::collect() const {
+    const int64_t now = clock_.steady_ns();
+    m_.uptime_seconds.set(static_cast<double>(now - started_ns_) / 1e9);
     for (int i = 0; i < kPriorityCount; ++i) {
-        int64_t age = lanes_.empty(i) ? 0 : (now - lanes_.head_received_ns(i)) / kMs;
-        s.lanes[i] = {lanes_.depth(i), lanes_.capacity(i), received_[i], dispatched_[i], busy_[i],
-                      persisted_by_lane_[i], age};
-        s.latency_us[i] = latency_us_[i];
+        const std::string_view prio = priority_name(static_cast<Priority>(i));
+        m_.depth.with({prio}).set(static_cast<double>(lanes_.depth(i)));
+        m_.capacity.with({prio}).set(static_cast<double>(lanes_.capacity(i)));
+        const int64_t age_ns = lanes_.empty(i) ? 0 : now - lanes_.head_received_ns(i);
+        m_.oldest_age_seconds.with({prio}).set(static_cast<double>(age_ns / kMs) / 1000.0);
     }
-    s.expired = expired_;
-    s.rejected_by_reason.assign(rejected_by_reason_.begin(), rejected_by_reason_.end());
-    s.db_errors = db_errors_;
-    s.redis_errors = redis_errors_;
-    s.cache_read_hits = cache_read_hits_;
-    s.cache_read_misses = cache_read_misses_;
-    s.cache_writes = cache_writes_;
-    s.cache_write_errors = cache_write_errors_;
-    s.batch_size = batch_size_;
-    s.persist_us = persist_us_;
-    s.persisted = persisted_;
-    s.rejected = rejected_;
-    s.dead_lettered = dead_lettered_;
-    s.redeliveries = redeliveries_;
-    s.inflight_batches = inflight_.size();
-    s.client_connections = clients_.size();
-    s.bad_frames = bad_frames_;
-    s.unroutable = unroutable_;
-    for (const auto& [id, w] : workers_.all()) {
-        proto::WorkerStats ws{w.info.id,   w.info.host,       w.info.pid, w.inflight.size(),
-                              w.credit,    w.batches_done,    w.healthy,  w.metrics};
-        ws.busy_batches = w.busy.size();
-        if (!w.busy.empty()) {
-            // As reported, plus the time since the report.
-            int64_t longest = 0;
-            for (const auto& b : w.busy) longest = std::max(longest, b.ms);
-            ws.busy_ms = longest + std::max<int64_t>(0, now - w.busy_at_ns) / kMs;
+    m_.inflight_batches.set(static_cast<double>(inflight_.size()));
+    m_.client_connections.set(static_cast<double>(clients_.size()));
+    m_.workers_connected.set(static_cast<double>(workers_.size()));
+    size_t healthy = 0;
+    for (auto* f : {&m_.worker_up, &m_.worker_healthy, &m_.worker_inflight, &m_.worker_credit,
+                    &m_.worker_busy_batches, &m_.worker_busy_seconds, &m_.worker_heartbeat_age})
+        f->clear();
+    for (const auto& [rid, w] : workers_.all()) {
+        const std::string& id = w.info.id;
+        healthy += w.healthy ? 1 : 0;
+        m_.worker_up.with({id, w.info.host}).set(1);
+        m_.worker_healthy.with({id}).set(w.healthy ? 1 : 0);
+        m_.worker_inflight.with({id}).set(static_cast<double>(w.inflight.size()));
+        m_.worker_credit.with({id}).set(w.credit);
+        m_.worker_busy_batches.with({id}).set(static_cast<double>(w.busy.size()));
+        int64_t busy_ms = 0;
+        if (!w.busy.empty()) {  // as reported, plus the time since the report
+            for (const auto& b : w.busy) busy_ms = std::max(busy_ms, b.ms);
+            busy_ms += std::max<int64_t>(0, now - w.busy_at_ns) / kMs;
         }
-        ws.heartbeat_age_ms = std::max<int64_t>(0, now - w.last_seen_ns) / kMs;
-        s.workers.push_back(std::move(ws));
+        m_.worker_busy_seconds.with({id}).set(static_cast<double>(busy_ms) / 1000.0);
+        m_.worker_heartbeat_age.with({id}).set(static_cast<double>(std::max<int64_t>(0, now - w.last_seen_ns) / kMs) /
+                                               1000.0);
     }
+    m_.workers_healthy.set(static_cast<double>(healthy));
+}
+
+proto::Stats BrokerCore::snapshot() const {
+    proto::Stats s;
+    s.uptime_ms = (clock_.steady_ns() - started_ns_) / kMs;
+    s.families = m_.registry.snapshot();
+    gathered_.append_to(s.families);
     return s;
 }
 

@@ -11,9 +11,9 @@
 
 #include "broker/broker.hpp"  // BrokerConfig
 #include "broker/lanes.hpp"
+#include "broker/metrics.hpp"
 #include "broker/scheduler.hpp"
 #include "broker/worker_registry.hpp"
-#include "common/metrics.hpp"
 #include "common/protocol.hpp"
 
 namespace llmq::broker {
@@ -103,6 +103,8 @@ public:
 
     // The counters and gauges published on the metrics socket and answered to `stats`.
     proto::Stats snapshot() const;
+    // The broker's own registry (a process embedding the core may add families).
+    metrics::Registry& registry() { return m_.registry; }
 
 private:
     struct InflightBatch {
@@ -125,13 +127,16 @@ private:
     void bad_heartbeat(WorkerEntry& w, std::string_view body, const proto::DecodeError& err, int64_t now);
     void set_health(WorkerEntry& w, bool healthy);
     void handle_done(WorkerEntry& w, proto::Done& done, int64_t now);
-    void finish(std::vector<Pending>& items, std::vector<proto::Outcome>& results, int64_t now);
+    struct Finished {
+        uint64_t persisted = 0, failed = 0;  // final outcomes: 200, and the others
+    };
+    Finished finish(std::vector<Pending>& items, std::vector<proto::Outcome>& results, int64_t now);
     void handle_reply(proto::Reply& reply);
-    void absorb_worker_metrics(WorkerEntry& w, proto::WorkerMetrics m);
     void dispatch(int64_t now);
     bool lingering(int64_t now) const;
     void drop_expired(std::vector<Pending>& batch);
     void heartbeat_and_reap(int64_t now);
+    void collect() const;
     void expire_queries(int64_t now);
     void drop_worker(const std::string& routing_id, const std::string& why,
                      const char* query_error = "worker lost; retry");
@@ -160,19 +165,9 @@ private:
     // Our heartbeat body: it tells workers our --heartbeat-ms and --liveness.
     std::string heartbeat_body_;
 
-    // counters
-    std::array<uint64_t, kPriorityCount> received_{}, dispatched_{}, busy_{};
-    std::array<uint64_t, kPriorityCount> persisted_by_lane_{};
-    std::array<metrics::Histogram, kPriorityCount> latency_us_;
-    metrics::Histogram batch_size_, persist_us_;
-    std::map<std::string, uint64_t> rejected_by_reason_;
-    // Each worker's last report, by worker id: it outlives the registry entry,
-    // so a worker that registers again (same process, same running totals) adds
-    // only its increments to the cluster totals.
-    std::unordered_map<std::string, proto::WorkerMetrics> last_reports_;
-    uint64_t expired_ = 0, db_errors_ = 0, redis_errors_ = 0;
-    uint64_t cache_read_hits_ = 0, cache_read_misses_ = 0, cache_writes_ = 0, cache_write_errors_ = 0;
-    uint64_t persisted_ = 0, rejected_ = 0, dead_lettered_ = 0, redeliveries_ = 0, bad_frames_ = 0, unroutable_ = 0;
+    // Figures: the broker's own, and its workers' from their heartbeats.
+    mutable BrokerMetrics m_;
+    metrics::Gathered gathered_{"worker"};
 };
 
 }  // namespace llmq::broker

@@ -21,7 +21,6 @@ struct WorkerEntry {
     uint64_t batches_done = 0;
     uint64_t dispatch_seq = 0;  // when it last got work, for round robin among equals
     bool healthy = true;        // false: it said it cannot store now (no batches for it)
-    proto::WorkerMetrics metrics;  // its last report
     std::vector<proto::BusyBatch> busy;  // what its last heartbeat said it works on (minus batches done since)
     int64_t busy_at_ns = 0;              // when that heartbeat arrived
     int64_t next_bad_heartbeat_warn_ns = 0;  // undecodable heartbeats: warn at most once a minute

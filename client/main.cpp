@@ -3,9 +3,11 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
+#include <initializer_list>
 #include <iostream>
 
 #include <nlohmann/json.hpp>
@@ -308,76 +310,117 @@ int run_dead_letters(const GlobalArgs& g, uint32_t limit, bool as_json) {
     return kExitOk;
 }
 
-json histogram_json(const metrics::Histogram& h, double scale) {
-    return {{"count", h.count()},
-            {"sum", static_cast<double>(h.sum()) * scale},
-            {"p50", h.quantile(0.50) * scale},
-            {"p90", h.quantile(0.90) * scale},
-            {"p99", h.quantile(0.99) * scale},
-            {"p999", h.quantile(0.999) * scale}};
+// ---- llmq stats ------------------------------------------------------------------------
+
+using ojson = nlohmann::ordered_json;
+
+// A figure as JSON: integers exactly (as the Prometheus page writes them), others as doubles.
+ojson number(double v) {
+    if (v == std::floor(v) && std::fabs(v) < 9.007199254740992e15) return static_cast<int64_t>(v);
+    return v;  // NaN and infinities become null
 }
 
-json stats_json(const proto::Stats& s) {
-    json lanes = json::object();
-    json latency = json::object();
+// One series: its labels by name, then its value, or (histograms) count, sum
+// and percentiles, scaled as the family declares (seconds for microseconds).
+ojson series_json(const metrics::Family& f, const metrics::Series& x) {
+    ojson labels = ojson::object();
+    for (size_t i = 0; i < f.info.labels.size() && i < x.labels.size(); ++i) labels[f.info.labels[i]] = x.labels[i];
+    ojson out{{"labels", std::move(labels)}};
+    const double scale = f.info.scale;
+    if (f.info.kind != metrics::Kind::histogram) {
+        out["value"] = number(x.value * scale);
+        return out;
+    }
+    const metrics::Histogram& h = x.hist;
+    out["count"] = h.count();
+    out["sum"] = number(static_cast<double>(h.sum()) * scale);
+    static constexpr std::pair<const char*, double> kQuantiles[] = {{"p50", 0.5}, {"p90", 0.9}, {"p99", 0.99},
+                                                                    {"p999", 0.999}};
+    for (const auto& [key, q] : kQuantiles) out[key] = number(h.quantile(q) * scale);
+    return out;
+}
+
+// `llmq stats --json`: every family of the snapshot, generically.
+ojson stats_json(const proto::Stats& s) {
+    ojson families = ojson::object();
+    for (const auto& f : s.families) {
+        ojson series = ojson::array();
+        for (const auto& x : f.series) series.push_back(series_json(f, x));
+        families[f.info.name] = {{"kind", std::string(metrics::kind_name(f.info.kind))},
+                                 {"help", f.info.help},
+                                 {"labels", f.info.labels},
+                                 {"series", std::move(series)}};
+    }
+    return {{"uptime_ms", s.uptime_ms}, {"metrics", std::move(families)}};
+}
+
+// A figure of the snapshot as an unsigned count, for printing.
+unsigned long long count_of(double v) { return v > 0 ? static_cast<unsigned long long>(v + 0.5) : 0; }
+
+void print_totals(const proto::Stats& s) {
+    const metrics::Snapshot& f = s.families;
+    std::printf("uptime %.1f s  persisted %llu  rejected %llu  dead-lettered %llu  expired %llu  redeliveries %llu  "
+                "in-flight batches %llu  clients %llu\n",
+                s.uptime_ms / 1000.0, count_of(metrics::sum(f, "llmq_messages_persisted_total")),
+                count_of(client::rejected_count(f)), count_of(metrics::value(f, "llmq_messages_dead_lettered_total")),
+                count_of(metrics::value(f, "llmq_messages_expired_total")),
+                count_of(metrics::value(f, "llmq_redeliveries_total")),
+                count_of(metrics::value(f, "llmq_inflight_batches")),
+                count_of(metrics::value(f, "llmq_client_connections")));
+}
+
+// A histogram's quantile in the family's unit (seconds for the latencies).
+double quantile(const metrics::Snapshot& f, std::string_view name, std::initializer_list<std::string_view> labels,
+                double q) {
+    const metrics::Family* fam = metrics::find(f, name);
+    return fam ? metrics::histogram(f, name, labels).quantile(q) * fam->info.scale : 0;
+}
+
+void print_lanes(const metrics::Snapshot& f) {
+    std::printf("%-7s %9s %9s %11s %11s %11s %8s %9s %9s %9s\n", "lane", "depth", "oldest", "received", "dispatched",
+                "persisted", "busy", "p50 ms", "p99 ms", "p999 ms");
     for (int i = 0; i < kPriorityCount; ++i) {
-        const auto& l = s.lanes[i];
-        std::string name(priority_name(static_cast<Priority>(i)));
-        lanes[name] = {{"depth", l.depth},       {"capacity", l.capacity}, {"received", l.received},
-                       {"dispatched", l.dispatched}, {"busy", l.busy},     {"persisted", l.persisted},
-                       {"oldest_age_ms", l.oldest_age_ms}};
-        latency[name] = histogram_json(s.latency_us[i], 1e-6);
+        const std::string_view p = priority_name(static_cast<Priority>(i));
+        auto v = [&](std::string_view name) { return count_of(metrics::value(f, name, {p})); };
+        auto ms = [&](double q) { return quantile(f, "llmq_message_latency_seconds", {p}, q) * 1000; };
+        std::printf("%-7s %9llu %7.1fs %11llu %11llu %11llu %8llu %9.1f %9.1f %9.1f\n", std::string(p).c_str(),
+                    v("llmq_queue_depth"), metrics::value(f, "llmq_queue_oldest_age_seconds", {p}),
+                    v("llmq_messages_received_total"), v("llmq_messages_dispatched_total"),
+                    v("llmq_messages_persisted_total"), v("llmq_messages_busy_total"), ms(0.5), ms(0.99), ms(0.999));
     }
-    json workers = json::array();
-    for (const auto& w : s.workers) {
-        const auto& m = w.metrics;
-        uint64_t reads = m.cache_read_hits + m.cache_read_misses;
-        workers.push_back({{"id", w.id},
-                           {"host", w.host},
-                           {"pid", w.pid},
-                           {"healthy", w.healthy},
-                           {"inflight_batches", w.inflight_batches},
-                           {"credit", w.credit},
-                           {"batches_done", w.batches_done},
-                           {"busy_batches", w.busy_batches},
-                           {"busy_ms", w.busy_ms},
-                           {"heartbeat_age_ms", w.heartbeat_age_ms},
-                           {"uptime_ms", m.uptime_ms},
-                           {"batches", m.batches},
-                           {"persisted", m.persisted},
-                           {"rejected", m.rejected},
-                           {"dead_lettered", m.dead_lettered},
-                           {"duplicates", m.duplicates},
-                           {"db_errors", m.db_errors},
-                           {"redis_errors", m.redis_errors},
-                           {"cache_hit_ratio", reads ? static_cast<double>(m.cache_read_hits) / reads : 0.0},
-                           {"cache_repairs", m.cache_repairs},
-                           {"persist_seconds", histogram_json(m.persist_us, 1e-6)}});
+}
+
+void print_outcomes(const metrics::Snapshot& f) {
+    auto reasons = client::by_label(f, "llmq_messages_rejected_total");
+    if (!reasons.empty()) {
+        std::printf("rejected by reason:");
+        for (const auto& [code, n] : reasons) std::printf(" %s=%llu", code.c_str(), count_of(n));
+        std::printf("\n");
     }
-    json reasons = json::object();
-    for (const auto& [code, n] : s.rejected_by_reason) reasons[code] = n;
-    return {{"uptime_ms", s.uptime_ms},
-            {"lanes", lanes},
-            {"persisted", s.persisted},
-            {"rejected", s.rejected},
-            {"rejected_by_reason", reasons},
-            {"dead_lettered", s.dead_lettered},
-            {"expired", s.expired},
-            {"redeliveries", s.redeliveries},
-            {"inflight_batches", s.inflight_batches},
-            {"client_connections", s.client_connections},
-            {"bad_frames", s.bad_frames},
-            {"unroutable", s.unroutable},
-            {"db_errors", s.db_errors},
-            {"redis_errors", s.redis_errors},
-            {"cache", {{"read_hits", s.cache_read_hits},
-                       {"read_misses", s.cache_read_misses},
-                       {"writes", s.cache_writes},
-                       {"write_errors", s.cache_write_errors}}},
-            {"latency_seconds", latency},
-            {"batch_size", histogram_json(s.batch_size, 1)},
-            {"batch_persist_seconds", histogram_json(s.persist_us, 1e-6)},
-            {"workers", workers}};
+    std::printf("batches: size p50 %.0f p99 %.0f; persist p50 %.1f ms p99 %.1f ms; db errors %llu, redis errors %llu\n",
+                quantile(f, "llmq_batch_size", {}, 0.5), quantile(f, "llmq_batch_size", {}, 0.99),
+                quantile(f, "llmq_batch_persist_seconds", {}, 0.5) * 1000,
+                quantile(f, "llmq_batch_persist_seconds", {}, 0.99) * 1000,
+                count_of(metrics::value(f, "llmq_database_errors_total")),
+                count_of(metrics::value(f, "llmq_redis_errors_total")));
+}
+
+void print_workers(const metrics::Snapshot& f) {
+    const auto workers = client::listed_workers(f);
+    std::printf("%zu workers (%llu healthy)\n", workers.size(), count_of(metrics::sum(f, "llmq_worker_healthy")));
+    for (const auto& w : workers) {
+        auto v = [&](std::string_view name) { return metrics::value(f, name, {w.id}); };
+        // "busy 1 (4.2 s)": batches it works on now and the longest one's age; "idle" when none.
+        char busy[48] = "idle";
+        if (v("llmq_worker_busy_batches") > 0)
+            std::snprintf(busy, sizeof busy, "busy %llu (%.1f s)", count_of(v("llmq_worker_busy_batches")),
+                          v("llmq_worker_busy_seconds"));
+        std::printf("  %-32s host %-16s in flight %llu/%llu  %-16s heard %.1f s ago  batches %llu  persisted %llu%s\n",
+                    w.id.c_str(), w.host.c_str(), count_of(v("llmq_worker_inflight_batches")),
+                    count_of(v("llmq_worker_credit")), busy, v("llmq_worker_heartbeat_age_seconds"),
+                    count_of(v("llmq_worker_batches_total")), count_of(v("llmq_worker_persisted_total")),
+                    v("llmq_worker_healthy") > 0 ? "" : "  UNHEALTHY (PostgreSQL unavailable)");
+    }
 }
 
 int run_stats(const GlobalArgs& g, bool as_json) {
@@ -389,46 +432,10 @@ int run_stats(const GlobalArgs& g, bool as_json) {
         std::printf("%s\n", stats_json(*s).dump().c_str());
         return kExitOk;
     }
-    std::printf("uptime %.1f s  persisted %llu  rejected %llu  dead-lettered %llu  expired %llu  redeliveries %llu  "
-                "in-flight batches %llu  clients %llu\n",
-                s->uptime_ms / 1000.0, (unsigned long long)s->persisted, (unsigned long long)s->rejected,
-                (unsigned long long)s->dead_lettered, (unsigned long long)s->expired,
-                (unsigned long long)s->redeliveries, (unsigned long long)s->inflight_batches,
-                (unsigned long long)s->client_connections);
-    std::printf("%-7s %9s %9s %11s %11s %11s %8s %9s %9s %9s\n", "lane", "depth", "oldest", "received", "dispatched",
-                "persisted", "busy", "p50 ms", "p99 ms", "p999 ms");
-    for (int i = 0; i < kPriorityCount; ++i) {
-        const auto& l = s->lanes[i];
-        const auto& h = s->latency_us[i];
-        std::printf("%-7s %9llu %7.1fs %11llu %11llu %11llu %8llu %9.1f %9.1f %9.1f\n",
-                    std::string(priority_name(static_cast<Priority>(i))).c_str(), (unsigned long long)l.depth,
-                    l.oldest_age_ms / 1000.0, (unsigned long long)l.received, (unsigned long long)l.dispatched,
-                    (unsigned long long)l.persisted, (unsigned long long)l.busy, h.quantile(0.5) / 1000,
-                    h.quantile(0.99) / 1000, h.quantile(0.999) / 1000);
-    }
-    if (!s->rejected_by_reason.empty()) {
-        std::printf("rejected by reason:");
-        for (const auto& [code, n] : s->rejected_by_reason) std::printf(" %s=%llu", code.c_str(), (unsigned long long)n);
-        std::printf("\n");
-    }
-    std::printf("batches: size p50 %.0f p99 %.0f; persist p50 %.1f ms p99 %.1f ms; db errors %llu, redis errors %llu\n",
-                s->batch_size.quantile(0.5), s->batch_size.quantile(0.99), s->persist_us.quantile(0.5) / 1000,
-                s->persist_us.quantile(0.99) / 1000, (unsigned long long)s->db_errors,
-                (unsigned long long)s->redis_errors);
-    std::printf("%zu workers\n", s->workers.size());
-    for (const auto& w : s->workers) {
-        // "busy 1 (4.2 s)": batches it works on now and the longest one's age; "idle" when none.
-        char busy[48] = "idle";
-        if (w.busy_batches)
-            std::snprintf(busy, sizeof busy, "busy %llu (%.1f s)", (unsigned long long)w.busy_batches,
-                          w.busy_ms / 1000.0);
-        std::printf("  %-32s host %-16s pid %-7lld in flight %llu/%llu  %-16s heard %.1f s ago  batches %llu  "
-                    "persisted %llu%s\n",
-                    w.id.c_str(), w.host.c_str(), (long long)w.pid, (unsigned long long)w.inflight_batches,
-                    (unsigned long long)w.credit, busy, w.heartbeat_age_ms / 1000.0,
-                    (unsigned long long)w.metrics.batches, (unsigned long long)w.metrics.persisted,
-                    w.healthy ? "" : "  UNHEALTHY (PostgreSQL unavailable)");
-    }
+    print_totals(*s);
+    print_lanes(s->families);
+    print_outcomes(s->families);
+    print_workers(s->families);
     return kExitOk;
 }
 

@@ -1,4 +1,5 @@
-// `llmq top`: polling, rate and percentile arithmetic, and the two renderings.
+// `llmq top`: polling, rate and percentile arithmetic, and the two renderings,
+// every figure read by name from the broker's metric families.
 #include "client/top.hpp"
 
 #include <poll.h>
@@ -11,7 +12,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdio>
-#include <map>
+#include <initializer_list>
 #include <optional>
 
 #include <spdlog/fmt/fmt.h>
@@ -19,7 +20,45 @@
 #include "common/time.hpp"
 
 namespace llmq::client {
+
+// ---- reading a snapshot ----------------------------------------------------------------
+
+std::vector<ListedWorker> listed_workers(const metrics::Snapshot& s) {
+    std::vector<ListedWorker> out;
+    const metrics::Family* up = metrics::find(s, "llmq_worker_up");
+    if (!up) return out;
+    const int id = up->label_index("worker"), host = up->label_index("host");
+    for (const auto& x : up->series) {
+        auto label = [&](int i) {
+            return i >= 0 && static_cast<size_t>(i) < x.labels.size() ? x.labels[static_cast<size_t>(i)] : std::string();
+        };
+        out.push_back({label(id), label(host)});
+    }
+    return out;
+}
+
+double rejected_count(const metrics::Snapshot& s) {
+    return metrics::sum(s, "llmq_messages_rejected_total") -
+           metrics::value(s, "llmq_messages_rejected_total", {"dead_lettered"});
+}
+
+std::vector<std::pair<std::string, double>> by_label(const metrics::Snapshot& s, std::string_view name) {
+    std::vector<std::pair<std::string, double>> out;
+    if (const metrics::Family* f = metrics::find(s, name))
+        for (const auto& x : f->series)
+            if (x.labels.size() == 1) out.emplace_back(x.labels[0], x.value * f->info.scale);
+    return out;
+}
+
 namespace {
+
+using Labels = std::initializer_list<std::string_view>;
+
+double val(const proto::Stats& s, std::string_view name, Labels labels = {}) {
+    return metrics::value(s.families, name, labels);
+}
+double total(const proto::Stats& s, std::string_view name) { return metrics::sum(s.families, name); }
+std::string_view prio(int i) { return priority_name(static_cast<Priority>(i)); }
 
 // ---- number formatting -------------------------------------------------------------
 
@@ -31,17 +70,18 @@ std::string human(double v) {  // 950, 9.5k, 1.25M
     if (v < 1e9) return fmt::format("{:.2f}M", v / 1e6);
     return fmt::format("{:.2f}G", v / 1e9);
 }
-std::string human_count(uint64_t v) { return v < 1e4 ? std::to_string(v) : human(static_cast<double>(v)); }
+std::string human_count(double v) { return v < 1e4 ? fmt::format("{:.0f}", std::max(0.0, v)) : human(v); }
 
-std::string duration_us(double us) {  // 850us, 12.3ms, 1.25s
+std::string duration(double seconds) {  // 850us, 12.3ms, 1.25s
+    const double us = seconds * 1e6;
     if (us < 1000) return fmt::format("{:.0f}us", us);
     if (us < 1e6) return fmt::format("{:.1f}ms", us / 1e3);
     return fmt::format("{:.2f}s", us / 1e6);
 }
 
-std::string age_ms(int64_t ms) {  // 0.4s, 12.3s, 5m03s, 2h04m
-    if (ms < 60'000) return fmt::format("{:.1f}s", static_cast<double>(ms) / 1000);
-    int64_t s = ms / 1000;
+std::string age(double seconds) {  // 0.4s, 12.3s, 5m03s, 2h04m
+    if (seconds < 60) return fmt::format("{:.1f}s", seconds);
+    auto s = static_cast<int64_t>(seconds);
     if (s < 3600) return fmt::format("{}m{:02}s", s / 60, s % 60);
     return fmt::format("{}h{:02}m", s / 3600, (s % 3600) / 60);
 }
@@ -61,23 +101,37 @@ std::string clip(std::string s, size_t n) {
 // ---- arithmetic over two snapshots -------------------------------------------------
 
 // Per second between two snapshots of the same broker (by its own clock).
-double rate(uint64_t now, uint64_t before, int64_t dt_ms) {
+double rate(double now, double before, int64_t dt_ms) {
     if (dt_ms <= 0 || now < before) return 0;
-    return static_cast<double>(now - before) * 1000.0 / static_cast<double>(dt_ms);
+    return (now - before) * 1000.0 / static_cast<double>(dt_ms);
 }
 
-// The part of `cur` recorded since `old` (the whole of `cur` when it restarted).
-metrics::Histogram since(const metrics::Histogram& cur, const metrics::Histogram* old) {
-    metrics::Histogram h = cur;
-    if (old && !h.subtract(*old)) h = cur;
-    return h;
+// The per-second rate of one series between `prev` and `cur`, "-" without `prev`.
+std::string rate_text(const proto::Stats& cur, const proto::Stats* prev, std::string_view name, Labels labels) {
+    const int64_t dt = prev ? cur.uptime_ms - prev->uptime_ms : 0;
+    if (dt <= 0) return "-";
+    return human(rate(val(cur, name, labels), val(*prev, name, labels), dt));
 }
 
-const proto::WorkerStats* find_worker(const proto::Stats* s, const std::string& id) {
-    if (!s) return nullptr;
-    for (const auto& w : s->workers)
-        if (w.id == id) return &w;
-    return nullptr;
+// A histogram's part recorded since the window's start (the whole of it when
+// there is none, or the source restarted), with the family's scale.
+struct Window {
+    metrics::Histogram h;
+    double scale = 1;
+    double q(double p) const { return h.quantile(p) * scale; }
+};
+
+Window window(const proto::Stats& cur, const proto::Stats* win, std::string_view name, Labels labels = {}) {
+    Window w;
+    const metrics::Family* f = metrics::find(cur.families, name);
+    if (!f) return w;
+    w.scale = f->info.scale;
+    w.h = metrics::histogram(cur.families, name, labels);
+    if (win) {
+        metrics::Histogram h = w.h;
+        if (h.subtract(metrics::histogram(win->families, name, labels))) w.h = h;
+    }
+    return w;
 }
 
 struct Totals {
@@ -92,21 +146,27 @@ Totals totals(const SnapshotHistory& h) {
     if (!prev) return t;
     int64_t dt = cur.uptime_ms - prev->uptime_ms;
     t.have_rates = dt > 0;
-    for (int i = 0; i < kPriorityCount; ++i) {
-        t.recv += rate(cur.lanes[i].received, prev->lanes[i].received, dt);
-        t.persisted += rate(cur.lanes[i].persisted, prev->lanes[i].persisted, dt);
-    }
+    t.recv = rate(total(cur, "llmq_messages_received_total"), total(*prev, "llmq_messages_received_total"), dt);
+    t.persisted = rate(total(cur, "llmq_messages_persisted_total"), total(*prev, "llmq_messages_persisted_total"), dt);
     return t;
 }
 
-std::string bar(uint64_t depth, uint64_t capacity, int width) {
+std::string bar(double depth, double capacity, int width) {
     if (width <= 0) return {};
     int fill = 0;
     if (capacity > 0 && depth > 0) {
-        double f = std::min(1.0, static_cast<double>(depth) / static_cast<double>(capacity));
+        double f = std::min(1.0, depth / capacity);
         fill = std::max(1, static_cast<int>(f * width + 0.5));
     }
     return std::string(static_cast<size_t>(fill), '#') + std::string(static_cast<size_t>(width - fill), '.');
+}
+
+// "hit 93% of 1.2k reads" from the read hits and misses of a cache-operations family.
+std::string hit_ratio(double hits, double misses, bool percent_only) {
+    const double reads = hits + misses;
+    if (reads <= 0) return percent_only ? "-" : "no reads";
+    if (percent_only) return fmt::format("{:.0f}", 100.0 * hits / reads);
+    return fmt::format("hit {:.0f}% of {} reads", 100.0 * hits / reads, human_count(reads));
 }
 
 }  // namespace
@@ -142,23 +202,23 @@ private:
 void add_summary(ScreenText& sc, const SnapshotHistory& h, const TopOptions& opts, const std::string& clock) {
     const proto::Stats& s = h.current();
     const Totals t = totals(h);
-    size_t healthy = 0;
-    for (const auto& w : s.workers) healthy += w.healthy;
-
     sc.add(ScreenLine::title, fmt::format("llmq top  {}  up {}  {}", opts.broker, uptime(s.uptime_ms), clock));
-    sc.add(ScreenLine::normal, fmt::format("in {}/s  persisted {}/s   workers {} ({} healthy)  batches in flight {}  "
-                                           "clients {}",
-                                           t.have_rates ? human(t.recv) : "-", t.have_rates ? human(t.persisted) : "-",
-                                           s.workers.size(), healthy, s.inflight_batches, s.client_connections));
+    sc.add(ScreenLine::normal,
+           fmt::format("in {}/s  persisted {}/s   workers {} ({} healthy)  batches in flight {}  clients {}",
+                       t.have_rates ? human(t.recv) : "-", t.have_rates ? human(t.persisted) : "-",
+                       listed_workers(s.families).size(), human_count(total(s, "llmq_worker_healthy")),
+                       human_count(val(s, "llmq_inflight_batches")), human_count(val(s, "llmq_client_connections"))));
     sc.add(ScreenLine::normal,
            fmt::format("total persisted {}  rejected {}  dead-lettered {}  expired {}  redelivered {}  "
                        "bad frames {}  unroutable {}",
-                       human_count(s.persisted), human_count(s.rejected), human_count(s.dead_lettered),
-                       human_count(s.expired), human_count(s.redeliveries), human_count(s.bad_frames),
-                       human_count(s.unroutable)));
-    if (!s.rejected_by_reason.empty()) {
+                       human_count(total(s, "llmq_messages_persisted_total")), human_count(rejected_count(s.families)),
+                       human_count(val(s, "llmq_messages_dead_lettered_total")),
+                       human_count(val(s, "llmq_messages_expired_total")), human_count(val(s, "llmq_redeliveries_total")),
+                       human_count(val(s, "llmq_bad_frames_total")), human_count(val(s, "llmq_unroutable_replies_total"))));
+    auto reasons = by_label(s.families, "llmq_messages_rejected_total");
+    if (!reasons.empty()) {
         std::string r = "rejected by reason:";
-        for (const auto& [code, n] : s.rejected_by_reason) r += fmt::format(" {}={}", code, human_count(n));
+        for (const auto& [code, n] : reasons) r += fmt::format(" {}={}", code, human_count(n));
         sc.add(ScreenLine::normal, r);
     }
     sc.add(ScreenLine::normal, "");
@@ -166,24 +226,21 @@ void add_summary(ScreenText& sc, const SnapshotHistory& h, const TopOptions& opt
 
 // One line per lane: depth against capacity, oldest age, rates since the previous snapshot.
 void add_lanes(ScreenText& sc, const proto::Stats& s, const proto::Stats* prev, int cols) {
-    const int64_t dt = prev ? s.uptime_ms - prev->uptime_ms : 0;
     // The bar takes what the columns leave, 8 to 40 cells.
     const int bar_w = std::clamp(cols - 70, 6, 40);
     sc.add(ScreenLine::header, fmt::format("{:<7}{:>8} {:<{}} {:>6} {:>7} {:>8} {:>8} {:>8} {:>8}", "LANE", "DEPTH",
                                            "FILL", bar_w + 2, "OF CAP", "OLDEST", "RECV/s", "DISP/s", "PERS/s",
                                            "BUSY/s"));
     for (int i = 0; i < kPriorityCount; ++i) {
-        const auto& l = s.lanes[i];
-        auto r = [&](uint64_t proto::LaneStats::*f) {
-            return prev && dt > 0 ? human(rate(l.*f, prev->lanes[i].*f, dt)) : std::string("-");
-        };
-        double pct = l.capacity ? 100.0 * static_cast<double>(l.depth) / static_cast<double>(l.capacity) : 0;
+        const Labels lane{prio(i)};
+        const double depth = val(s, "llmq_queue_depth", lane), capacity = val(s, "llmq_queue_capacity", lane);
+        auto r = [&](std::string_view name) { return rate_text(s, prev, name, lane); };
         sc.add(ScreenLine::normal,
-               fmt::format("{:<7}{:>8} [{}] {:>5.1f}% {:>7} {:>8} {:>8} {:>8} {:>8}",
-                           priority_name(static_cast<Priority>(i)), human_count(l.depth),
-                           bar(l.depth, l.capacity, bar_w), pct, age_ms(l.oldest_age_ms),
-                           r(&proto::LaneStats::received), r(&proto::LaneStats::dispatched),
-                           r(&proto::LaneStats::persisted), r(&proto::LaneStats::busy)));
+               fmt::format("{:<7}{:>8} [{}] {:>5.1f}% {:>7} {:>8} {:>8} {:>8} {:>8}", prio(i), human_count(depth),
+                           bar(depth, capacity, bar_w), capacity > 0 ? 100.0 * depth / capacity : 0.0,
+                           age(val(s, "llmq_queue_oldest_age_seconds", lane)), r("llmq_messages_received_total"),
+                           r("llmq_messages_dispatched_total"), r("llmq_messages_persisted_total"),
+                           r("llmq_messages_busy_total")));
     }
     sc.add(ScreenLine::normal, "");
 }
@@ -195,80 +252,79 @@ void add_latencies(ScreenText& sc, const proto::Stats& s, const proto::Stats* wi
            fmt::format("{:<9} {:>8} {:>9} {:>9} {:>9} {:>9}  {:<14}", "RECV->ACK", "MSGS", "p50", "p90", "p99", "p999",
                        win ? fmt::format("last {:.0f}s", win_ms / 1000.0) : std::string("since start")));
     for (int i = 0; i < kPriorityCount; ++i) {
-        metrics::Histogram lat = since(s.latency_us[i], win ? &win->latency_us[i] : nullptr);
-        auto q = [&](double p) { return lat.count() ? duration_us(lat.quantile(p)) : std::string("-"); };
-        sc.add(ScreenLine::normal, fmt::format("{:<9} {:>8} {:>9} {:>9} {:>9} {:>9}",
-                                               priority_name(static_cast<Priority>(i)), human_count(lat.count()),
-                                               q(0.5), q(0.9), q(0.99), q(0.999)));
+        const Window lat = window(s, win, "llmq_message_latency_seconds", {prio(i)});
+        auto q = [&](double p) { return lat.h.count() ? duration(lat.q(p)) : std::string("-"); };
+        sc.add(ScreenLine::normal, fmt::format("{:<9} {:>8} {:>9} {:>9} {:>9} {:>9}", prio(i),
+                                               human_count(static_cast<double>(lat.h.count())), q(0.5), q(0.9),
+                                               q(0.99), q(0.999)));
     }
-    metrics::Histogram bs = since(s.batch_size, win ? &win->batch_size : nullptr);
-    metrics::Histogram ps = since(s.persist_us, win ? &win->persist_us : nullptr);
-    sc.add(ScreenLine::normal,
-           fmt::format("batch size p50 {} p99 {}   batch persist p50 {} p99 {}",
-                       bs.count() ? fmt::format("{:.0f}", bs.quantile(0.5)) : "-",
-                       bs.count() ? fmt::format("{:.0f}", bs.quantile(0.99)) : "-",
-                       ps.count() ? duration_us(ps.quantile(0.5)) : "-",
-                       ps.count() ? duration_us(ps.quantile(0.99)) : "-"));
-    uint64_t reads = s.cache_read_hits + s.cache_read_misses;
+    const Window bs = window(s, win, "llmq_batch_size");
+    const Window ps = window(s, win, "llmq_batch_persist_seconds");
+    sc.add(ScreenLine::normal, fmt::format("batch size p50 {} p99 {}   batch persist p50 {} p99 {}",
+                                           bs.h.count() ? fmt::format("{:.0f}", bs.q(0.5)) : "-",
+                                           bs.h.count() ? fmt::format("{:.0f}", bs.q(0.99)) : "-",
+                                           ps.h.count() ? duration(ps.q(0.5)) : "-",
+                                           ps.h.count() ? duration(ps.q(0.99)) : "-"));
+    constexpr std::string_view ops = "llmq_cache_operations_total";
     sc.add(ScreenLine::normal,
            fmt::format("cache {}  writes {} ({} failed)   db errors {}  redis errors {}",
-                       reads ? fmt::format("hit {:.0f}% of {} reads",
-                                           100.0 * static_cast<double>(s.cache_read_hits) / static_cast<double>(reads),
-                                           human_count(reads))
-                             : std::string("no reads"),
-                       human_count(s.cache_writes), human_count(s.cache_write_errors), human_count(s.db_errors),
-                       human_count(s.redis_errors)));
+                       hit_ratio(val(s, ops, {"read", "hit"}), val(s, ops, {"read", "miss"}), false),
+                       human_count(val(s, ops, {"write", "ok"})), human_count(val(s, ops, {"write", "error"})),
+                       human_count(val(s, "llmq_database_errors_total")), human_count(val(s, "llmq_redis_errors_total"))));
     sc.add(ScreenLine::normal, "");
 }
 
-// One row of the workers table; host and pid only when `wide`.
-std::string worker_row(bool wide, std::string_view id, std::string_view host, std::string_view pid,
-                       std::string_view ok, std::string_view infl, std::string_view bps, std::string_view mps,
-                       std::string_view p50, std::string_view p99, std::string_view dbe, std::string_view rde,
-                       std::string_view hit) {
+bool listed(const proto::Stats& s, const std::string& id) {
+    const auto workers = listed_workers(s.families);
+    return std::any_of(workers.begin(), workers.end(), [&](const ListedWorker& w) { return w.id == id; });
+}
+
+// One row of the workers table; the host only when `wide`.
+std::string worker_row(bool wide, std::string_view id, std::string_view host, std::string_view ok,
+                       std::string_view infl, std::string_view bps, std::string_view mps, std::string_view p50,
+                       std::string_view p99, std::string_view dbe, std::string_view rde, std::string_view hit) {
     if (wide)
-        return fmt::format("{:<24} {:<12} {:>7} {:>3} {:>5} {:>8} {:>8} {:>8} {:>8} {:>6} {:>6} {:>5}", id, host,
-                           pid, ok, infl, bps, mps, p50, p99, dbe, rde, hit);
+        return fmt::format("{:<32} {:<16} {:>3} {:>5} {:>8} {:>8} {:>8} {:>8} {:>6} {:>6} {:>5}", id, host, ok, infl,
+                           bps, mps, p50, p99, dbe, rde, hit);
     return fmt::format("{:<20} {:>3} {:>5} {:>7} {:>7} {:>8} {:>7} {:>5} {:>5} {:>4}", id, ok, infl, bps, mps, p50,
                        p99, dbe, rde, hit);
 }
 
-// A worker's row. Its figures change only when a heartbeat brings them (about
-// once a second, none while a batch is being stored): rates over the window.
-std::string worker_line(bool wide, const proto::WorkerStats& w, const proto::Stats* win) {
-    const auto& m = w.metrics;
-    const auto* pw = find_worker(win, w.id);
-    int64_t wdt = pw ? m.uptime_ms - pw->metrics.uptime_ms : 0;
-    metrics::Histogram ps = since(m.persist_us, pw ? &pw->metrics.persist_us : nullptr);
-    uint64_t reads = m.cache_read_hits + m.cache_read_misses;
+// A worker's row: batches and messages per second and its transactions'
+// percentiles over the window ("-" when it was not listed at the window's start).
+std::string worker_line(bool wide, const ListedWorker& w, const proto::Stats& s, const proto::Stats* win) {
+    const Labels id{w.id};
+    const proto::Stats* from = win && listed(*win, w.id) ? win : nullptr;
+    const Window ps = window(s, from, "llmq_worker_batch_persist_seconds", id);
+    constexpr std::string_view ops = "llmq_worker_cache_operations_total";
     return worker_row(
-        wide, clip(w.id, wide ? 24 : 20), clip(w.host, 12), std::to_string(w.pid), w.healthy ? "yes" : "NO",
-        fmt::format("{}/{}", w.inflight_batches, w.credit),
-        pw && wdt > 0 ? human(rate(m.batches, pw->metrics.batches, wdt)) : "-",
-        pw && wdt > 0 ? human(rate(m.persisted, pw->metrics.persisted, wdt)) : "-",
-        ps.count() ? duration_us(ps.quantile(0.5)) : "-", ps.count() ? duration_us(ps.quantile(0.99)) : "-",
-        human_count(m.db_errors), human_count(m.redis_errors),
-        reads ? fmt::format("{:.0f}", 100.0 * static_cast<double>(m.cache_read_hits) / static_cast<double>(reads))
-              : std::string("-"));
+        wide, clip(w.id, wide ? 32 : 20), clip(w.host, 16), val(s, "llmq_worker_healthy", id) > 0 ? "yes" : "NO",
+        fmt::format("{:.0f}/{:.0f}", val(s, "llmq_worker_inflight_batches", id), val(s, "llmq_worker_credit", id)),
+        rate_text(s, from, "llmq_worker_batches_total", id), rate_text(s, from, "llmq_worker_persisted_total", id),
+        ps.h.count() ? duration(ps.q(0.5)) : "-", ps.h.count() ? duration(ps.q(0.99)) : "-",
+        human_count(val(s, "llmq_worker_database_errors_total", id)),
+        human_count(val(s, "llmq_worker_redis_errors_total", id)),
+        hit_ratio(val(s, ops, {w.id, "read", "hit"}), val(s, ops, {w.id, "read", "miss"}), true));
 }
 
-// Workers: as many rows as fit above the footer; host and pid when wide enough.
+// Workers: as many rows as fit above the footer; the host when wide enough.
 void add_workers(ScreenText& sc, const proto::Stats& s, const proto::Stats* win, int cols, int rows, int footer) {
-    const bool wide = cols >= 112;
-    sc.add(ScreenLine::header, worker_row(wide, "WORKER", "HOST", "PID", "OK", "INFL", "BATCH/s", "MSG/s",
-                                          "PERS p50", "p99", "DBERR", "RDERR", "HIT%"));
+    const bool wide = cols >= 120;
+    sc.add(ScreenLine::header, worker_row(wide, "WORKER", "HOST", "OK", "INFL", "BATCH/s", "MSG/s", "PERS p50", "p99",
+                                          "DBERR", "RDERR", "HIT%"));
+    const std::vector<ListedWorker> workers = listed_workers(s.families);
     const int room = rows - static_cast<int>(sc.size()) - footer;  // lines left for worker rows
-    const size_t max_rows = room >= static_cast<int>(s.workers.size()) ? s.workers.size()
-                                                                       : static_cast<size_t>(std::max(0, room - 1));
+    const size_t max_rows = room >= static_cast<int>(workers.size()) ? workers.size()
+                                                                     : static_cast<size_t>(std::max(0, room - 1));
     size_t shown = 0;
-    for (const auto& w : s.workers) {
+    for (const auto& w : workers) {
         if (shown >= max_rows) break;
-        sc.add(w.healthy ? ScreenLine::normal : ScreenLine::alert, worker_line(wide, w, win));
+        const bool healthy = val(s, "llmq_worker_healthy", {w.id}) > 0;
+        sc.add(healthy ? ScreenLine::normal : ScreenLine::alert, worker_line(wide, w, s, win));
         ++shown;
     }
-    if (shown < s.workers.size())
-        sc.add(ScreenLine::dim, fmt::format("... and {} more workers", s.workers.size() - shown));
-    if (s.workers.empty()) sc.add(ScreenLine::alert, "no workers connected: nothing is being stored");
+    if (shown < workers.size()) sc.add(ScreenLine::dim, fmt::format("... and {} more workers", workers.size() - shown));
+    if (workers.empty()) sc.add(ScreenLine::alert, "no workers connected: nothing is being stored");
 }
 
 }  // namespace
@@ -306,26 +362,27 @@ std::string render_plain(const SnapshotHistory& h) {
     const auto& s = h.current();
     const auto* win = h.window_start();
     const Totals t = totals(h);
-    size_t healthy = 0;
-    for (const auto& w : s.workers) healthy += w.healthy;
     std::string depth, oldest, p99;
     for (int i = 0; i < kPriorityCount; ++i) {
         const char* sep = i ? "/" : "";
         // Appended piecewise: GCC 12 at -O3 warns falsely (-Wrestrict) on `sep + std::string`.
         depth += sep;
-        depth += std::to_string(s.lanes[i].depth);
+        depth += fmt::format("{:.0f}", val(s, "llmq_queue_depth", {prio(i)}));
         oldest += sep;
-        oldest += fmt::format("{:.1f}", static_cast<double>(s.lanes[i].oldest_age_ms) / 1000);
-        metrics::Histogram lat = since(s.latency_us[i], win ? &win->latency_us[i] : nullptr);
+        oldest += fmt::format("{:.1f}", val(s, "llmq_queue_oldest_age_seconds", {prio(i)}));
+        const Window lat = window(s, win, "llmq_message_latency_seconds", {prio(i)});
         p99 += sep;
-        p99 += lat.count() ? fmt::format("{:.1f}", lat.quantile(0.99) / 1000) : std::string("-");
+        p99 += lat.h.count() ? fmt::format("{:.1f}", lat.q(0.99) * 1000) : std::string("-");
     }
     return fmt::format(
-        "{} up_s={:.1f} depth={} oldest_s={} in_per_s={} persisted_per_s={} persisted={} rejected={} "
-        "dead_lettered={} redeliveries={} inflight_batches={} workers={} healthy={} clients={} p99_ms={}",
+        "{} up_s={:.1f} depth={} oldest_s={} in_per_s={} persisted_per_s={} persisted={:.0f} rejected={:.0f} "
+        "dead_lettered={:.0f} redeliveries={:.0f} inflight_batches={:.0f} workers={} healthy={:.0f} clients={:.0f} "
+        "p99_ms={}",
         ts, static_cast<double>(s.uptime_ms) / 1000, depth, oldest, t.have_rates ? fmt::format("{:.0f}", t.recv) : "-",
-        t.have_rates ? fmt::format("{:.0f}", t.persisted) : "-", s.persisted, s.rejected, s.dead_lettered,
-        s.redeliveries, s.inflight_batches, s.workers.size(), healthy, s.client_connections, p99);
+        t.have_rates ? fmt::format("{:.0f}", t.persisted) : "-", total(s, "llmq_messages_persisted_total"),
+        rejected_count(s.families), val(s, "llmq_messages_dead_lettered_total"), val(s, "llmq_redeliveries_total"),
+        val(s, "llmq_inflight_batches"), listed_workers(s.families).size(), total(s, "llmq_worker_healthy"),
+        val(s, "llmq_client_connections"), p99);
 }
 
 // ---- the terminal -------------------------------------------------------------------

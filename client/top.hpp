@@ -7,9 +7,12 @@
 #include <cstdint>
 #include <deque>
 #include <string>
+#include <string_view>
+#include <utility>
 #include <vector>
 
 #include "client/client.hpp"
+#include "common/metrics_registry.hpp"
 
 namespace llmq::client {
 
@@ -25,6 +28,19 @@ struct TopOptions {
 // Runs until q, SIGINT/SIGTERM/SIGHUP or --iterations. Returns 0, or 3 when no
 // refresh at all got an answer from the broker.
 int run_top(Client& client, const TopOptions& opts);
+
+// ---- reading a snapshot's families by name (also for `llmq stats`) ----------------
+
+struct ListedWorker {
+    std::string id, host;
+};
+// The workers the broker lists: the series of llmq_worker_up {worker, host}.
+std::vector<ListedWorker> listed_workers(const metrics::Snapshot& s);
+// Final non-200 outcomes other than dead-lettered ones: llmq_messages_rejected_total
+// less its reason "dead_lettered" (those are llmq_messages_dead_lettered_total).
+double rejected_count(const metrics::Snapshot& s);
+// (label value, value) of each series of a family with one label, in snapshot order.
+std::vector<std::pair<std::string, double>> by_label(const metrics::Snapshot& s, std::string_view name);
 
 // ---- what is shown, computed from consecutive snapshots (pure; unit-testable) ----
 

@@ -79,7 +79,7 @@ void SnapshotStore::put(proto::Stats stats, int64_t now_ns) {
                      stats.uptime_ms, latest_->uptime_ms);
     } else if (!latest_ || !fresh_locked(now_ns)) {
         spdlog::info("receiving snapshots (broker up {:.1f} s, {} workers)", stats.uptime_ms / 1000.0,
-                     stats.workers.size());
+                     metrics::value(stats.families, "llmq_workers_connected"));
     }
     latest_ = std::move(stats);
     received_ns_ = now_ns;

@@ -21,22 +21,11 @@ struct ExpositionInfo {
 
 // The whole /metrics page. `stats` may be null (no snapshot yet): then only
 // llmq_up 0 and the collector's own series are written. When !info.fresh the
-// broker's figures are kept (as last seen) but every worker series, and
-// llmq_workers_connected, is left out: a silent broker has no known workers.
+// broker's figures are kept (as last seen) but every family about workers
+// (llmq_worker_*, llmq_workers_*) is left out: a silent broker has no known
+// workers.
 std::string render_prometheus(const proto::Stats* stats, const ExpositionInfo& info);
 
-// A label value escaped for the text format: backslash, double quote and
-// newline become \\, \" and \n.
-std::string escape_label_value(std::string_view v);
-
-// A sample value: integers exactly, others in the shortest form that reads back
-// to the same double; NaN and infinities as Prometheus spells them.
-std::string format_value(double v);
-
-// The `le` label of bucket bound i of metrics::Histogram scaled by `scale`
-// (1e-6 turns microseconds into seconds): the same text on every scrape.
-std::string format_bound(int i, double scale);
-
-inline constexpr std::string_view kContentType = "text/plain; version=0.0.4; charset=utf-8";
+inline constexpr std::string_view kContentType = metrics::kPrometheusContentType;
 
 }  // namespace llmq::collector

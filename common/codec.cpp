@@ -57,7 +57,6 @@ void pack_histogram(Packer& p, const metrics::Histogram& h) {
 void pack_value(Packer& p, const MessageId& v) { pack_id(p, v); }
 void pack_value(Packer& p, const std::string& v) { pack_str(p, v); }
 void pack_value(Packer& p, Priority v) { p.pack(static_cast<uint8_t>(v)); }
-void pack_value(Packer& p, const metrics::Histogram& v) { pack_histogram(p, v); }
 template <class T>
     requires std::is_integral_v<T>
 void pack_value(Packer& p, T v) {
@@ -95,7 +94,45 @@ void pack_record(Packer& p, const S& s) {
 
 void pack_message(Packer& p, const Message& m) { pack_record(p, m); }
 void pack_stored(Packer& p, const StoredMessage& m) { pack_record(p, m); }
-void pack_worker_metrics(Packer& p, const WorkerMetrics& m) { pack_record(p, m); }
+
+// A counter or gauge value: an integer when it is one (what most are), else a float 64.
+void pack_number(Packer& p, double v) {
+    if (v == static_cast<double>(static_cast<int64_t>(v)) && v >= -9.0e15 && v <= 9.0e15) {
+        if (v >= 0) p.pack(static_cast<uint64_t>(v));
+        else p.pack(static_cast<int64_t>(v));
+    } else {
+        p.pack_double(v);
+    }
+}
+
+void pack_family(Packer& p, const metrics::Family& f) {
+    const auto& i = f.info;
+    const bool hist = i.kind == metrics::Kind::histogram;
+    p.pack_map(5 + (i.scale != 1 ? 1 : 0) + (i.summary ? 1 : 0) + (i.total.empty() ? 0 : 2) +
+               (i.max_series != metrics::FamilyInfo{}.max_series ? 1 : 0));
+    key(p, "name"), pack_str(p, i.name);
+    key(p, "kind"), pack_str(p, metrics::kind_name(i.kind));
+    key(p, "help"), pack_str(p, i.help);
+    key(p, "labels"), p.pack_array(static_cast<uint32_t>(i.labels.size()));
+    for (const auto& l : i.labels) pack_str(p, l);
+    if (i.scale != 1) key(p, "scale"), p.pack_double(i.scale);
+    if (i.summary) key(p, "summary"), p.pack(true);
+    if (!i.total.empty()) key(p, "total"), pack_str(p, i.total), key(p, "total_help"), pack_str(p, i.total_help);
+    if (i.max_series != metrics::FamilyInfo{}.max_series) key(p, "max_series"), p.pack(uint64_t{i.max_series});
+    key(p, "series"), p.pack_array(static_cast<uint32_t>(f.series.size()));
+    for (const auto& s : f.series) {
+        p.pack_array(2);
+        p.pack_array(static_cast<uint32_t>(s.labels.size()));
+        for (const auto& l : s.labels) pack_str(p, l);
+        if (hist) pack_histogram(p, s.hist);
+        else pack_number(p, s.value);
+    }
+}
+
+void pack_snapshot(Packer& p, const metrics::Snapshot& snap) {
+    p.pack_array(static_cast<uint32_t>(snap.size()));
+    for (const auto& f : snap) pack_family(p, f);
+}
 
 void pack_outcomes(Packer& p, const std::vector<Outcome>& results) {
     p.pack_array(static_cast<uint32_t>(results.size()));
@@ -262,11 +299,6 @@ metrics::Histogram read_histogram(const msgpack::object& o, const std::string& p
     return h;
 }
 
-metrics::Histogram read_histogram(const Map& m, std::string_view k) {
-    const auto* v = m.find(k);
-    if (!v || v->type == msgpack::type::NIL) return {};
-    return read_histogram(*v, m.path() + "." + std::string(k));
-}
 
 // One field's value into `out`; a value of the wrong type or out of range is a
 // bad_field naming `what`, never silently wrapped.
@@ -274,9 +306,6 @@ void read_value(const msgpack::object& v, const What& what, MessageId& out) { ou
 void read_value(const msgpack::object& v, const What& what, std::string& out) { out = Map::as_bytes(v, what); }
 void read_value(const msgpack::object& v, const What& what, Priority& out) {
     out = as_priority(Map::as_u64(v, what), what);
-}
-void read_value(const msgpack::object& v, const What& what, metrics::Histogram& out) {
-    out = read_histogram(v, what.map ? what.map->path() + "." + std::string(what.key) : std::string(what.text));
 }
 template <class T>
     requires std::is_integral_v<T>
@@ -312,7 +341,6 @@ S read_record(const Map& m) {
     return s;
 }
 
-WorkerMetrics read_worker_metrics(const Map& m) { return read_record<WorkerMetrics>(m); }
 Message read_message(const Map& m) { return read_record<Message>(m); }
 StoredMessage read_stored(const Map& m) { return read_record<StoredMessage>(m); }
 
@@ -334,6 +362,76 @@ std::vector<Outcome> read_outcomes(const msgpack::object_array& arr, const std::
         out.push_back(std::move(r));
     }
     return out;
+}
+
+double as_number(const msgpack::object& v, const What& what) {
+    switch (v.type) {
+    case msgpack::type::POSITIVE_INTEGER: return static_cast<double>(v.via.u64);
+    case msgpack::type::NEGATIVE_INTEGER: return static_cast<double>(v.via.i64);
+    case msgpack::type::FLOAT32:
+    case msgpack::type::FLOAT64: return v.via.f64;
+    default: fail(Status::bad_field, what.str() + "expected a number");
+    }
+}
+
+std::vector<std::string> read_strings(const msgpack::object& v, const What& what, size_t max) {
+    if (v.type != msgpack::type::ARRAY) fail(Status::bad_field, what.str() + "expected an array of strings");
+    if (v.via.array.size > max) fail(Status::bad_field, what.str() + "more than " + std::to_string(max) + " entries");
+    std::vector<std::string> out;
+    out.reserve(v.via.array.size);
+    for (uint32_t i = 0; i < v.via.array.size; ++i) out.emplace_back(Map::as_bytes(v.via.array.ptr[i], what));
+    return out;
+}
+
+metrics::FamilyInfo read_family_info(const Map& m) {
+    metrics::FamilyInfo i;
+    i.name = m.str("name");
+    auto kind = metrics::parse_kind(m.str("kind"));
+    if (!kind) fail(Status::bad_field, m.field("kind").str() + "expected counter, gauge or histogram");
+    i.kind = *kind;
+    i.help = m.str_or("help", "");
+    if (const auto* v = m.find("labels"); v && v->type != msgpack::type::NIL)
+        i.labels = read_strings(*v, m.field("labels"), metrics::kMaxLabels);
+    if (const auto* v = m.find("scale"); v && v->type != msgpack::type::NIL) i.scale = as_number(*v, m.field("scale"));
+    if (const auto* v = m.find("summary"); v && v->type == msgpack::type::BOOLEAN) i.summary = v->via.boolean;
+    i.total = m.str_or("total", "");
+    i.total_help = m.str_or("total_help", "");
+    i.max_series = m.u64_or("max_series", i.max_series);
+    if (auto bad = metrics::check_info(i)) fail(Status::bad_field, m.where() + *bad);
+    return i;
+}
+
+metrics::Family read_family(const Map& m) {
+    metrics::Family f;
+    f.info = read_family_info(m);
+    const auto& arr = m.array("series");
+    if (arr.size > f.info.max_series)
+        fail(Status::bad_field, m.where() + "more series than its max_series " + std::to_string(f.info.max_series));
+    f.series.reserve(arr.size);
+    for (uint32_t i = 0; i < arr.size; ++i) {
+        const What where("series", i);
+        const auto& e = arr.ptr[i];
+        if (e.type != msgpack::type::ARRAY || e.via.array.size != 2)
+            fail(Status::bad_field, m.where() + where.str() + "expected [labels, value]");
+        metrics::Series s;
+        s.labels = read_strings(e.via.array.ptr[0], where, metrics::kMaxLabels);
+        if (s.labels.size() != f.info.labels.size())
+            fail(Status::bad_field, m.where() + where.str() + "label values do not match the label names");
+        if (f.info.kind == metrics::Kind::histogram) s.hist = read_histogram(e.via.array.ptr[1], m.path() + ".series");
+        else s.value = as_number(e.via.array.ptr[1], where);
+        f.series.push_back(std::move(s));
+    }
+    return f;
+}
+
+metrics::Snapshot read_snapshot(const msgpack::object& v, std::string_view name) {
+    if (v.type != msgpack::type::ARRAY) fail(Status::bad_field, std::string(name) + ": expected an array of families");
+    if (v.via.array.size > metrics::kMaxFamilies)
+        fail(Status::bad_field, std::string(name) + ": more than " + std::to_string(metrics::kMaxFamilies) + " families");
+    metrics::Snapshot snap;
+    snap.reserve(v.via.array.size);
+    for (uint32_t i = 0; i < v.via.array.size; ++i) snap.push_back(read_family(Map(v.via.array.ptr[i], name, i)));
+    return snap;
 }
 
 // Unpacks one msgpack value that must fill `body`.
@@ -515,56 +613,10 @@ std::string encode(const Reply& m) {
 }
 std::string encode(const Stats& s) {
     return build([&](Packer& p) {
-        p.pack_map(23);
+        p.pack_map(3);
         key(p, "req"), p.pack(s.req);
         key(p, "uptime_ms"), p.pack(s.uptime_ms);
-        key(p, "lanes"), p.pack_array(kPriorityCount);
-        for (const auto& l : s.lanes) {
-            p.pack_map(7);
-            key(p, "depth"), p.pack(l.depth);
-            key(p, "capacity"), p.pack(l.capacity);
-            key(p, "received"), p.pack(l.received);
-            key(p, "dispatched"), p.pack(l.dispatched);
-            key(p, "busy"), p.pack(l.busy);
-            key(p, "persisted"), p.pack(l.persisted);
-            key(p, "oldest_age_ms"), p.pack(l.oldest_age_ms);
-        }
-        key(p, "persisted"), p.pack(s.persisted);
-        key(p, "rejected"), p.pack(s.rejected);
-        key(p, "dead_lettered"), p.pack(s.dead_lettered);
-        key(p, "redeliveries"), p.pack(s.redeliveries);
-        key(p, "inflight_batches"), p.pack(s.inflight_batches);
-        key(p, "client_connections"), p.pack(s.client_connections);
-        key(p, "bad_frames"), p.pack(s.bad_frames);
-        key(p, "unroutable"), p.pack(s.unroutable);
-        key(p, "expired"), p.pack(s.expired);
-        key(p, "workers"), p.pack_array(static_cast<uint32_t>(s.workers.size()));
-        for (const auto& w : s.workers) {
-            p.pack_map(11);
-            key(p, "id"), pack_str(p, w.id);
-            key(p, "host"), pack_str(p, w.host);
-            key(p, "pid"), p.pack(w.pid);
-            key(p, "inflight_batches"), p.pack(w.inflight_batches);
-            key(p, "credit"), p.pack(w.credit);
-            key(p, "batches_done"), p.pack(w.batches_done);
-            key(p, "healthy"), p.pack(w.healthy);
-            key(p, "metrics"), pack_worker_metrics(p, w.metrics);
-            key(p, "busy_batches"), p.pack(w.busy_batches);
-            key(p, "busy_ms"), p.pack(w.busy_ms);
-            key(p, "heartbeat_age_ms"), p.pack(w.heartbeat_age_ms);
-        }
-        key(p, "rejected_by_reason"), p.pack_map(static_cast<uint32_t>(s.rejected_by_reason.size()));
-        for (const auto& [code, n] : s.rejected_by_reason) pack_str(p, code), p.pack(n);
-        key(p, "db_errors"), p.pack(s.db_errors);
-        key(p, "redis_errors"), p.pack(s.redis_errors);
-        key(p, "cache_read_hits"), p.pack(s.cache_read_hits);
-        key(p, "cache_read_misses"), p.pack(s.cache_read_misses);
-        key(p, "cache_writes"), p.pack(s.cache_writes);
-        key(p, "cache_write_errors"), p.pack(s.cache_write_errors);
-        key(p, "latency_us"), p.pack_array(kPriorityCount);
-        for (const auto& h : s.latency_us) pack_histogram(p, h);
-        key(p, "batch_size"), pack_histogram(p, s.batch_size);
-        key(p, "persist_us"), pack_histogram(p, s.persist_us);
+        key(p, "families"), pack_snapshot(p, s.families);
     });
 }
 std::string encode(const Error& m) {
@@ -620,7 +672,7 @@ std::string encode(const Heartbeat& h) {
                      (h.liveness ? 1 : 0);
         p.pack_map(n);
         key(p, "healthy"), p.pack(h.healthy);
-        if (h.metrics) key(p, "metrics"), pack_worker_metrics(p, *h.metrics);
+        if (h.metrics) key(p, "metrics"), pack_snapshot(p, *h.metrics);
         if (!h.busy.empty()) {
             key(p, "busy"), p.pack_array(static_cast<uint32_t>(h.busy.size()));
             for (const auto& b : h.busy) {
@@ -739,60 +791,8 @@ Decoded<Stats> decode_stats(std::string_view body) {
         Stats s;
         s.req = m.u64_or("req", 0);
         s.uptime_ms = m.i64_or("uptime_ms", 0);
-        const auto& lanes = m.array("lanes");
-        for (uint32_t i = 0; i < lanes.size && i < kPriorityCount; ++i) {
-            Map l(lanes.ptr[i], "lanes", i);
-            s.lanes[i] = {l.u64_or("depth", 0),     l.u64_or("capacity", 0),  l.u64_or("received", 0),
-                          l.u64_or("dispatched", 0), l.u64_or("busy", 0),      l.u64_or("persisted", 0),
-                          l.i64_or("oldest_age_ms", 0)};
-        }
-        s.persisted = m.u64_or("persisted", 0);
-        s.rejected = m.u64_or("rejected", 0);
-        s.dead_lettered = m.u64_or("dead_lettered", 0);
-        s.redeliveries = m.u64_or("redeliveries", 0);
-        s.inflight_batches = m.u64_or("inflight_batches", 0);
-        s.client_connections = m.u64_or("client_connections", 0);
-        s.bad_frames = m.u64_or("bad_frames", 0);
-        s.unroutable = m.u64_or("unroutable", 0);
-        s.expired = m.u64_or("expired", 0);
-        if (const auto* v = m.find("workers"); v && v->type == msgpack::type::ARRAY) {
-            for (uint32_t i = 0; i < v->via.array.size; ++i) {
-                Map w(v->via.array.ptr[i], "workers", i);
-                WorkerStats ws;
-                ws.id = w.str_or("id", "");
-                ws.host = w.str_or("host", "");
-                ws.pid = w.i64_or("pid", 0);
-                ws.inflight_batches = w.u64_or("inflight_batches", 0);
-                ws.credit = w.u64_or("credit", 0);
-                ws.batches_done = w.u64_or("batches_done", 0);
-                if (const auto* h = w.find("healthy"); h && h->type == msgpack::type::BOOLEAN) ws.healthy = h->via.boolean;
-                if (const auto* mm = w.find("metrics"); mm && mm->type == msgpack::type::MAP)
-                    ws.metrics = read_worker_metrics(Map(*mm, w.path() + ".metrics"));
-                ws.busy_batches = w.u64_or("busy_batches", 0);
-                ws.busy_ms = w.i64_or("busy_ms", 0);
-                ws.heartbeat_age_ms = w.i64_or("heartbeat_age_ms", 0);
-                s.workers.push_back(std::move(ws));
-            }
-        }
-        if (const auto* v = m.find("rejected_by_reason"); v && v->type == msgpack::type::MAP) {
-            for (uint32_t i = 0; i < v->via.map.size; ++i) {
-                const auto& kv = v->via.map.ptr[i];
-                s.rejected_by_reason.emplace_back(std::string(Map::as_bytes(kv.key, "rejected_by_reason: ")),
-                                                  Map::as_u64(kv.val, "rejected_by_reason: "));
-            }
-        }
-        s.db_errors = m.u64_or("db_errors", 0);
-        s.redis_errors = m.u64_or("redis_errors", 0);
-        s.cache_read_hits = m.u64_or("cache_read_hits", 0);
-        s.cache_read_misses = m.u64_or("cache_read_misses", 0);
-        s.cache_writes = m.u64_or("cache_writes", 0);
-        s.cache_write_errors = m.u64_or("cache_write_errors", 0);
-        if (const auto* v = m.find("latency_us"); v && v->type == msgpack::type::ARRAY) {
-            for (uint32_t i = 0; i < v->via.array.size && i < kPriorityCount; ++i)
-                s.latency_us[i] = read_histogram(v->via.array.ptr[i], "latency_us[" + std::to_string(i) + "]");
-        }
-        s.batch_size = read_histogram(m, "batch_size");
-        s.persist_us = read_histogram(m, "persist_us");
+        if (const auto* v = m.find("families"); v && v->type != msgpack::type::NIL)
+            s.families = read_snapshot(*v, "families");
         return s;
     });
 }
@@ -864,7 +864,7 @@ Decoded<Heartbeat> decode_heartbeat(std::string_view body) {
             h.healthy = v->via.boolean;
         }
         if (const auto* v = m.find("metrics"); v && v->type != msgpack::type::NIL)
-            h.metrics = read_worker_metrics(Map(*v, "metrics"));
+            h.metrics = read_snapshot(*v, "metrics");
         if (const auto* v = m.find("busy"); v && v->type != msgpack::type::NIL) {
             if (v->type != msgpack::type::ARRAY) fail(Status::bad_field, "busy: expected an array");
             const auto& arr = v->via.array;

@@ -16,7 +16,7 @@
 #include <vector>
 
 #include "common/message.hpp"
-#include "common/metrics.hpp"
+#include "common/metrics_registry.hpp"
 
 namespace llmq::proto {
 
@@ -126,58 +126,14 @@ struct Reply {  // answer to a Query (client <- broker <- worker)
     std::vector<StoredMessage> messages;
     std::vector<DeadLetter> dead_letters;  // for QueryKind::dead_letters
 };
-struct LaneStats {
-    uint64_t depth = 0;
-    uint64_t capacity = 0;
-    uint64_t received = 0;
-    uint64_t dispatched = 0;
-    uint64_t busy = 0;
-    uint64_t persisted = 0;      // final 200 outcomes
-    int64_t oldest_age_ms = 0;   // of the message at the head, 0 when empty
-};
-// A worker's own figures, cumulative since it started, carried on its heartbeats.
-struct WorkerMetrics {
-    int64_t uptime_ms = 0;
-    uint64_t batches = 0, persisted = 0, rejected = 0, dead_lettered = 0, duplicates = 0;
-    uint64_t db_errors = 0, redis_errors = 0;
-    uint64_t cache_read_hits = 0, cache_read_misses = 0, cache_writes = 0, cache_write_errors = 0, cache_repairs = 0;
-    metrics::Histogram persist_us;  // one batch's transaction, microseconds
-};
-struct WorkerStats {
-    std::string id;
-    std::string host;
-    int64_t pid = 0;
-    uint64_t inflight_batches = 0;
-    uint64_t credit = 0;
-    uint64_t batches_done = 0;
-    bool healthy = true;
-    WorkerMetrics metrics;  // as last reported on a heartbeat
-    uint64_t busy_batches = 0;     // batches it said it is working on (its last heartbeat's `busy`)
-    int64_t busy_ms = 0;           // how long the longest of them has been worked on now; 0 when idle
-    int64_t heartbeat_age_ms = 0;  // since the broker last heard from it (any frame)
-};
+// A snapshot of a process's figures: every metric family the broker owns and,
+// gathered from its workers' heartbeats, theirs (each series with a `worker`
+// label, and the cluster totals they declare). See common/metrics_registry.hpp
+// for the families and docs/protocol.md for the body.
 struct Stats {
     uint64_t req = 0;
     int64_t uptime_ms = 0;
-    LaneStats lanes[kPriorityCount];
-    uint64_t persisted = 0;
-    uint64_t rejected = 0;
-    uint64_t dead_lettered = 0;
-    uint64_t redeliveries = 0;
-    uint64_t inflight_batches = 0;
-    uint64_t client_connections = 0;
-    uint64_t bad_frames = 0;
-    uint64_t unroutable = 0;  // replies whose peer had gone (ZMQ_ROUTER_MANDATORY refusals)
-    uint64_t expired = 0;
-    std::vector<WorkerStats> workers;
-    // Cluster-wide, monotonic across worker restarts (the broker adds each
-    // worker's increments):
-    std::vector<std::pair<std::string, uint64_t>> rejected_by_reason;  // code -> count
-    uint64_t db_errors = 0, redis_errors = 0;
-    uint64_t cache_read_hits = 0, cache_read_misses = 0, cache_writes = 0, cache_write_errors = 0;
-    metrics::Histogram latency_us[kPriorityCount];  // receive -> persisted ack
-    metrics::Histogram batch_size;                   // messages per dispatched batch
-    metrics::Histogram persist_us;                   // workers' batch transactions
+    metrics::Snapshot families;
 };
 struct Error {
     uint64_t req = 0;  // 0 when the request could not be read far enough
@@ -219,7 +175,9 @@ struct BusyBatch {
 inline constexpr size_t kMaxBusyBatches = 1024;  // entries decode_heartbeat accepts in `busy`
 struct Heartbeat {
     bool healthy = true;  // worker -> broker: false = send me no batches (e.g. PostgreSQL down)
-    std::optional<WorkerMetrics> metrics;  // worker -> broker
+    // worker -> broker: the worker's own figures (its registry's families),
+    // cumulative since it started
+    std::optional<metrics::Snapshot> metrics;
     std::vector<BusyBatch> busy;           // worker -> broker: what it works on now; empty = idle (or not said)
     // broker -> worker: the broker's --heartbeat-ms and --liveness, for the
     // worker to adopt (it is declared dead after heartbeat_ms x liveness of

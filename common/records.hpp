@@ -20,8 +20,6 @@
 
 namespace llmq::records {
 
-using proto::WorkerMetrics;
-
 // How a field appears in a msgpack map. Keys are written in list order.
 enum class Presence : uint8_t {
     required,  // always written; a map without it is a bad_field
@@ -90,26 +88,9 @@ inline constexpr auto kStoredMessageFields = std::make_tuple(  //
     field(&StoredMessage::created_at_us, "created_at", required, timestamptz, Cached::yes),
     field(&StoredMessage::persisted_at_us, "persisted_at", optional, timestamptz, Cached::yes));
 
-// A worker's figures on its heartbeats (and in Stats.workers[].metrics).
-inline constexpr auto kWorkerMetricsFields = std::make_tuple(  //
-    field(&WorkerMetrics::uptime_ms, "uptime_ms", optional),
-    field(&WorkerMetrics::batches, "batches", optional),
-    field(&WorkerMetrics::persisted, "persisted", optional),
-    field(&WorkerMetrics::rejected, "rejected", optional),
-    field(&WorkerMetrics::dead_lettered, "dead_lettered", optional),
-    field(&WorkerMetrics::duplicates, "duplicates", optional),
-    field(&WorkerMetrics::db_errors, "db_errors", optional),
-    field(&WorkerMetrics::redis_errors, "redis_errors", optional),
-    field(&WorkerMetrics::cache_read_hits, "cache_read_hits", optional),
-    field(&WorkerMetrics::cache_read_misses, "cache_read_misses", optional),
-    field(&WorkerMetrics::cache_writes, "cache_writes", optional),
-    field(&WorkerMetrics::cache_write_errors, "cache_write_errors", optional),
-    field(&WorkerMetrics::cache_repairs, "cache_repairs", optional),
-    field(&WorkerMetrics::persist_us, "persist_us", optional));
 }  // namespace lists
 using lists::kMessageFields;
 using lists::kStoredMessageFields;
-using lists::kWorkerMetricsFields;
 
 // The list of a record type, for code generic over records.
 template <class S>
@@ -121,10 +102,6 @@ struct FieldsOf<Message> {
 template <>
 struct FieldsOf<StoredMessage> {
     static constexpr const auto& list = kStoredMessageFields;
-};
-template <>
-struct FieldsOf<WorkerMetrics> {
-    static constexpr const auto& list = kWorkerMetricsFields;
 };
 template <class S>
 constexpr const auto& fields_of() {
@@ -179,7 +156,5 @@ inline constexpr size_t kMemberCount = detail::member_count<S>();
 static_assert(kMemberCount<Message> == kFieldCount<Message>, "a Message member is missing from kMessageFields");
 static_assert(kMemberCount<StoredMessage> == kFieldCount<StoredMessage>,
               "a StoredMessage member is missing from kStoredMessageFields");
-static_assert(kMemberCount<WorkerMetrics> == kFieldCount<WorkerMetrics>,
-              "a WorkerMetrics member is missing from kWorkerMetricsFields");
 
 }  // namespace llmq::records

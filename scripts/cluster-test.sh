@@ -15,6 +15,8 @@
 # run. Binaries from $LLMQ_BUILD_DIR (default build/).
 set -euo pipefail
 REPO_DIR=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd -P)
+# shellcheck source=scripts/lib.sh
+source "$REPO_DIR/scripts/lib.sh"
 BUILD_DIR=${LLMQ_BUILD_DIR:-$REPO_DIR/build}
 [[ $BUILD_DIR == /* ]] || BUILD_DIR=$REPO_DIR/$BUILD_DIR
 export LLMQ_BUILD_DIR=$BUILD_DIR
@@ -52,7 +54,7 @@ fail() {
 
 llmq() { "${C[@]}" exec client "$BUILD_DIR/llmq" --broker $FRONT "$@"; }
 sql() { "${C[@]}" exec db psql -X -tA -h 10.77.0.20 -U llmq -d llmq -c "$1"; }
-stat_of() { llmq stats --json | python3 -c "import json,sys; s=json.load(sys.stdin); print($1)"; }
+stat_of() { llmq stats --json | stats_expr "$1"; }  # stat_of EXPR: see stats_expr in scripts/lib.sh
 
 # workload NAME N: N messages in conversations NAME_conv_*, in $WORK/NAME.jsonl
 workload() {
@@ -67,14 +69,14 @@ push_bg() {
 
 wait_persisted() {  # waits until the broker counts at least $1 persisted
   for _ in $(seq 600); do
-    (($(stat_of 's["persisted"]' 2>/dev/null || echo 0) >= $1)) && return 0
+    (($(stat_of 'total("llmq_messages_persisted_total")' 2>/dev/null || echo 0) >= $1)) && return 0
     sleep 0.1
   done
 }
 
 wait_workers() {  # wait_workers N [healthy]: until N (healthy) workers are listed
-  local expr='len(s["workers"])'
-  [[ ${2:-} == healthy ]] && expr='sum(1 for w in s["workers"] if w["healthy"])'
+  local expr='len(series("llmq_worker_up"))'
+  [[ ${2:-} == healthy ]] && expr='total("llmq_worker_healthy")'
   for _ in $(seq 300); do
     (($(stat_of "$expr" 2>/dev/null || echo 0) >= $1)) && return 0
     sleep 0.2
@@ -148,19 +150,19 @@ run() {
   workload "$SCENARIO" "$n"
   # Faults start once a tenth of this push is persisted (counted by this broker).
   local p0
-  p0=$(stat_of 's["persisted"]')
+  p0=$(stat_of 'total("llmq_messages_persisted_total")')
   started_at() { wait_persisted $((p0 + n / 10)); }
   case $SCENARIO in
     worker-cut-from-broker)
       local r0
-      r0=$(stat_of 's["redeliveries"]')
+      r0=$(stat_of 'total("llmq_redeliveries_total")')
       push_bg "$SCENARIO"
       started_at
       "${C[@]}" partition w1 broker >/dev/null
       sleep 10
       "${C[@]}" heal >/dev/null
       wait_workers 2 || fail "w1 did not rejoin"
-      check "$SCENARIO" "$n" "redeliveries=$(($(stat_of 's["redeliveries"]') - r0)) workers_after=$(stat_of 'len(s["workers"])')"
+      check "$SCENARIO" "$n" "redeliveries=$(($(stat_of 'total("llmq_redeliveries_total")') - r0)) workers_after=$(stat_of 'len(series("llmq_worker_up"))')"
       ;;
     worker-cut-from-db)
       push_bg "$SCENARIO"
@@ -171,7 +173,7 @@ run() {
       # its PostgreSQL connection is gone, then reports itself unhealthy.
       local unhealthy=0 t0=$SECONDS
       for _ in $(seq 600); do
-        (($(stat_of 'sum(1 for w in s["workers"] if not w["healthy"])') > 0)) && { unhealthy=1; break; }
+        (($(stat_of 'sum(1 for w in series("llmq_worker_healthy") if not w["value"])') > 0)) && { unhealthy=1; break; }
         sleep 0.1
       done
       ((unhealthy)) || fail "w1 never reported itself unhealthy"
@@ -179,7 +181,7 @@ run() {
       sleep 3
       "${C[@]}" heal >/dev/null
       wait_workers 2 healthy || fail "w1 did not recover"
-      check "$SCENARIO" "$n" "reported_unhealthy=$unhealthy unhealthy_after_s=$detect_s healthy_after=$(stat_of 'sum(1 for w in s["workers"] if w["healthy"])')"
+      check "$SCENARIO" "$n" "reported_unhealthy=$unhealthy unhealthy_after_s=$detect_s healthy_after=$(stat_of 'total("llmq_worker_healthy")')"
       ;;
     worker-paused)
       push_bg "$SCENARIO"
@@ -188,7 +190,7 @@ run() {
       sleep 10
       "${C[@]}" resume w2 >/dev/null
       wait_workers 2 || fail "w2 did not come back"
-      check "$SCENARIO" "$n" "workers_after=$(stat_of 'len(s["workers"])')"
+      check "$SCENARIO" "$n" "workers_after=$(stat_of 'len(series("llmq_worker_up"))')"
       ;;
     client-cut-from-broker)
       push_bg "$SCENARIO"

@@ -156,7 +156,8 @@ wait_workers() {
   local want=$1 n=0
   for _ in $(seq 150); do
     n=$(on_host client "$BUILD_DIR/llmq" --broker "tcp://$NET.10:5555" --timeout-ms 500 stats --json 2>/dev/null |
-      python3 -c 'import json,sys; print(len(json.load(sys.stdin)["workers"]))' 2>/dev/null || echo 0)
+      python3 -c 'import json,sys; print(len(json.load(sys.stdin)["metrics"]["llmq_worker_up"]["series"]))' 2>/dev/null ||
+      echo 0)
     ((n >= want)) && return 0
     sleep 0.2
   done

@@ -1,8 +1,22 @@
 # Shared by scripts/demo.sh and bench/run.sh (sourced, not run). Both keep the
 # pids of what they start in the array `pids` and stop them on exit; BUILD_DIR
-# names the build with the binaries, RUN_DIR the services' directory.
+# names the build with the binaries, RUN_DIR the services' directory. The
+# cluster tests source it for stats_expr.
 
 section() { printf '\n==== %s ====\n' "$*"; }
+
+# stats_expr EXPR: prints the Python expression EXPR evaluated over the
+# `llmq stats --json` read from stdin, where `s` is the whole answer,
+# series(NAME) the series of metric family NAME and total(NAME) the sum of
+# their values (0 when absent), e.g.
+#   llmq stats --json | stats_expr 'len(series("llmq_worker_up"))'
+stats_expr() {
+  python3 -c 'import json, sys
+s = json.load(sys.stdin)
+def series(name): return s["metrics"].get(name, {}).get("series", [])
+def total(name): return sum(x.get("value", 0) for x in series(name))
+print(eval(sys.argv[1]))' "$1"
+}
 
 # stop_started: SIGTERM to every pid in `pids`, SIGKILL after 10 s; empties it.
 stop_started() {
@@ -45,7 +59,7 @@ start_workers() {
   done
   for _ in $(seq 300); do
     c=$("$BUILD_DIR/llmq" --broker "$FRONTEND" --timeout-ms 500 stats --json 2>/dev/null |
-      python3 -c 'import json,sys; print(len(json.load(sys.stdin)["workers"]))' 2>/dev/null || echo 0)
+      stats_expr 'len(series("llmq_worker_up"))' 2>/dev/null || echo 0)
     ((c >= n)) && return 0
     sleep 0.1
   done

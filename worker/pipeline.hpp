@@ -16,6 +16,7 @@
 #include "common/metrics.hpp"
 #include "common/protocol.hpp"
 #include "worker/cache.hpp"
+#include "worker/metrics.hpp"
 #include "worker/preprocess.hpp"
 #include "worker/store.hpp"
 
@@ -30,26 +31,6 @@ public:
 class SteadyClock final : public Clock {
 public:
     int64_t now_ns() const override;
-};
-
-// A worker's figures, summed over its threads (each may add; any may read).
-struct WorkerCounters {
-    std::atomic<uint64_t> batches{0}, persisted{0}, rejected{0}, failed{0}, duplicates{0}, dead_lettered{0};
-    std::atomic<uint64_t> cache_hits{0}, cache_misses{0}, cache_repairs{0}, queries{0};
-    std::atomic<uint64_t> db_errors{0}, handed_back{0}, timeouts{0}, retried_transactions{0};
-
-    void record_persist_us(uint64_t us) {
-        std::lock_guard lock(mu_);
-        persist_us_.record(us);
-    }
-    metrics::Histogram persist_us() const {
-        std::lock_guard lock(mu_);
-        return persist_us_;
-    }
-
-private:
-    mutable std::mutex mu_;
-    metrics::Histogram persist_us_;  // one batch's transaction(s)
 };
 
 struct PipelineConfig {

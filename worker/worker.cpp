@@ -114,6 +114,7 @@ Worker::Worker(WorkerConfig cfg, StoreFactory make_store, CacheFactory make_cach
       heartbeat_ms_(cfg_.heartbeat_ms),
       liveness_(cfg_.liveness) {
     check_bounds(cfg_);
+    counters_.registry.on_collect([this] { collect_connection_figures(); });
     info_.host = hostname();
     info_.pid = getpid();
     if (cfg_.id.empty()) {
@@ -330,34 +331,27 @@ void Worker::handle(Incoming& in) {
     }
 }
 
-proto::WorkerMetrics Worker::metrics() const {
-    proto::WorkerMetrics m;
-    m.uptime_ms = (steady_now_ns() - started_ns_) / kMs;
-    m.batches = counters_.batches;
-    m.persisted = counters_.persisted;
-    m.rejected = counters_.rejected;
-    m.dead_lettered = counters_.dead_lettered;
-    m.duplicates = counters_.duplicates;
-    m.db_errors = counters_.db_errors;
-    m.cache_read_hits = counters_.cache_hits;
-    m.cache_read_misses = counters_.cache_misses;
-    m.cache_repairs = counters_.cache_repairs;
+// Copies what the connections count into the registry (called by each snapshot).
+void Worker::collect_connection_figures() const {
+    uint64_t redis_errors = 0, writes = 0, write_errors = 0;
     auto add_cache = [&](const Lane& lane) {
-        m.redis_errors += lane.cache->errors();
+        redis_errors += lane.cache->errors();
         auto w = lane.cache->write_counts();
-        m.cache_writes += w.ok;
-        m.cache_write_errors += w.failed;
+        writes += w.ok;
+        write_errors += w.failed;
     };
     for (const auto& lane : executors_) add_cache(*lane);
     if (query_lane_) add_cache(*query_lane_);
-    m.persist_us = counters_.persist_us();
-    return m;
+    counters_.redis_errors.set(redis_errors);
+    counters_.cache_writes.set(writes);
+    counters_.cache_write_errors.set(write_errors);
+    counters_.uptime_seconds.set(static_cast<double>(steady_now_ns() - started_ns_) / 1e9);
 }
 
 proto::Heartbeat Worker::heartbeat() const {
     proto::Heartbeat hb;
     hb.healthy = healthy_;
-    hb.metrics = metrics();
+    hb.metrics = counters_.registry.snapshot();
     int64_t now = steady_now_ns();
     for (const auto& lane : executors_) {
         uint64_t batch = lane->busy_batch;

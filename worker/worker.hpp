@@ -75,8 +75,6 @@ public:
     // The heartbeat interval and liveness in force (the broker's, once it said).
     int heartbeat_ms() const { return heartbeat_ms_; }
     int liveness() const { return liveness_; }
-    // What the worker reports on its heartbeats.
-    proto::WorkerMetrics metrics() const;
 
 private:
     // A thread with its own store, cache and pipeline, and what it is busy with
@@ -107,6 +105,7 @@ private:
     bool broker_silent(int64_t now) const;
     void finish_in_hand();
     proto::Heartbeat heartbeat() const;
+    void collect_connection_figures() const;
 
     WorkerConfig cfg_;
     StoreFactory make_store_;

@@ -7,6 +7,8 @@
 set -euo pipefail
 BUILD_DIR=$(cd -- "${1:?usage: cluster_script_test.sh BUILD_DIR}" && pwd -P)
 REPO_DIR=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/../.." && pwd -P)
+# shellcheck source=scripts/lib.sh
+source "$REPO_DIR/scripts/lib.sh"
 export LLMQ_BUILD_DIR=$BUILD_DIR
 C=("bash" "$REPO_DIR/scripts/cluster.sh")
 
@@ -52,13 +54,13 @@ rows=$("${C[@]}" exec db psql -X -tA -h 10.77.0.20 -U llmq -d llmq -c "SELECT co
 workers=0
 for _ in $(seq 100); do
   workers=$("${C[@]}" exec client "$BUILD_DIR/llmq" --broker $FRONT stats --json |
-    python3 -c 'import json,sys; print(len(json.load(sys.stdin)["workers"]))' || echo 0)
+    stats_expr 'len(series("llmq_worker_up"))' || echo 0)
   ((workers == 2)) && break
   sleep 0.2
 done
 ((workers == 2)) || fail "$workers of 2 workers back after heal and resume"
 stats=$("${C[@]}" exec client "$BUILD_DIR/llmq" --broker $FRONT stats --json)
-redeliveries=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["redeliveries"])' "$stats")
+redeliveries=$(stats_expr 'total("llmq_redeliveries_total")' <<<"$stats")
 
 "${C[@]}" down
 "${C[@]}" down

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "../support/process.hpp"
+#include "../support/figures.hpp"
 #include "client/client.hpp"
 
 namespace llmq::test {
@@ -95,7 +96,7 @@ protected:
         auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
         while (std::chrono::steady_clock::now() < deadline) {
             auto r = c.stats(std::chrono::milliseconds(500));
-            if (auto* s = std::get_if<proto::Stats>(&r); s && s->workers.size() >= n) return;
+            if (auto* s = std::get_if<proto::Stats>(&r); s && test::Figures{*s}.workers().size() >= n) return;
             std::this_thread::sleep_for(std::chrono::milliseconds(50));
         }
         FAIL() << "workers did not register; see logs in " << dir_;

@@ -277,8 +277,9 @@ TEST_F(Mesh, GarbageFramesAreAnsweredWithErrorsWhileAPushSucceeds) {
     auto st = c.stats(std::chrono::seconds(5));
     auto* stats = std::get_if<proto::Stats>(&st);
     ASSERT_NE(stats, nullptr);
-    EXPECT_GE(stats->bad_frames, static_cast<uint64_t>(sent.load()));
-    EXPECT_EQ(stats->workers.size(), 2u);
+    const test::Figures f{*stats};
+    EXPECT_GE(f.bad_frames(), static_cast<double>(sent.load()));
+    EXPECT_EQ(f.workers().size(), 2u);
 }
 
 TEST_F(Mesh, CliPushReportsBadLinesAndExitCodes) {

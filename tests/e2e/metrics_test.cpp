@@ -57,6 +57,14 @@ double sum_of(const std::string& text, const std::string& name) {
     return any ? sum : -1;
 }
 
+// The sum of the values of a family's series in `llmq stats --json`; -1 if the family is absent.
+double json_total(const json& stats, const std::string& name) {
+    if (!stats.contains("metrics") || !stats["metrics"].contains(name)) return -1;
+    double sum = 0;
+    for (const auto& s : stats["metrics"][name]["series"]) sum += s.value("value", 0.0);
+    return sum;
+}
+
 std::vector<client::PushItem> make_messages(size_t n) {
     std::vector<client::PushItem> items(n);
     int64_t now = wall_now_us();
@@ -140,6 +148,20 @@ TEST_F(MetricsE2E, CollectorPromtoolPrometheusStatsAndTop) {
         ASSERT_EQ(summary.persisted, N);
     }
 
+    // One snapshot right after the acks agrees with itself: the workers'
+    // persisted counts add up to the cluster's (the broker counts both from the
+    // same done frames, not the workers' figures from their next heartbeats).
+    {
+        int rc = -1;
+        std::string out = cli("stats --json", rc);
+        ASSERT_EQ(rc, 0) << out;
+        json j = json::parse(out, nullptr, false);
+        ASSERT_FALSE(j.is_discarded()) << "not JSON:\n" << out;
+        EXPECT_EQ(json_total(j, "llmq_messages_persisted_total"), static_cast<double>(N)) << out;
+        EXPECT_EQ(json_total(j, "llmq_worker_persisted_total"), json_total(j, "llmq_messages_persisted_total"))
+            << "the workers' persisted counts disagree with the cluster's in one snapshot:\n" << out;
+    }
+
     // /metrics catches up: N persisted, lanes empty, N latencies recorded.
     std::string text;
     ASSERT_TRUE(eventually(
@@ -160,11 +182,15 @@ TEST_F(MetricsE2E, CollectorPromtoolPrometheusStatsAndTop) {
     EXPECT_EQ(sum_of(text, "llmq_inflight_batches"), 0);
     EXPECT_NE(text.find("llmq_message_latency_seconds_bucket{priority=\"urgent\",le=\"+Inf\"} " + std::to_string(N / 4)),
               std::string::npos);
-    // The workers' own figures arrive on their heartbeats (--heartbeat-ms).
+    // Per worker, counted by the broker from the same done frames: in the same scrape.
+    EXPECT_EQ(sum_of(text, "llmq_worker_persisted_total"), static_cast<double>(N));
+    // The workers' own figures arrive on their heartbeats (--heartbeat-ms), per
+    // worker and summed into the cluster's total.
     EXPECT_TRUE(eventually(
         [&] {
-            auto r = http_get(http, "/metrics");
-            return sum_of(r.body, "llmq_worker_persisted_total") == static_cast<double>(N);
+            auto body = http_get(http, "/metrics").body;
+            double total = sum_of(body, "llmq_batch_persist_seconds_count");
+            return total > 0 && total == sum_of(body, "llmq_worker_batch_persist_seconds_count");
         },
         5s));
 
@@ -184,18 +210,49 @@ TEST_F(MetricsE2E, CollectorPromtoolPrometheusStatsAndTop) {
         ASSERT_EQ(rc, 0) << out;
         json j = json::parse(out, nullptr, false);
         ASSERT_FALSE(j.is_discarded()) << "not JSON:\n" << out;
-        EXPECT_EQ(j["persisted"].get<uint64_t>(), N);
-        uint64_t by_lane = 0, depth = 0;
-        for (const auto& [name, lane] : j["lanes"].items()) {
-            by_lane += lane["persisted"].get<uint64_t>();
-            depth += lane["depth"].get<uint64_t>();
+        ASSERT_TRUE(j.contains("metrics")) << out;
+        const json& m = j["metrics"];
+        EXPECT_GT(j["uptime_ms"].get<int64_t>(), 0);
+        // The families of the collector's page (rendered from the same snapshots),
+        // each with its kind, help and label names.
+        for (const auto& [name, f] : m.items()) {
+            EXPECT_FALSE(f["help"].get<std::string>().empty()) << name;
+            EXPECT_TRUE(f["kind"] == "counter" || f["kind"] == "gauge" || f["kind"] == "histogram") << name;
+            for (const auto& x : f["series"]) EXPECT_EQ(x["labels"].size(), f["labels"].size()) << name;
         }
-        EXPECT_EQ(by_lane, N);
-        EXPECT_EQ(depth, 0u);
-        EXPECT_EQ(j["workers"].size(), 2u);
+        std::string missing;
+        EXPECT_TRUE(eventually(
+            [&] {
+                std::string page = http_get(http, "/metrics").body;
+                missing.clear();
+                for (const auto& [name, f] : m.items())
+                    if (page.find("# TYPE " + name + " ") == std::string::npos) missing += " " + name;
+                return missing.empty();
+            },
+            5s))
+            << "in llmq stats --json, not on the page:" << missing;
+        const json& persisted = m["llmq_messages_persisted_total"];
+        EXPECT_EQ(persisted["kind"], "counter");
+        EXPECT_EQ(persisted["labels"], json::array({"priority"}));
+        ASSERT_EQ(persisted["series"].size(), static_cast<size_t>(kPriorityCount)) << out;
+        EXPECT_EQ(persisted["series"][0]["labels"]["priority"], "urgent");
+        EXPECT_EQ(json_total(j, "llmq_messages_persisted_total"), static_cast<double>(N));
+        EXPECT_EQ(json_total(j, "llmq_queue_depth"), 0);
+        EXPECT_EQ(m["llmq_worker_up"]["series"].size(), 2u);
+        EXPECT_EQ(json_total(j, "llmq_worker_persisted_total"), static_cast<double>(N));
+        // Histograms: count, sum and percentiles, in seconds.
+        const json& latency = m["llmq_message_latency_seconds"];
+        EXPECT_EQ(latency["kind"], "histogram");
         uint64_t latency_count = 0;
-        for (const auto& [name, h] : j["latency_seconds"].items()) latency_count += h["count"].get<uint64_t>();
+        for (const auto& h : latency["series"]) {
+            latency_count += h["count"].get<uint64_t>();
+            EXPECT_FALSE(h.contains("value"));
+            EXPECT_GT(h["p50"].get<double>(), 0);
+            EXPECT_LT(h["p99"].get<double>(), 60) << "not in seconds: " << h;
+            EXPECT_LE(h["p50"].get<double>(), h["p999"].get<double>());
+        }
         EXPECT_EQ(latency_count, N);
+        EXPECT_EQ(m["llmq_batch_size"]["series"][0]["sum"].get<double>(), static_cast<double>(N));
     }
 
     // The Python subscriber in docs/protocol.md section 7 decodes the stream.

@@ -4,6 +4,7 @@
 #include <set>
 
 #include "tests/fault/fault_support.hpp"
+#include "tests/support/figures.hpp"
 
 namespace llmq::test {
 namespace {
@@ -28,10 +29,12 @@ TEST_F(Fault, FullLanesWithoutWorkersAnswerBusyThenDrain) {
     for (auto deadline = std::chrono::steady_clock::now() + 60s; std::chrono::steady_clock::now() < deadline;) {
         rss_max = std::max(rss_max, rss_kb(broker_.pid()));
         if (auto s = stats()) {
-            const auto& lane = s->lanes[static_cast<int>(Priority::normal)];
-            busy_seen = lane.busy;
-            EXPECT_LE(lane.depth, kCapacity) << "a lane holds more than its capacity";
-            if (lane.depth == kCapacity && lane.busy > 0) {
+            const test::Figures f{*s};
+            const int normal = static_cast<int>(Priority::normal);
+            const auto depth = static_cast<uint64_t>(f.depth(normal));
+            busy_seen = static_cast<uint64_t>(f.lane("llmq_messages_busy_total", normal));
+            EXPECT_LE(depth, kCapacity) << "a lane holds more than its capacity";
+            if (depth == kCapacity && busy_seen > 0) {
                 full = true;
                 break;
             }
@@ -46,7 +49,7 @@ TEST_F(Fault, FullLanesWithoutWorkersAnswerBusyThenDrain) {
     }
     auto mid = stats();
     ASSERT_TRUE(mid);
-    EXPECT_EQ(mid->persisted, 0u);
+    EXPECT_EQ(test::Figures{*mid}.persisted(), 0);
     EXPECT_EQ(push.acked(), 0u) << "acknowledged with no worker to persist";
     EXPECT_LT(rss_max, 500L * 1024) << "broker VmRSS " << rss_max << " kB with full lanes";
 
@@ -61,11 +64,13 @@ TEST_F(Fault, FullLanesWithoutWorkersAnswerBusyThenDrain) {
     int64_t recovery = first ? ms_between(workers_up, *first) : -1;
     auto after = stats();
     ASSERT_TRUE(after);
-    for (const auto& lane : after->lanes) EXPECT_EQ(lane.depth, 0u) << "lanes did not drain";
+    const test::Figures drained{*after};
+    for (int i = 0; i < kPriorityCount; ++i) EXPECT_EQ(drained.depth(i), 0) << "lanes did not drain";
     expect_recovered(2, "s5");
     check_and_report("full-lanes-no-workers", recovery,
                      "busy_retries=" + std::to_string(rec.summary.busy_retries) +
-                         " lane_busy=" + std::to_string(after->lanes[static_cast<int>(Priority::normal)].busy) +
+                         " lane_busy=" + std::to_string(static_cast<uint64_t>(
+                                                  drained.lane("llmq_messages_busy_total", static_cast<int>(Priority::normal)))) +
                          " rss_before_kb=" + std::to_string(rss_before) + " rss_max_kb=" + std::to_string(rss_max) +
                          " drain_ms=" + std::to_string(ms_between(workers_up, rec.finished_ns)));
 }
@@ -286,7 +291,7 @@ TEST_F(Fault, GarbageFramesAtBothSocketsDuringAPush) {
                                                 << " kB under garbage";
     auto st = stats();
     ASSERT_TRUE(st);
-    EXPECT_GE(st->bad_frames, front_sent.load()) << "garbage not counted";
+    EXPECT_GE(test::Figures{*st}.bad_frames(), front_sent.load()) << "garbage not counted";
     int64_t t_end = steady_now_ns();
     int64_t recovery = expect_recovered(2, "s7", t_end);
     check_and_report("garbage-frames", recovery,
@@ -294,7 +299,8 @@ TEST_F(Fault, GarbageFramesAtBothSocketsDuringAPush) {
                          " zmq_frames=" + std::to_string(frames_sent.load()) +
                          " front_errors=" + std::to_string(front_errors.load()) +
                          " back_replies=" + std::to_string(back_replies.load()) +
-                         " bad_frames=" + std::to_string(st->bad_frames) + " unroutable=" + std::to_string(st->unroutable) +
+                         " bad_frames=" + std::to_string(test::Figures{*st}.bad_frames()) +
+                         " unroutable=" + std::to_string(test::Figures{*st}.unroutable()) +
                          " rss_before_kb=" + std::to_string(rss_before) + " rss_max_kb=" + std::to_string(rss_max) +
                          " rss_after_kb=" + std::to_string(rss_after));
 }

@@ -11,6 +11,7 @@
 #include <fstream>
 
 #include "tests/fault/fault_support.hpp"
+#include "tests/support/figures.hpp"
 
 namespace llmq::test {
 namespace {
@@ -68,18 +69,18 @@ private:
         while (!stop_) {
             auto r = c.stats(1000ms);
             if (auto* s = std::get_if<proto::Stats>(&r)) {
+                const test::Figures f{*s};
+                const auto workers = f.workers();
                 std::lock_guard<std::mutex> l(mu_);
-                if (original_.empty())
-                    for (const auto& w : s->workers) original_.push_back(w.id);
+                if (original_.empty()) original_ = workers;
                 size_t listed = 0;
                 for (const auto& id : original_)
-                    listed += std::any_of(s->workers.begin(), s->workers.end(),
-                                          [&](const proto::WorkerStats& w) { return w.id == id; });
+                    listed += std::find(workers.begin(), workers.end(), id) != workers.end();
                 min_workers_ = std::min<size_t>(min_workers_, listed);
                 missing_ += listed < original_.size();
                 ++samples_;
-                last_persisted_ = s->persisted;
-                history_.emplace_back(steady_now_ns(), s->persisted);
+                last_persisted_ = static_cast<uint64_t>(f.persisted());
+                history_.emplace_back(steady_now_ns(), last_persisted_);
             } else {
                 ++failed_;
             }
@@ -152,7 +153,7 @@ protected:
         size_t dead = count_lines_with(dir_ + "/broker.log", "(missed heartbeats)");
         auto st = stats();
         EXPECT_TRUE(st.has_value()) << "llmq stats did not answer after the push";
-        uint64_t redeliveries = st ? st->redeliveries : UINT64_MAX;
+        uint64_t redeliveries = st ? static_cast<uint64_t>(test::Figures{*st}.redeliveries()) : UINT64_MAX;
         size_t min_workers = watch.min_workers() == SIZE_MAX ? 0 : watch.min_workers();
 
         EXPECT_EQ(push.exit_code(), 0) << "llmq push:\n" << push.output();
@@ -249,7 +250,7 @@ TEST_F(WorkerNotDeaf, RedisStalledFiveSeconds) {
     int64_t recovery = -1;
     std::string extra = run_with_fault("nd_redis", [&] {
         FaultOutcome f;
-        if (auto s = stats()) redis_errors_before = s->redis_errors;
+        if (auto s = stats()) redis_errors_before = static_cast<uint64_t>(test::Figures{*s}.redis_errors());
         bool push_was_running = push_running();
         std::string out;
         int rc = -1;
@@ -271,7 +272,7 @@ TEST_F(WorkerNotDeaf, RedisStalledFiveSeconds) {
         return f;
     }, recovery);
     if (extra.empty()) return;
-    if (auto s = stats()) redis_errors_after = s->redis_errors;
+    if (auto s = stats()) redis_errors_after = static_cast<uint64_t>(test::Figures{*s}.redis_errors());
 
     // Histories of every 20th conversation (100 messages each): the most recent
     // 50 and the first page from the nil id, each equal to PostgreSQL's.

@@ -6,6 +6,7 @@
 #include <random>
 
 #include "tests/fault/fault_support.hpp"
+#include "tests/support/figures.hpp"
 
 namespace llmq::test {
 namespace {
@@ -40,7 +41,7 @@ TEST_F(Fault, KillNineWorkersRepeatedlyDuringA200kPush) {
     int64_t recovery = expect_recovered(3, "s1", last_kill);
     check_and_report("worker-kill9", recovery,
                      "kills=" + std::to_string(kills) + " max_ack_gap_ms=" + std::to_string(gap) +
-                         " redeliveries=" + std::to_string(st ? st->redeliveries : 0) +
+                         " redeliveries=" + std::to_string(st ? static_cast<uint64_t>(test::Figures{*st}.redeliveries()) : 0) +
                          " resends=" + std::to_string(rec.summary.resends));
 }
 

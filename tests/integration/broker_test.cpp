@@ -4,6 +4,8 @@
 // (liveness, linger, timeouts, attempts) is tested exactly in unit/broker_core_test.cpp.
 #include <gtest/gtest.h>
 
+#include "tests/support/figures.hpp"
+
 #include <atomic>
 #include <functional>
 #include <thread>
@@ -229,8 +231,9 @@ TEST(Broker, DeadWorkersBatchGoesToAnotherAndItsLateDoneIsIgnored) {
     auto st = c.stats(1s);
     auto* stats = std::get_if<proto::Stats>(&st);
     ASSERT_NE(stats, nullptr);
-    EXPECT_EQ(stats->redeliveries, 2u);
-    EXPECT_EQ(stats->persisted, 2u);
+    const test::Figures f{*stats};
+    EXPECT_EQ(f.redeliveries(), 2);
+    EXPECT_EQ(f.persisted(), 2);
 }
 
 TEST(Broker, QueriesGoToAWorkerAndFailClearlyWithoutOne) {
@@ -350,14 +353,14 @@ TEST(Broker, PeriodicHeartbeatsCarryTheBrokersSettingsToo) {
     }
 }
 
-proto::Stats stats_when(client::Client& c, const std::function<bool(const proto::Stats&)>& ok) {
+test::Figures stats_when(client::Client& c, const std::function<bool(const test::Figures&)>& ok) {
     for (int i = 0; i < 100; ++i) {
         auto st = c.stats(1s);
-        if (auto* s = std::get_if<proto::Stats>(&st); s && ok(*s)) return *s;
+        if (auto* s = std::get_if<proto::Stats>(&st); s && ok(test::Figures{*s})) return test::Figures{*s};
         std::this_thread::sleep_for(20ms);
     }
     auto st = c.stats(1s);
-    return std::get<proto::Stats>(st);
+    return test::Figures{std::get<proto::Stats>(st)};
 }
 
 TEST(Broker, AnUndecodableHeartbeatWithoutHealthKeepsTheLastKnownState) {
@@ -367,14 +370,15 @@ TEST(Broker, AnUndecodableHeartbeatWithoutHealthKeepsTheLastKnownState) {
     client::Client c(b.frontend());
     FakeWorker w(b.backend(), 1, "sick");
     w.send(proto::Command::heartbeat, proto::encode(proto::Heartbeat{false}));
-    auto s = stats_when(c, [](const proto::Stats& s) { return s.workers.size() == 1 && !s.workers[0].healthy; });
-    ASSERT_EQ(s.workers.size(), 1u);
-    ASSERT_FALSE(s.workers[0].healthy);
+    auto unhealthy = [](const test::Figures& f) {
+        return f.workers().size() == 1 && f.worker("llmq_worker_healthy", f.workers()[0]) == 0;
+    };
+    auto s = stats_when(c, unhealthy);
+    ASSERT_TRUE(unhealthy(s));
     w.send(proto::Command::heartbeat, "\x81\xa4" "busy" "\xa1" "x");  // {"busy": "x"}
-    s = stats_when(c, [](const proto::Stats& s) { return s.bad_frames >= 1; });
-    EXPECT_EQ(s.bad_frames, 1u);
-    ASSERT_EQ(s.workers.size(), 1u);
-    EXPECT_FALSE(s.workers[0].healthy) << "an unreadable heartbeat must not read as healthy";
+    s = stats_when(c, [](const test::Figures& f) { return f.bad_frames() >= 1; });
+    EXPECT_EQ(s.bad_frames(), 1);
+    EXPECT_TRUE(unhealthy(s)) << "an unreadable heartbeat must not read as healthy";
 }
 
 TEST(Broker, AWorkerWhoseConnectionIsGoneIsDroppedWhenASendToItFails) {
@@ -387,10 +391,10 @@ TEST(Broker, AWorkerWhoseConnectionIsGoneIsDroppedWhenASendToItFails) {
     client::Client c(b.frontend());
     FakeWorker gone(b.backend(), 1, "gone");
     ASSERT_TRUE(gone.registered());
-    ASSERT_EQ(stats_when(c, [](const proto::Stats& s) { return s.workers.size() == 1; }).workers.size(), 1u);
+    ASSERT_EQ(stats_when(c, [](const test::Figures& f) { return f.workers().size() == 1; }).workers().size(), 1u);
     gone.close();
-    auto s = stats_when(c, [](const proto::Stats& s) { return s.workers.empty(); });
-    EXPECT_TRUE(s.workers.empty());
+    auto s = stats_when(c, [](const test::Figures& f) { return f.workers().empty(); });
+    EXPECT_TRUE(s.workers().empty());
     // Its successor gets the work.
     FakeWorker next(b.backend(), 1, "next");
     auto m = make(Priority::normal, 1);

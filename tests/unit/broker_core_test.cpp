@@ -1,6 +1,7 @@
 // Unit tests for the broker's core (broker/core.hpp) with a fake clock and no sockets: acks, busy, draw order,
 // liveness, redelivery, attempts, queries, linger, expiry, draining, failed sends, malformed frames, metrics.
 #include "broker/core.hpp"
+#include "tests/support/figures.hpp"
 
 #include <gtest/gtest.h>
 
@@ -74,6 +75,8 @@ struct Sent {
     size_t count(Socket s, const std::string& peer, Command cmd) const { return of(s, peer, cmd).size(); }
 };
 
+using test::Figures;
+
 // A core, its clock, and helpers that play clients and workers.
 struct Harness {
     explicit Harness(const BrokerConfig& cfg = config()) : core(cfg, clock) {}
@@ -101,7 +104,7 @@ struct Harness {
         for (const auto& m : b.msgs) d.results.push_back({m.id, st, st == Status::ok ? "" : "test: failed"});
         core.done(worker, d);
     }
-    proto::Stats stats() const { return core.snapshot(); }
+    Figures stats() const { return Figures{core.snapshot()}; }
 
     FakeClock clock;  // before the core, which keeps a reference
     BrokerCore core;
@@ -171,9 +174,9 @@ TEST(BrokerCore, QueuedAckComesOnEntryAndPersistedAckOnlyAfterDone) {
     EXPECT_EQ(acks[0].id, m.id);
     EXPECT_EQ(acks[0].status, Status::ok);
     auto st = t.stats();
-    EXPECT_EQ(st.persisted, 2u);
-    EXPECT_EQ(st.inflight_batches, 0u);
-    EXPECT_EQ(st.latency_us[1].count(), 1u) << "latency is recorded for persisted acks only";
+    EXPECT_EQ(st.persisted(), 2u);
+    EXPECT_EQ(st.inflight_batches(), 0u);
+    EXPECT_EQ(st.latency(1).count(), 1u) << "latency is recorded for persisted acks only";
 }
 
 TEST(BrokerCore, FullLaneAnswersBusyWithRetryAfter) {
@@ -194,9 +197,9 @@ TEST(BrokerCore, FullLaneAnswersBusyWithRetryAfter) {
         EXPECT_EQ(acked[0].results[i].id, msgs[5 + i].id);
     }
     auto st = t.stats();
-    EXPECT_EQ(st.lanes[2].depth, 5u);
-    EXPECT_EQ(st.lanes[2].busy, 3u);
-    EXPECT_EQ(st.lanes[2].received, 5u);
+    EXPECT_EQ(st.lane("llmq_queue_depth", 2), 5);
+    EXPECT_EQ(st.lane("llmq_messages_busy_total", 2), 3);
+    EXPECT_EQ(st.lane("llmq_messages_received_total", 2), 5);
     // Another lane still has room.
     t.core.push("c", push_of({make(Priority::low, 99)}, proto::AckMode::queued, 10));
     auto acks = t.take().acks("c");
@@ -251,7 +254,7 @@ TEST(BrokerCore, MessagesExpireOnEntryOrBeforeDispatchAndAreNotStored) {
     auto batches = s.batches("w");
     ASSERT_EQ(batches.size(), 1u);
     EXPECT_EQ(ids(batches[0]), std::vector<MessageId>{never.id});
-    EXPECT_EQ(t.stats().expired, 2u);
+    EXPECT_EQ(t.stats().expired(), 2u);
 }
 
 TEST(BrokerCore, AMessageOneMillisecondFromExpiryIsStillDispatched) {
@@ -264,7 +267,7 @@ TEST(BrokerCore, AMessageOneMillisecondFromExpiryIsStillDispatched) {
     auto s = t.tick();
     EXPECT_TRUE(s.acks("c").empty());
     ASSERT_EQ(s.batches("w").size(), 1u);
-    EXPECT_EQ(t.stats().expired, 0u);
+    EXPECT_EQ(t.stats().expired(), 0u);
 }
 
 // ---- batching ---------------------------------------------------------------------
@@ -316,7 +319,7 @@ TEST(BrokerCore, BatchesFollowCreditAndGoToTheLeastLoadedWorker) {
     auto s = t.tick();
     EXPECT_EQ(s.batches("a").size(), 2u);
     EXPECT_EQ(s.batches("b").size(), 2u);
-    EXPECT_EQ(t.stats().lanes[2].depth, 2u) << "no credit left for the rest";
+    EXPECT_EQ(t.stats().lane("llmq_queue_depth", 2), 2) << "no credit left for the rest";
     t.done("b", s.batches("b")[0]);
     s = t.tick();
     EXPECT_EQ(s.batches("a").size(), 0u);
@@ -340,7 +343,7 @@ TEST(BrokerCore, ASilentWorkerIsDeadAfterHeartbeatTimesLivenessAndItsBatchMovesO
     auto s = t.tick();
     EXPECT_TRUE(s.batches("alive").empty()) << "3000 ms of silence is not yet more than 3 x 1000 ms";
     EXPECT_EQ(s.count(Socket::backend, "dead", Command::heartbeat), 1u) << "it is still heartbeated";
-    EXPECT_EQ(t.stats().workers.size(), 2u);
+    EXPECT_EQ(t.stats().workers().size(), 2u);
 
     t.clock.advance_ms(1);
     s = t.tick();
@@ -348,8 +351,8 @@ TEST(BrokerCore, ASilentWorkerIsDeadAfterHeartbeatTimesLivenessAndItsBatchMovesO
     ASSERT_EQ(second.size(), 1u);
     EXPECT_EQ(ids(second[0]), ids(first[0])) << "same messages, same order, at the head of the lane";
     EXPECT_EQ(second[0].attempts, (std::vector<uint32_t>{1, 1})) << "a lost worker's batch is no failed attempt";
-    EXPECT_EQ(t.stats().workers.size(), 1u);
-    EXPECT_EQ(t.stats().redeliveries, 2u);
+    EXPECT_EQ(t.stats().workers().size(), 1u);
+    EXPECT_EQ(t.stats().redeliveries(), 2u);
 
     t.done("alive", second[0]);
     EXPECT_EQ(t.take().acks("c").size(), 2u);
@@ -359,8 +362,8 @@ TEST(BrokerCore, ASilentWorkerIsDeadAfterHeartbeatTimesLivenessAndItsBatchMovesO
     EXPECT_TRUE(s.acks("c").empty()) << "a late done must not ack twice";
     EXPECT_EQ(s.count(Socket::backend, "dead", Command::disconnect), 1u);
     auto st = t.stats();
-    EXPECT_EQ(st.redeliveries, 2u);
-    EXPECT_EQ(st.persisted, 2u);
+    EXPECT_EQ(st.redeliveries(), 2u);
+    EXPECT_EQ(st.persisted(), 2u);
 }
 
 TEST(BrokerCore, AnyFrameFromAWorkerKeepsItAlive) {
@@ -373,8 +376,8 @@ TEST(BrokerCore, AnyFrameFromAWorkerKeepsItAlive) {
         t.core.done("w", d);
         t.tick();
     }
-    EXPECT_EQ(t.stats().workers.size(), 1u);
-    EXPECT_EQ(t.stats().workers[0].heartbeat_age_ms, 0);
+    EXPECT_EQ(t.stats().workers().size(), 1u);
+    EXPECT_EQ(t.stats().worker("llmq_worker_heartbeat_age_seconds", "w"), 0);
 }
 
 TEST(BrokerCore, AWorkerSayingGoodbyeHasItsBatchesRedeliveredAtOnce) {
@@ -388,7 +391,7 @@ TEST(BrokerCore, AWorkerSayingGoodbyeHasItsBatchesRedeliveredAtOnce) {
     auto again = t.tick().batches("staying");
     ASSERT_EQ(again.size(), 1u);
     EXPECT_EQ(again[0].msgs[0].id, m.id);
-    EXPECT_EQ(t.stats().redeliveries, 1u);
+    EXPECT_EQ(t.stats().redeliveries(), 1u);
 }
 
 TEST(BrokerCore, WorkersAreHeartbeatedEveryIntervalWithTheBrokersSettings) {
@@ -423,7 +426,7 @@ TEST(BrokerCore, WorkersAreHeartbeatedEveryIntervalWithTheBrokersSettings) {
     r.credit = 2;
     t.core.ready("w", r);
     EXPECT_EQ(t.take().count(Socket::backend, "w", Command::heartbeat), 1u);
-    EXPECT_EQ(t.stats().workers[0].credit, 2u);
+    EXPECT_EQ(t.stats().worker("llmq_worker_credit", "w"), 2);
 }
 
 TEST(BrokerCore, FramesFromAnUnknownWorkerAreAnsweredWithDisconnect) {
@@ -432,7 +435,7 @@ TEST(BrokerCore, FramesFromAnUnknownWorkerAreAnsweredWithDisconnect) {
     EXPECT_EQ(t.take().count(Socket::backend, "ghost", Command::disconnect), 1u);
     t.core.disconnect("ghost");
     EXPECT_TRUE(t.take().all.empty()) << "a goodbye needs no answer";
-    EXPECT_TRUE(t.stats().workers.empty());
+    EXPECT_TRUE(t.stats().workers().empty());
 }
 
 // ---- done outcomes and attempts ---------------------------------------------------
@@ -452,7 +455,7 @@ TEST(BrokerCore, StorageErrorsAreRetriedOnAnotherDispatch) {
     auto acks = t.take().acks("c");
     ASSERT_EQ(acks.size(), 1u);
     EXPECT_EQ(acks[0].status, Status::ok);
-    EXPECT_EQ(t.stats().redeliveries, 1u);
+    EXPECT_EQ(t.stats().redeliveries(), 1u);
 }
 
 TEST(BrokerCore, AMismatchedDoneIsRedeliveredNotAcked) {
@@ -468,7 +471,7 @@ TEST(BrokerCore, AMismatchedDoneIsRedeliveredNotAcked) {
     auto again = t.tick().batches("w").at(0);
     EXPECT_EQ(ids(again), ids(batch));
     EXPECT_EQ(again.attempts, std::vector<uint32_t>{1}) << "a mismatched done is no failed attempt";
-    EXPECT_EQ(t.stats().persisted, 0u);
+    EXPECT_EQ(t.stats().persisted(), 0u);
 }
 
 TEST(BrokerCore, OnlyPersistFailedRaisesTheAttemptNumber) {
@@ -520,8 +523,8 @@ TEST(BrokerCore, OnlyPersistFailedRaisesTheAttemptNumber) {
     EXPECT_EQ(acks[0].status, Status::persist_failed);
     EXPECT_TRUE(t.tick().batches("w").empty()) << "no sixth attempt";
     auto st = t.stats();
-    EXPECT_EQ(st.rejected, 1u);
-    EXPECT_EQ(st.lanes[2].depth, 0u);
+    EXPECT_EQ(st.rejected(), 1u);
+    EXPECT_EQ(st.lane("llmq_queue_depth", 2), 0);
 }
 
 TEST(BrokerCore, RejectionsAndDeadLettersAreCountedByReason) {
@@ -542,14 +545,19 @@ TEST(BrokerCore, RejectionsAndDeadLettersAreCountedByReason) {
     ASSERT_EQ(acked[0].results.size(), 3u);
     EXPECT_EQ(acked[0].results[1].reason, "content_empty: nothing left");
     auto st = t.stats();
-    EXPECT_EQ(st.persisted, 1u);
-    EXPECT_EQ(st.rejected, 1u);
-    EXPECT_EQ(st.dead_lettered, 1u);
-    EXPECT_EQ(st.lanes[2].persisted, 1u);
-    EXPECT_EQ(st.workers.at(0).batches_done, 1u);
-    ASSERT_EQ(st.rejected_by_reason.size(), 2u);
-    EXPECT_EQ(st.rejected_by_reason[0], (std::pair<std::string, uint64_t>{"content_empty", 1}));
-    EXPECT_EQ(st.rejected_by_reason[1], (std::pair<std::string, uint64_t>{"dead_lettered", 1}));
+    EXPECT_EQ(st.sum("llmq_messages_persisted_total"), 1);
+    EXPECT_EQ(st.get("llmq_messages_dead_lettered_total"), 1);
+    EXPECT_EQ(st.lane("llmq_messages_persisted_total", 2), 1);
+    const std::string w = st.workers().at(0);
+    EXPECT_EQ(st.worker("llmq_worker_batches_total", w), 1);
+    // Counted at the done, as the cluster's figures are: one snapshot agrees with itself.
+    EXPECT_EQ(st.worker("llmq_worker_persisted_total", w), st.sum("llmq_messages_persisted_total"));
+    EXPECT_EQ(st.worker("llmq_worker_rejected_total", w), st.sum("llmq_messages_rejected_total"));
+    const auto* reasons = metrics::find(st.s.families, "llmq_messages_rejected_total");
+    ASSERT_NE(reasons, nullptr);
+    ASSERT_EQ(reasons->series.size(), 2u);
+    EXPECT_EQ(st.get("llmq_messages_rejected_total", {"content_empty"}), 1);
+    EXPECT_EQ(st.get("llmq_messages_rejected_total", {"dead_lettered"}), 1);
 }
 
 // ---- queries ----------------------------------------------------------------------
@@ -648,9 +656,9 @@ TEST(BrokerCore, ABatchThatCannotBeSentGoesToAnotherWorkerAndTheFirstIsDropped) 
     EXPECT_EQ(ids(again[0]), std::vector<MessageId>{m.id});
     EXPECT_EQ(again[0].attempts, std::vector<uint32_t>{1});
     auto st = t.stats();
-    ASSERT_EQ(st.workers.size(), 1u);
-    EXPECT_EQ(st.workers[0].id, other);
-    EXPECT_EQ(st.redeliveries, 1u);
+    ASSERT_EQ(st.workers().size(), 1u);
+    EXPECT_EQ(st.workers()[0], other);
+    EXPECT_EQ(st.get("llmq_redeliveries_total"), 1);
     t.core.heartbeat(first, proto::Heartbeat{});
     EXPECT_EQ(t.take().count(Socket::backend, first, Command::disconnect), 1u) << "it must register again";
 }
@@ -667,7 +675,7 @@ TEST(BrokerCore, AQuerySentToAnUnreachableWorkerFailsAtOnce) {
     ASSERT_EQ(errors.size(), 1u);
     EXPECT_EQ(errors[0].req, 6u);
     EXPECT_EQ(errors[0].reason, "worker unreachable; retry");
-    EXPECT_TRUE(t.stats().workers.empty());
+    EXPECT_TRUE(t.stats().workers().empty());
 }
 
 TEST(BrokerCore, RepliesThatCannotReachAClientAreCountedUnroutable) {
@@ -677,13 +685,13 @@ TEST(BrokerCore, RepliesThatCannotReachAClientAreCountedUnroutable) {
     ASSERT_EQ(s.all.size(), 1u);
     t.core.send_failed(s.all[0]);
     EXPECT_TRUE(t.take().all.empty());
-    EXPECT_EQ(t.stats().unroutable, 1u);
+    EXPECT_EQ(t.stats().unroutable(), 1u);
     // An error or disconnect that cannot reach a worker is best effort: it stays.
     t.ready("w", 1);
     t.core.send_failed(Outgoing{Socket::backend, "w", Command::error, "\x80"});
-    EXPECT_EQ(t.stats().workers.size(), 1u);
+    EXPECT_EQ(t.stats().workers().size(), 1u);
     t.core.send_failed(Outgoing{Socket::backend, "w", Command::heartbeat, "\x80"});
-    EXPECT_TRUE(t.stats().workers.empty()) << "an unreachable worker is dropped";
+    EXPECT_TRUE(t.stats().workers().empty()) << "an unreachable worker is dropped";
 }
 
 // ---- draining ---------------------------------------------------------------------
@@ -736,16 +744,16 @@ TEST(BrokerCore, MalformedClientFramesAreAnsweredWithACodeAndCounted) {
     EXPECT_EQ(t.take().errors(Socket::frontend, "c").at(0).status, Status::unknown_command);
     t.core.on_frontend("c", frames("push", "\x80"));  // a map without `msgs`
     EXPECT_EQ(t.take().errors(Socket::frontend, "c").size(), 1u);
-    EXPECT_EQ(t.stats().bad_frames, 4u);
+    EXPECT_EQ(t.stats().bad_frames(), 4u);
     // A good one still works.
     t.core.on_frontend("c", frames("stats", stats_body));
     auto out = t.take();
     auto replies = out.of(Socket::frontend, "c", Command::stats);
     ASSERT_EQ(replies.size(), 1u);
-    auto st = std::get<proto::Stats>(proto::decode_stats(replies[0]->body));
-    EXPECT_EQ(st.req, 42u);
-    EXPECT_EQ(st.bad_frames, 4u);
-    EXPECT_EQ(st.client_connections, 1u);
+    Figures st{std::get<proto::Stats>(proto::decode_stats(replies[0]->body))};
+    EXPECT_EQ(st.s.req, 42u);
+    EXPECT_EQ(st.get("llmq_bad_frames_total"), 4);
+    EXPECT_EQ(st.get("llmq_client_connections"), 1);
 }
 
 TEST(BrokerCore, ClientCommandsFromAWorkerAreRefused) {
@@ -757,7 +765,7 @@ TEST(BrokerCore, ClientCommandsFromAWorkerAreRefused) {
     EXPECT_EQ(e[0].status, Status::unknown_command);
     t.core.on_backend("w", frames("ready", "\x80", 4));
     EXPECT_EQ(t.take().errors(Socket::backend, "w").at(0).status, Status::bad_frame);
-    EXPECT_EQ(t.stats().bad_frames, 2u);
+    EXPECT_EQ(t.stats().bad_frames(), 2u);
 }
 
 TEST(BrokerCore, AnUndecodableDoneRedeliversTheWorkersBatchesAtOnce) {
@@ -774,7 +782,7 @@ TEST(BrokerCore, AnUndecodableDoneRedeliversTheWorkersBatchesAtOnce) {
     t.core.heartbeat("bad", proto::Heartbeat{});
     EXPECT_EQ(t.take().count(Socket::backend, "bad", Command::disconnect), 1u)
         << "the broker should ask it to register again";
-    EXPECT_EQ(t.stats().bad_frames, 1u);
+    EXPECT_EQ(t.stats().bad_frames(), 1u);
 }
 
 // {"healthy": <healthy>, "busy": 5}: a heartbeat whose `busy` is malformed.
@@ -796,9 +804,9 @@ TEST(BrokerCore, AnUndecodableHeartbeatIsCountedAnsweredOnceAMinuteAndKeepsTheHe
     EXPECT_EQ(e[0].status, Status::bad_field);
     EXPECT_NE(e[0].reason.find("busy"), std::string::npos) << e[0].reason;
     auto st = t.stats();
-    EXPECT_EQ(st.bad_frames, 1u);
-    ASSERT_EQ(st.workers.size(), 1u) << "it stays registered";
-    EXPECT_FALSE(st.workers[0].healthy) << "its healthy=false is honoured although the rest is unreadable";
+    EXPECT_EQ(st.get("llmq_bad_frames_total"), 1);
+    ASSERT_EQ(st.workers().size(), 1u) << "it stays registered";
+    EXPECT_FALSE(st.worker("llmq_worker_healthy", "w")) << "its healthy=false is honoured although the rest is unreadable";
     // It gets no batch while unhealthy.
     t.core.push("c", push_of({make(Priority::normal, 1)}, proto::AckMode::queued, 1));
     EXPECT_TRUE(t.tick().batches("w").empty());
@@ -808,7 +816,7 @@ TEST(BrokerCore, AnUndecodableHeartbeatIsCountedAnsweredOnceAMinuteAndKeepsTheHe
         t.core.on_backend("w", frames("heartbeat", sick));
         EXPECT_TRUE(t.tick().errors(Socket::backend, "w").empty());
     }
-    EXPECT_EQ(t.stats().bad_frames, 21u);
+    EXPECT_EQ(t.stats().get("llmq_bad_frames_total"), 21);
     // A minute after the first answer, one that says healthy=true (still
     // malformed) is answered again and brings it back: the batch goes out.
     t.clock.advance_ms(20'000);
@@ -818,19 +826,19 @@ TEST(BrokerCore, AnUndecodableHeartbeatIsCountedAnsweredOnceAMinuteAndKeepsTheHe
     ASSERT_EQ(batches.size(), 1u);
     EXPECT_EQ(batches[0].msgs.size(), 1u);
     st = t.stats();
-    EXPECT_EQ(st.bad_frames, 22u);
-    EXPECT_TRUE(st.workers.at(0).healthy);
+    EXPECT_EQ(st.get("llmq_bad_frames_total"), 22);
+    EXPECT_TRUE(st.worker("llmq_worker_healthy", "w"));
 }
 
 TEST(BrokerCore, AnUndecodableHeartbeatWithoutHealthKeepsTheLastKnownState) {
     Harness t;
     t.ready("w", 1);
     t.core.heartbeat("w", proto::Heartbeat{false});
-    EXPECT_FALSE(t.stats().workers.at(0).healthy);
+    EXPECT_FALSE(t.stats().worker("llmq_worker_healthy", "w"));
     t.core.on_backend("w", frames("heartbeat", "\x81\xa4" "busy" "\xa1" "x"));  // {"busy": "x"}
     auto st = t.stats();
-    EXPECT_EQ(st.bad_frames, 1u);
-    EXPECT_FALSE(st.workers.at(0).healthy) << "an unreadable heartbeat must not read as healthy";
+    EXPECT_EQ(st.get("llmq_bad_frames_total"), 1);
+    EXPECT_FALSE(st.worker("llmq_worker_healthy", "w")) << "an unreadable heartbeat must not read as healthy";
 }
 
 // ---- metrics ------------------------------------------------------------------------
@@ -841,56 +849,84 @@ TEST(BrokerCore, StatsShowWhatEachWorkerIsBusyWithAndWhenItWasLastHeard) {
     proto::Heartbeat hb;
     hb.busy = {{41, 1500}, {42, 200}};
     t.core.heartbeat("w", hb);
-    auto st = t.stats();
-    ASSERT_EQ(st.workers.size(), 1u);
-    EXPECT_EQ(st.workers[0].busy_batches, 2u);
-    EXPECT_EQ(st.workers[0].busy_ms, 1500) << "the longest, as reported";
+    auto busy = [&] { return t.stats().worker("llmq_worker_busy_batches", "w"); };
+    auto busy_s = [&] { return t.stats().worker("llmq_worker_busy_seconds", "w"); };
+    auto heard_s = [&] { return t.stats().worker("llmq_worker_heartbeat_age_seconds", "w"); };
+    ASSERT_EQ(t.stats().workers().size(), 1u);
+    EXPECT_EQ(busy(), 2);
+    EXPECT_EQ(busy_s(), 1.5) << "the longest, as reported";
     t.clock.advance_ms(150);
-    st = t.stats();
-    EXPECT_EQ(st.workers[0].heartbeat_age_ms, 150);
-    EXPECT_EQ(st.workers[0].busy_ms, 1650) << "busy time keeps growing between heartbeats";
+    EXPECT_EQ(heard_s(), 0.15);
+    EXPECT_EQ(busy_s(), 1.65) << "busy time keeps growing between heartbeats";
     // A done for one of them takes it off the list at once.
     proto::Done d;
     d.batch = 41;
     t.core.done("w", d);
-    st = t.stats();
-    EXPECT_EQ(st.workers[0].busy_batches, 1u);
-    EXPECT_EQ(st.workers[0].busy_ms, 350);
-    EXPECT_EQ(st.workers[0].heartbeat_age_ms, 0);
+    EXPECT_EQ(busy(), 1);
+    EXPECT_EQ(busy_s(), 0.35);
+    EXPECT_EQ(heard_s(), 0);
     // An idle heartbeat (no `busy`, as from an older worker) clears it.
     t.core.heartbeat("w", proto::Heartbeat{});
-    st = t.stats();
-    EXPECT_EQ(st.workers[0].busy_batches, 0u);
-    EXPECT_EQ(st.workers[0].busy_ms, 0);
+    EXPECT_EQ(busy(), 0);
+    EXPECT_EQ(busy_s(), 0);
+}
+
+// A worker's report: one counter family with a cluster total, and a histogram.
+metrics::Snapshot worker_report(uint64_t db_errors, uint64_t writes, std::initializer_list<uint64_t> persist_us = {}) {
+    metrics::Registry r;
+    r.counter({.name = "llmq_worker_database_errors_total", .help = "h", .total = "llmq_database_errors_total"})
+        .only()
+        .set(db_errors);
+    r.counter({.name = "llmq_worker_cache_operations_total",
+               .help = "h",
+               .labels = {"operation", "result"},
+               .total = "llmq_cache_operations_total"})
+        .with({"write", "ok"})
+        .set(writes);
+    auto& h = r.histogram({.name = "llmq_worker_batch_persist_seconds",
+                           .help = "h",
+                           .scale = 1e-6,
+                           .summary = true,
+                           .total = "llmq_batch_persist_seconds"})
+                  .only();
+    for (uint64_t us : persist_us) h.record(us);
+    return r.snapshot();
 }
 
 TEST(BrokerCore, AWorkerRegisteringAgainAddsOnlyItsIncrementsToTheTotals) {
     Harness t;
     t.ready("again", 1);
-    proto::WorkerMetrics m;
-    m.db_errors = 5;
-    m.cache_writes = 7;
-    auto report = [&] {
+    auto report = [&](uint64_t db_errors, uint64_t writes, std::initializer_list<uint64_t> us = {}) {
         proto::Heartbeat hb;
-        hb.metrics = m;
+        hb.metrics = worker_report(db_errors, writes, us);
         t.core.heartbeat("again", hb);
     };
-    report();
-    EXPECT_EQ(t.stats().db_errors, 5u);
+    report(5, 7, {100});
+    EXPECT_EQ(t.stats().get("llmq_database_errors_total"), 5);
+    EXPECT_EQ(t.stats().worker("llmq_worker_database_errors_total", "again"), 5) << "per worker, labelled";
     // It leaves and registers again (as after a broker restart or a `disconnect`),
     // its running totals unchanged, then counts 2 more errors.
     t.core.disconnect("again");
+    EXPECT_EQ(t.stats().get("llmq_database_errors_total"), 5) << "what a gone worker added stays";
+    EXPECT_TRUE(t.stats().workers().empty());
+    EXPECT_EQ(metrics::find(t.stats().s.families, "llmq_worker_database_errors_total"), nullptr)
+        << "a gone worker's series leave";
     t.ready("again", 1);
-    report();
-    m.db_errors = 7;
-    report();
+    report(5, 7, {100});
+    report(7, 7, {100, 200});
     auto st = t.stats();
-    EXPECT_EQ(st.db_errors, 7u) << "a re-registration must not count the old totals again";
-    EXPECT_EQ(st.cache_writes, 7u);
+    EXPECT_EQ(st.get("llmq_database_errors_total"), 7) << "a re-registration must not count the old totals again";
+    EXPECT_EQ(st.get("llmq_cache_operations_total", {"write", "ok"}), 7);
+    EXPECT_EQ(metrics::histogram(st.s.families, "llmq_batch_persist_seconds").count(), 2u);
     // A restarted worker (counters from zero again): its whole report is the increment.
-    m.db_errors = 1;
-    report();
-    EXPECT_EQ(t.stats().db_errors, 8u);
+    report(1, 0, {50});
+    st = t.stats();
+    EXPECT_EQ(st.get("llmq_database_errors_total"), 8);
+    EXPECT_EQ(metrics::histogram(st.s.families, "llmq_batch_persist_seconds").count(), 3u);
+    const auto* per_worker = metrics::find(st.s.families, "llmq_worker_batch_persist_seconds");
+    ASSERT_NE(per_worker, nullptr);
+    EXPECT_TRUE(per_worker->info.summary);
+    EXPECT_EQ(per_worker->info.labels, (std::vector<std::string>{"worker"}));
 }
 
 TEST(BrokerCore, ClientsIdleForAMinuteLeaveTheConnectionGauge) {
@@ -898,13 +934,13 @@ TEST(BrokerCore, ClientsIdleForAMinuteLeaveTheConnectionGauge) {
     t.core.push("c1", push_of({}, proto::AckMode::queued, 1));
     t.core.stats_request("c2", proto::StatsRequest{1});
     (void)t.tick();
-    EXPECT_EQ(t.stats().client_connections, 2u);
+    EXPECT_EQ(t.stats().get("llmq_client_connections"), 2);
     t.clock.advance_ms(30'000);
     t.core.stats_request("c2", proto::StatsRequest{2});
     t.clock.advance_ms(30'001);
     (void)t.tick();
-    EXPECT_EQ(t.stats().client_connections, 1u) << "c1 was idle for 60.001 s, c2 for 30.001 s";
-    EXPECT_EQ(t.stats().uptime_ms, 60'001);
+    EXPECT_EQ(t.stats().get("llmq_client_connections"), 1) << "c1 was idle for 60.001 s, c2 for 30.001 s";
+    EXPECT_EQ(t.stats().uptime_ms(), 60'001);
 }
 
 }  // namespace

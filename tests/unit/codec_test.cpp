@@ -239,75 +239,94 @@ TEST(CodecRoundTrip, ReplyNotFoundWithReason) {
     EXPECT_TRUE(out.messages.empty());
 }
 
-TEST(CodecRoundTrip, StatsWithLanesAndWorkers) {
+// Families of every kind, with labels, a scale, a summary and a total.
+metrics::Snapshot sample_families() {
+    metrics::Registry r;
+    auto& lanes = r.counter({.name = "llmq_messages_received_total", .help = "In \\ \"lanes\"", .labels = {"priority"}});
+    lanes.with({"urgent"}).inc(10);
+    lanes.with({"low"}).inc(uint64_t{1} << 50);
+    r.gauge({.name = "llmq_queue_oldest_age_seconds", .help = "g", .labels = {"priority"}}).with({"high"}).set(0.25);
+    r.gauge("llmq_negative", "g").set(-3);
+    auto& h = r.histogram({.name = "llmq_worker_batch_persist_seconds",
+                           .help = "h",
+                           .scale = 1e-6,
+                           .summary = true,
+                           .total = "llmq_batch_persist_seconds",
+                           .total_help = "all",
+                           .max_series = 3})
+                  .only();
+    h.record(5);
+    h.record(50'000);
+    return r.snapshot();
+}
+
+TEST(CodecRoundTrip, StatsCarryEveryFamilyAsDeclared) {
     Stats in;
     in.req = 5;
     in.uptime_ms = 123456;
-    for (int i = 0; i < kPriorityCount; ++i) {
-        auto u = static_cast<uint64_t>(i);
-        in.lanes[i] = {10 + u, 100000, 1000 + u, 900 + u, 7 * u};
-    }
-    in.persisted = 1;
-    in.rejected = 2;
-    in.redeliveries = 3;
-    in.inflight_batches = 4;
-    in.client_connections = 5;
-    in.bad_frames = 6;
-    in.unroutable = 7;
-    in.workers = {{"w1", "host-a", 111, 2, 1, 99}, {"w2", "host-b", 222, 0, 2, 0}};
-    in.workers[0].busy_batches = 2;
-    in.workers[0].busy_ms = 61'234;
-    in.workers[0].heartbeat_age_ms = 17;
-    in.workers[1].heartbeat_age_ms = 2500;
-    in.workers[1].healthy = false;
+    in.families = sample_families();
     Stats out = must(decode_stats(encode(in)));
     EXPECT_EQ(out.req, 5u);
     EXPECT_EQ(out.uptime_ms, 123456);
-    for (int i = 0; i < kPriorityCount; ++i) {
-        EXPECT_EQ(out.lanes[i].depth, in.lanes[i].depth);
-        EXPECT_EQ(out.lanes[i].capacity, in.lanes[i].capacity);
-        EXPECT_EQ(out.lanes[i].received, in.lanes[i].received);
-        EXPECT_EQ(out.lanes[i].dispatched, in.lanes[i].dispatched);
-        EXPECT_EQ(out.lanes[i].busy, in.lanes[i].busy);
+    ASSERT_EQ(out.families.size(), in.families.size());
+    for (size_t i = 0; i < in.families.size(); ++i) {
+        const auto &a = out.families[i], &b = in.families[i];
+        EXPECT_EQ(a.info, b.info) << b.info.name;
+        ASSERT_EQ(a.series.size(), b.series.size()) << b.info.name;
+        for (size_t k = 0; k < a.series.size(); ++k) {
+            EXPECT_EQ(a.series[k].labels, b.series[k].labels);
+            EXPECT_EQ(a.series[k].value, b.series[k].value);
+            EXPECT_EQ(a.series[k].hist.buckets(), b.series[k].hist.buckets());
+            EXPECT_EQ(a.series[k].hist.sum(), b.series[k].hist.sum());
+        }
     }
-    EXPECT_EQ(std::tie(out.persisted, out.rejected, out.redeliveries, out.inflight_batches, out.client_connections,
-                       out.bad_frames, out.unroutable),
-              std::tie(in.persisted, in.rejected, in.redeliveries, in.inflight_batches, in.client_connections,
-                       in.bad_frames, in.unroutable));
-    ASSERT_EQ(out.workers.size(), 2u);
-    for (size_t i = 0; i < 2; ++i) {
-        const auto &a = out.workers[i], &b = in.workers[i];
-        EXPECT_EQ(std::tie(a.id, a.host, a.pid, a.inflight_batches, a.credit, a.batches_done),
-                  std::tie(b.id, b.host, b.pid, b.inflight_batches, b.credit, b.batches_done));
-        EXPECT_EQ(std::tie(a.healthy, a.busy_batches, a.busy_ms, a.heartbeat_age_ms),
-                  std::tie(b.healthy, b.busy_batches, b.busy_ms, b.heartbeat_age_ms));
-    }
+    EXPECT_EQ(metrics::value(out.families, "llmq_messages_received_total", {"low"}), double(uint64_t{1} << 50));
+    EXPECT_EQ(metrics::value(out.families, "llmq_negative"), -3);
 }
 
-TEST(CodecRoundTrip, StatsFromAnOlderBrokerWithoutBusyFiguresReadAsZero) {
-    std::string body = pack([](P& p) {
-        p.pack_map(2);
-        str(p, "lanes"), p.pack_array(0);
-        str(p, "workers"), p.pack_array(1);
-        p.pack_map(2);
-        str(p, "id"), str(p, "old");
-        str(p, "healthy"), p.pack(true);
-    });
-    Stats out = must(decode_stats(body));
-    ASSERT_EQ(out.workers.size(), 1u);
-    EXPECT_EQ(out.workers[0].id, "old");
-    EXPECT_EQ(out.workers[0].busy_batches, 0u);
-    EXPECT_EQ(out.workers[0].busy_ms, 0);
-    EXPECT_EQ(out.workers[0].heartbeat_age_ms, 0);
-    // A figure of the wrong type is refused, as every other one.
-    body = pack([](P& p) {
-        p.pack_map(2);
-        str(p, "lanes"), p.pack_array(0);
-        str(p, "workers"), p.pack_array(1);
+// A stats body with one family, written by hand.
+std::string stats_with_family(const std::function<void(P&)>& family) {
+    return pack([&](P& p) {
         p.pack_map(1);
-        str(p, "busy_ms"), str(p, "long");
+        str(p, "families"), p.pack_array(1);
+        family(p);
     });
-    EXPECT_EQ(must_fail(decode_stats(body)).status, Status::bad_field);
+}
+
+TEST(CodecRoundTrip, StatsFamiliesThatBreakTheirDeclarationAreRefused) {
+    auto family = [](std::string name, std::string kind, int labels, int series, bool string_value) {
+        return [=](P& p) {
+            p.pack_map(4);
+            str(p, "name"), str(p, name);
+            str(p, "kind"), str(p, kind);
+            str(p, "labels"), p.pack_array(static_cast<uint32_t>(labels));
+            for (int i = 0; i < labels; ++i) str(p, "l" + std::to_string(i));
+            str(p, "series"), p.pack_array(static_cast<uint32_t>(series));
+            for (int i = 0; i < series; ++i) {
+                p.pack_array(2);
+                p.pack_array(1), str(p, "v" + std::to_string(i));
+                if (string_value) str(p, "x");
+                else p.pack(i);
+            }
+        };
+    };
+    // Well formed: accepted.
+    Stats ok = must(decode_stats(stats_with_family(family("llmq_x", "counter", 1, 3, false))));
+    ASSERT_EQ(ok.families.size(), 1u);
+    EXPECT_EQ(ok.families[0].series.size(), 3u);
+    // Each of these is a bad_field naming what is wrong, never a crash.
+    for (auto [body, what] : {
+             std::pair{stats_with_family(family("llmq x", "counter", 1, 1, false)), "not a Prometheus name"},
+             std::pair{stats_with_family(family("llmq_x", "summary", 1, 1, false)), "counter, gauge or histogram"},
+             std::pair{stats_with_family(family("llmq_x", "gauge", 0, 1, false)), "label values"},
+             std::pair{stats_with_family(family("llmq_x", "gauge", 9, 0, false)), "more than 8"},
+             std::pair{stats_with_family(family("llmq_x", "gauge", 1, 65, false)), "max_series"},
+             std::pair{stats_with_family(family("llmq_x", "gauge", 1, 1, true)), "expected a number"},
+         }) {
+        auto err = must_fail(decode_stats(body));
+        EXPECT_EQ(err.status, Status::bad_field) << what;
+        EXPECT_NE(err.reason.find(what), std::string::npos) << err.reason;
+    }
 }
 
 TEST(CodecRoundTrip, Error) {
@@ -381,13 +400,13 @@ TEST(CodecRoundTrip, HeartbeatHealthAndDeadLetterQueries) {
 TEST(CodecRoundTrip, HeartbeatCarriesBusyBatchesAndTheBrokersSettings) {
     Heartbeat in;
     in.healthy = false;
-    in.metrics = WorkerMetrics{};
-    in.metrics->batches = 3;
+    in.metrics = sample_families();
     in.busy = {{7, 1500}, {0xfffffffffffULL, 0}, {9, INT64_MAX}};
     Heartbeat out = must(decode_heartbeat(encode(in)));
     EXPECT_FALSE(out.healthy);
     ASSERT_TRUE(out.metrics.has_value());
-    EXPECT_EQ(out.metrics->batches, 3u);
+    EXPECT_EQ(out.metrics->size(), in.metrics->size());
+    EXPECT_EQ(metrics::value(*out.metrics, "llmq_messages_received_total", {"urgent"}), 10);
     EXPECT_EQ(out.busy, in.busy);
     EXPECT_EQ(out.heartbeat_ms, 0u);
     EXPECT_EQ(out.liveness, 0u);

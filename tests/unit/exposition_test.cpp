@@ -10,59 +10,77 @@
 #include <vector>
 
 #include "client/top.hpp"
+#include "broker/metrics.hpp"
 #include "collector/collector.hpp"
+#include "worker/metrics.hpp"
 
 namespace llmq::collector {
 namespace {
 
 using metrics::Histogram;
+using metrics::escape_label_value;
+using metrics::format_bound;
+using metrics::format_value;
 
-proto::Stats sample_stats() {
-    proto::Stats s;
-    s.uptime_ms = 12'345;
-    for (int i = 0; i < kPriorityCount; ++i) {
-        s.lanes[i] = {static_cast<uint64_t>(i), 100, 10 + static_cast<uint64_t>(i), 9, 1, 8 + static_cast<uint64_t>(i),
-                      250 * i};
+// The broker's and two workers' real declarations, with figures set by hand.
+struct Sample {
+    broker::BrokerMetrics b;
+    worker::WorkerCounters w1, w2;
+
+    Sample() {
+        for (int i = 0; i < kPriorityCount; ++i) {
+            const auto u = static_cast<uint64_t>(i);
+            const auto prio = priority_name(static_cast<Priority>(i));
+            b.received[u]->inc(10 + u);
+            b.dispatched[u]->inc(9);
+            b.busy[u]->inc(1);
+            b.persisted[u]->inc(8 + u);
+            b.depth.with({prio}).set(static_cast<double>(i));
+            b.capacity.with({prio}).set(100);
+            b.oldest_age_seconds.with({prio}).set(0.25 * i);
+        }
+        for (uint64_t v = 1; v <= 1000; ++v) b.latency_us[2]->record(v * 1000);  // 1 ms .. 1 s
+        b.latency_us[0]->record(1500);
+        for (uint64_t n : {1, 500, 1000}) b.batch_size.record(n);
+        b.rejected_by_reason.with({"content_empty"}).inc(2);
+        b.rejected_by_reason.with({"odd \"code\"\\x\ny"}).inc(1);
+        b.redeliveries.inc(7);
+        b.inflight_batches.set(2);
+        b.client_connections.set(4);
+        b.uptime_seconds.set(12.345);
+        b.workers_connected.set(2);
+        b.workers_healthy.set(1);
+        for (auto [id, host, healthy] : {std::tuple{"host-a:42:ab\"cd", "host-a", 1}, {"host-b:43:ef", "host-b", 0}}) {
+            b.worker_up.with({id, host}).set(1);
+            b.worker_healthy.with({id}).set(healthy);
+            b.worker_inflight.with({id}).set(1);
+            b.worker_batches.with({id}).inc(3);
+            b.worker_persisted.with({id}).inc(30);
+        }
+        for (auto* w : {&w1, &w2}) {
+            w->uptime_seconds.set(5);
+            w->db_errors.inc(2);
+            w->cache_hits.inc(45);
+            w->cache_misses.inc(5);
+            w->cache_writes.inc(20);
+            w->cache_write_errors.inc(1);
+            w->persist_us.record(20'000);
+        }
+        w2.redis_errors.inc(6);
     }
-    for (uint64_t v = 1; v <= 1000; ++v) s.latency_us[2].record(v * 1000);  // 1 ms .. 1 s
-    s.latency_us[0].record(1500);
-    s.batch_size.record(1);
-    s.batch_size.record(500);
-    s.batch_size.record(1000);
-    s.persist_us.record(20'000);
-    s.persisted = 8 + 9 + 10 + 11;
-    s.rejected = 3;
-    s.redeliveries = 7;
-    s.inflight_batches = 2;
-    s.client_connections = 4;
-    s.db_errors = 5;
-    s.redis_errors = 6;
-    s.cache_read_hits = 90;
-    s.cache_read_misses = 10;
-    s.cache_writes = 40;
-    s.cache_write_errors = 2;
-    s.rejected_by_reason = {{"content_empty", 2}, {"odd \"code\"\\x\ny", 1}};
-    proto::WorkerStats w;
-    w.id = "host-a:42:ab\"cd";
-    w.host = "host-a";
-    w.pid = 42;
-    w.inflight_batches = 1;
-    w.credit = 2;
-    w.healthy = true;
-    w.metrics.uptime_ms = 5000;
-    w.metrics.batches = 3;
-    w.metrics.persisted = 30;
-    w.metrics.persist_us.record(20'000);
-    s.workers.push_back(w);
-    proto::WorkerStats w2 = w;
-    w2.id = "host-b:43:ef";
-    w2.host = "host-b";
-    w2.healthy = false;
-    s.workers.push_back(w2);
-    proto::WorkerStats dup = w2;  // a misconfigured duplicate id
-    s.workers.push_back(dup);
-    return s;
-}
+    proto::Stats stats() const {
+        proto::Stats s;
+        s.uptime_ms = 12'345;
+        s.families = b.registry.snapshot();
+        metrics::Gathered g("worker");
+        g.report("host-a:42:ab\"cd", w1.registry.snapshot());
+        g.report("host-b:43:ef", w2.registry.snapshot());
+        g.append_to(s.families);
+        return s;
+    }
+};
+
+proto::Stats sample_stats() { return Sample{}.stats(); }
 
 // sample lines: "name{labels}" -> value text
 std::map<std::string, std::string> samples(const std::string& text) {
@@ -133,14 +151,15 @@ TEST(Exposition, NamesLabelsAndValues) {
     EXPECT_EQ(m["llmq_messages_rejected_total{reason=\"odd \\\"code\\\"\\\\x\\ny\"}"], "1");
     EXPECT_EQ(m["llmq_redeliveries_total"], "7");
     EXPECT_EQ(m["llmq_client_connections"], "4");
-    EXPECT_EQ(m["llmq_database_errors_total"], "5");
+    EXPECT_EQ(m["llmq_database_errors_total"], "4") << "the workers' total";
+    EXPECT_EQ(m["llmq_worker_database_errors_total{worker=\"host-b:43:ef\"}"], "2");
     EXPECT_EQ(m["llmq_redis_errors_total"], "6");
     EXPECT_EQ(m["llmq_cache_operations_total{operation=\"read\",result=\"hit\"}"], "90");
     EXPECT_EQ(m["llmq_cache_operations_total{operation=\"read\",result=\"miss\"}"], "10");
     EXPECT_EQ(m["llmq_cache_operations_total{operation=\"write\",result=\"ok\"}"], "40");
     EXPECT_EQ(m["llmq_cache_operations_total{operation=\"write\",result=\"error\"}"], "2");
     EXPECT_EQ(m["llmq_inflight_batches"], "2");
-    // Workers: escaped ids, duplicates dropped.
+    // Workers: escaped ids.
     EXPECT_EQ(m["llmq_workers_connected"], "2");
     EXPECT_EQ(m["llmq_workers_healthy"], "1");
     EXPECT_EQ(m["llmq_worker_up{worker=\"host-a:42:ab\\\"cd\",host=\"host-a\"}"], "1");
@@ -150,6 +169,11 @@ TEST(Exposition, NamesLabelsAndValues) {
     EXPECT_EQ(m["llmq_worker_batches_total{worker=\"host-b:43:ef\"}"], "3");
     EXPECT_EQ(m["llmq_worker_uptime_seconds{worker=\"host-b:43:ef\"}"], "5");
     EXPECT_EQ(m["llmq_worker_batch_persist_seconds_count{worker=\"host-b:43:ef\"}"], "1");
+    const double p50 = std::stod(m["llmq_worker_batch_persist_seconds{worker=\"host-b:43:ef\",quantile=\"0.5\"}"]);
+    EXPECT_GT(p50, 0.016) << "a summary per worker: its one 20 ms transaction's bucket";
+    EXPECT_LE(p50, 0.02);
+    EXPECT_NE(text.find("# TYPE llmq_worker_batch_persist_seconds summary\n"), std::string::npos);
+    EXPECT_NE(text.find("# TYPE llmq_batch_persist_seconds histogram\n"), std::string::npos);
     EXPECT_EQ(count_of(text, "llmq_worker_up{"), 2u);
 
     // Every family has exactly one HELP and one TYPE, and every sample belongs to
@@ -184,7 +208,7 @@ TEST(Exposition, HistogramBucketsAreCumulativeAndEndWithInf) {
              {"llmq_message_latency_seconds", "priority=\"urgent\",", 1},
              {"llmq_message_latency_seconds", "priority=\"low\",", 0},
              {"llmq_batch_size", "", 3},
-             {"llmq_batch_persist_seconds", "", 1}}) {
+             {"llmq_batch_persist_seconds", "", 2}}) {
         SCOPED_TRACE(name + " " + labels);
         std::istringstream in(text);
         std::string line, prefix = name + "_bucket{" + labels + "le=\"";
@@ -214,7 +238,7 @@ TEST(Exposition, HistogramBucketsAreCumulativeAndEndWithInf) {
     EXPECT_EQ(m["llmq_message_latency_seconds_bucket{priority=\"normal\",le=\"1\"}"], "1000");
     EXPECT_EQ(m["llmq_message_latency_seconds_sum{priority=\"normal\"}"], "500.5");  // sum of 1..1000 ms
     EXPECT_EQ(m["llmq_batch_size_sum"], "1501");
-    EXPECT_EQ(m["llmq_batch_persist_seconds_sum"], "0.02");
+    EXPECT_EQ(m["llmq_batch_persist_seconds_sum"], "0.04");
 }
 
 TEST(Exposition, StaleSnapshotDropsWorkerSeries) {
@@ -276,13 +300,14 @@ TEST(Collector, ParsesListenAddresses) {
 
 TEST(Top, RatesAndWindowFromConsecutiveSnapshots) {
     client::SnapshotHistory h(10);
-    auto a = sample_stats();
+    Sample sample;
+    auto a = sample.stats();
     a.uptime_ms = 1000;
-    auto b = a;
+    sample.b.received[0]->inc(500);
+    sample.b.persisted[0]->inc(400);
+    for (int i = 0; i < 100; ++i) sample.b.latency_us[0]->record(200'000);
+    auto b = sample.stats();
     b.uptime_ms = 2000;
-    b.lanes[0].received += 500;
-    b.lanes[0].persisted += 400;
-    for (int i = 0; i < 100; ++i) b.latency_us[0].record(200'000);
     h.add(a);
     h.add(b);
     std::string line = client::render_plain(h);

@@ -95,7 +95,7 @@ TEST_F(PipelineTest, AnOutageMidBatchHandsEverythingBackAndKeepsTheMarks) {
     EXPECT_TRUE(store.rows.empty());
     EXPECT_EQ(cache.events.back(), "invalidate");
     EXPECT_FALSE(cache.history("conv0", std::nullopt, 10));  // readers miss until rebuilt
-    EXPECT_EQ(counters.handed_back, 6u);
+    EXPECT_EQ(counters.handed_back.value(), 6u);
 }
 
 TEST_F(PipelineTest, ACommitInDoubtIsHandedBackAndItsRedeliveryIsADuplicateServedAsStored) {
@@ -110,7 +110,7 @@ TEST_F(PipelineTest, ACommitInDoubtIsHandedBackAndItsRedeliveryIsADuplicateServe
     EXPECT_EQ(again.end, worker::BatchEnd::finished);
     EXPECT_EQ(count(again.done, Status::ok), 4u);
     EXPECT_EQ(store.rows.size(), 4u);
-    EXPECT_EQ(counters.duplicates, 4u);
+    EXPECT_EQ(counters.duplicates.value(), 4u);
     // The conversation is rebuilt from the store, then served whole.
     EXPECT_EQ(pipeline.run_repairs(16), 1u);
     auto h = cache.history("conv0", std::nullopt, 10);
@@ -130,7 +130,7 @@ TEST_P(PoisonAt, OnlyThePoisonedMessageFailsAndItsBatchMatesAreStored) {
     EXPECT_EQ(count(r.done, Status::ok), n - 1);
     EXPECT_EQ(store.rows.size(), n - 1);
     EXPECT_LE(store.persist_calls, 1 + 2 * 6);  // O(log n) transactions, not n
-    EXPECT_EQ(counters.failed, 1u);
+    EXPECT_EQ(counters.failed.value(), 1u);
 }
 INSTANTIATE_TEST_SUITE_P(EachPosition, PoisonAt, ::testing::Values(0, 1, 31, 62, 63));
 
@@ -141,7 +141,7 @@ TEST_F(PipelineTest, APoisonedMessageOnItsLastAttemptIsDeadLettered) {
     EXPECT_EQ(r.done.results[2].status, Status::dead_lettered);
     EXPECT_EQ(store.dead.count(b.msgs[2].id), 1u);
     EXPECT_EQ(count(r.done, Status::ok), 4u);
-    EXPECT_EQ(counters.dead_lettered, 1u);
+    EXPECT_EQ(counters.dead_lettered.value(), 1u);
 }
 
 TEST_F(PipelineTest, AMessageThatDeadLettersRefuseFailsInsteadOfLooping) {
@@ -168,7 +168,7 @@ TEST_F(PipelineTest, AConcurrencyRollbackIsRetriedWithoutTheWorkerTurningUnhealt
     auto r = pipeline.process(batch(5));
     EXPECT_EQ(r.end, worker::BatchEnd::finished);
     EXPECT_EQ(count(r.done, Status::ok), 5u);
-    EXPECT_EQ(counters.retried_transactions, 2u);
+    EXPECT_EQ(counters.retried_transactions.value(), 2u);
     EXPECT_EQ(store.persist_calls, 3);
 }
 
@@ -186,7 +186,7 @@ TEST_F(PipelineTest, AStatementTimeoutHandsTheBatchBackWithoutBisectingIt) {
     EXPECT_EQ(r.end, worker::BatchEnd::handed_back);
     EXPECT_EQ(count(r.done, Status::storage_error), 8u);
     EXPECT_EQ(store.persist_calls, 1);
-    EXPECT_EQ(counters.timeouts, 1u);
+    EXPECT_EQ(counters.timeouts.value(), 1u);
 }
 
 TEST_F(PipelineTest, TheBatchDeadlineStopsABisectionThatTakesTooLong) {
@@ -220,7 +220,7 @@ TEST_F(PipelineTest, ARedisOutageDuringTheWriteNeverFailsTheBatchAndIsRepairedAf
         ASSERT_EQ(h->size(), db.size());
         for (size_t i = 0; i < db.size(); ++i) EXPECT_EQ((*h)[i].id, db[i].id);
     }
-    EXPECT_EQ(counters.cache_repairs, 3u);
+    EXPECT_EQ(counters.cache_repairs.value(), 3u);
 }
 
 TEST_F(PipelineTest, RepairsTakeAtMostTheirTurnAndStopWhenTheStoreFails) {

@@ -24,10 +24,6 @@ void sample(MessageId& v, size_t i) {
 }
 void sample(std::string& v, size_t i) { v = "value " + std::to_string(i) + " \t\n\\\"{},' 你好 \0end"s; }
 void sample(Priority& v, size_t i) { v = i % 2 ? Priority::urgent : Priority::low; }
-void sample(metrics::Histogram& v, size_t i) {
-    v.record(i + 1);
-    v.record(1000 * (i + 1));
-}
 template <class T>
     requires std::is_integral_v<T>
 void sample(T& v, size_t i) {
@@ -95,7 +91,6 @@ void expect_samples_differ_from_defaults() {
 TEST(Records, EveryMemberIsListedOnce) {
     EXPECT_EQ(kMemberCount<Message>, kFieldCount<Message>);
     EXPECT_EQ(kMemberCount<StoredMessage>, kFieldCount<StoredMessage>);
-    EXPECT_EQ(kMemberCount<WorkerMetrics>, kFieldCount<WorkerMetrics>);
     // A member listed twice (and another left out) would keep the counts equal.
     auto distinct = [](std::vector<std::string> keys) {
         std::sort(keys.begin(), keys.end());
@@ -103,14 +98,12 @@ TEST(Records, EveryMemberIsListedOnce) {
     };
     EXPECT_TRUE(distinct(list_keys<Message>()));
     EXPECT_TRUE(distinct(list_keys<StoredMessage>()));
-    EXPECT_TRUE(distinct(list_keys<WorkerMetrics>()));
 }
 
 TEST(Records, SamplesSetEveryFieldAwayFromItsDefault) {
     // Otherwise a form that dropped a field would still round-trip the sample.
     expect_samples_differ_from_defaults<Message>();
     expect_samples_differ_from_defaults<StoredMessage>();
-    expect_samples_differ_from_defaults<WorkerMetrics>();
 }
 
 TEST(RecordsStoredMessage, MapHoldsEveryFieldInListOrderAndRoundTrips) {
@@ -230,25 +223,6 @@ TEST(RecordsMessage, OmittedFieldsAreLeftOutAtTheirDefault) {
     auto oh = msgpack::unpack(body.data(), body.size());
     EXPECT_EQ(value_of(oh.get(), "msgs").via.array.ptr[0].via.map.size, kFieldCount<Message> - omitted_fields);
     expect_same(must(proto::decode_push(body)).msgs.at(0), in);
-}
-
-TEST(RecordsWorkerMetrics, HeartbeatMapHoldsEveryFieldAndRoundTrips) {
-    const WorkerMetrics in = sample_record<WorkerMetrics>();
-    proto::Heartbeat hb;
-    hb.metrics = in;
-    const std::string body = proto::encode(hb);
-    auto oh = msgpack::unpack(body.data(), body.size());
-    EXPECT_EQ(keys_of(value_of(oh.get(), "metrics")), list_keys<WorkerMetrics>());
-    auto out = must(proto::decode_heartbeat(body));
-    ASSERT_TRUE(out.metrics.has_value());
-    expect_same(*out.metrics, in);
-    // And inside stats, under workers[].metrics.
-    proto::Stats stats;
-    stats.workers.resize(1);
-    stats.workers[0].metrics = in;
-    auto s = must(proto::decode_stats(proto::encode(stats)));
-    ASSERT_EQ(s.workers.size(), 1u);
-    expect_same(s.workers[0].metrics, in);
 }
 
 // ---- PostgreSQL forms ----------------------------------------------------------
