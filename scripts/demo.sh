@@ -2,7 +2,9 @@
 # A local llmq cluster taking real traffic: installs what is missing, builds,
 # starts a private PostgreSQL and Redis (under .run/), a broker and two workers,
 # pushes a generated workload, shows the summary, one conversation's history and
-# the row count, and stops everything it started (also on Ctrl-C).
+# the row count, then starts llmq-gateway in front of the broker and pushes one
+# message over HTTP with curl, and stops everything it started (also on Ctrl-C
+# and on errors).
 #
 # Usage: scripts/demo.sh [--count N] [--workers N] [--keep]
 #   --count N    messages to push (default 100000)
@@ -38,7 +40,7 @@ cleanup() {
   local rc=$?
   trap - EXIT INT TERM
   if ((${#pids[@]})); then
-    section "Stopping the broker and workers"
+    section "Stopping the gateway, broker and workers"
     stop_started
   fi
   if ((started_services)); then
@@ -57,7 +59,7 @@ echo "all packages present"
 
 section "Build"
 cmake -S . -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
-cmake --build "$BUILD_DIR" -j"${LLMQ_JOBS:-2}" --target llmq-broker llmq-worker llmq llmq-gen
+cmake --build "$BUILD_DIR" -j"${LLMQ_JOBS:-2}" --target llmq-broker llmq-worker llmq llmq-gen llmq-gateway
 
 section "PostgreSQL and Redis"
 bash scripts/services.sh status >/dev/null 2>&1 || started_services=1
@@ -94,7 +96,28 @@ psql -q "$PG_URL" -c "SELECT priority, count(*) AS rows, sum(token_count) AS tok
 section "llmq stats"
 "$BUILD_DIR/llmq" --broker "$FRONTEND" stats
 
+section "llmq-gateway: HTTP/JSON (and gRPC) in front of the broker (log in $DEMO_DIR/gateway.log)"
+rm -f "$DEMO_DIR/gateway.endpoints"
+# Ports the system picks, on loopback: the demo must not collide with a gateway already running.
+"$BUILD_DIR/llmq-gateway" --broker "$FRONTEND" --listen 127.0.0.1:0 --grpc-listen 127.0.0.1:0 \
+  --endpoints-file "$DEMO_DIR/gateway.endpoints" >"$DEMO_DIR/gateway.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 100); do [[ -s $DEMO_DIR/gateway.endpoints ]] && break; sleep 0.1; done
+[[ -s $DEMO_DIR/gateway.endpoints ]] || { echo "demo.sh: the gateway did not start; see $DEMO_DIR/gateway.log" >&2; exit 1; }
+GATEWAY=$(sed -n 's/^http=//p' "$DEMO_DIR/gateway.endpoints")
+GATEWAY_GRPC=$(sed -n 's/^grpc=//p' "$DEMO_DIR/gateway.endpoints")
+for _ in $(seq 100); do curl -sf -o /dev/null "http://$GATEWAY/healthz" && break; sleep 0.1; done
+echo "gateway: http://$GATEWAY, gRPC $GATEWAY_GRPC"
+echo "+ curl -si http://$GATEWAY/api/v1/messages -H 'Content-Type: application/json' -d '{\"conversation_id\":\"conv_42\",…}'"
+curl -sS -i --max-time 30 "http://$GATEWAY/api/v1/messages" -H 'Content-Type: application/json' \
+  -d '{"conversation_id":"conv_42","user_id":"user_demo","content":"Hello from curl through llmq-gateway","priority":"normal"}' |
+  tr -d '\r'
+echo
+echo "+ curl -s 'http://$GATEWAY/api/v1/conversations/conv_42/messages?limit=1'"
+curl -sS --max-time 30 "http://$GATEWAY/api/v1/conversations/conv_42/messages?limit=1"
+echo
+
 if ((KEEP)); then
-  section "Cluster left running: llmq --broker $FRONTEND ...; Ctrl-C to stop"
+  section "Cluster left running: llmq --broker $FRONTEND ..., curl http://$GATEWAY/...; Ctrl-C to stop"
   while true; do sleep 3600; done
 fi

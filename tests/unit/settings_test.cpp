@@ -20,6 +20,7 @@
 #include "client/options.hpp"
 #include "collector/collector.hpp"
 #include "common/config.hpp"
+#include "gateway/options.hpp"
 #include "worker/worker.hpp"
 
 namespace llmq {
@@ -84,6 +85,7 @@ struct ProgramApp {
     worker::WorkerConfig worker;
     collector::CollectorConfig collector;
     client::CliArgs cli;
+    gateway::GatewayConfig gateway;
 };
 
 std::unique_ptr<ProgramApp> build(const std::string& program) {
@@ -93,6 +95,7 @@ std::unique_ptr<ProgramApp> build(const std::string& program) {
     else if (program == "llmq-worker") worker::add_worker_options(p->app, p->worker);
     else if (program == "llmq-collector") collector::add_collector_options(p->app, p->collector);
     else if (program == "llmq") client::add_llmq_options(p->app, p->cli);
+    else if (program == "llmq-gateway") gateway::add_gateway_options(p->app, p->gateway);
     else ADD_FAILURE() << "unknown program " << program;
     return p;
 }
@@ -261,7 +264,8 @@ INSTANTIATE_TEST_SUITE_P(Programs, Settings,
                          ::testing::Values(ProgramCase{"llmq-broker", "broker.toml", "### `llmq-broker`"},
                                            ProgramCase{"llmq-worker", "worker.toml", "### `llmq-worker`"},
                                            ProgramCase{"llmq-collector", "collector.toml", "### `llmq-collector`"},
-                                           ProgramCase{"llmq", "llmq.toml", "### `llmq` (the CLI)"}),
+                                           ProgramCase{"llmq", "llmq.toml", "### `llmq` (the CLI)"},
+                                           ProgramCase{"llmq-gateway", "gateway.toml", "### `llmq-gateway`"}),
                          [](const auto& info) {
                              std::string name = info.param.program;
                              for (char& c : name)
