@@ -263,7 +263,9 @@ void Gathered::add_increments(const Snapshot& now, const Snapshot& before) {
         if (prev && !same_shape(prev->info, f.info)) prev = nullptr;
         for (const auto& s : f.series) {
             const Series* p = prev ? prev->find(s.labels) : nullptr;
-            Series* t = const_cast<Series*>(total->find(s.labels));
+            auto it = std::find_if(total->series.begin(), total->series.end(),
+                                   [&](const Series& x) { return x.labels == s.labels; });
+            Series* t = it == total->series.end() ? nullptr : &*it;
             if (!t) {
                 if (total->series.size() >= total->info.max_series) continue;
                 total->series.push_back(Series{.labels = s.labels});
