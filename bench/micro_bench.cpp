@@ -263,9 +263,9 @@ BENCHMARK(BM_LaneDraw)->Arg(0)->Arg(1)->ArgName("strict");
 void BM_Preprocess(benchmark::State& state, std::string content) {
     Message m = make_message(1, content);
     StoredMessage out;
-    PreprocessLimits limits;
+    PreprocessOptions options;  // the estimate: exact counting is in llmq-tokenizer-bench
     for (auto _ : state) {
-        auto r = preprocess(m, limits, out);
+        auto r = preprocess(m, options, out);
         benchmark::DoNotOptimize(r);
         benchmark::DoNotOptimize(out.token_count);
     }

@@ -6,7 +6,9 @@
 #   (s) the storage-work ceiling: the same messages as (b) COPYed (2 connections) and written to
 #       Redis as the worker caches them (1 connection), at once, by plain clients with no queue
 #       (llmq-storage-ceiling); (b) is reported as a fraction of it
-#   (b) llmq end to end, --ack persisted: broker + 2 workers, closed loop
+#   (b) llmq end to end, --ack persisted: broker + 2 workers, closed loop (exact token counts,
+#       o200k_base), after (b') the same on a fresh database with workers started with
+#       --tokenizer estimate: the end-to-end cost of exact counting
 #   (c) --ack queued through the broker alone (no workers; lanes large enough never to fill)
 #   (d) open loop, 100 connections, one message per frame: latency at a fixed 10,000 msg/s
 #       and at 25%, 50%, 75% and 90% of (b)'s throughput
@@ -22,7 +24,7 @@
 # on 2 cores; see bench/RESULTS.md.
 set -euo pipefail
 case "${1:-}" in
-  -h|--help) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+  -h|--help) sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
   "") ;;
   *) echo "run.sh: no arguments expected (got '$1'); see --help" >&2; exit 2 ;;
 esac
@@ -118,7 +120,17 @@ fi
 psql -q "$LLMQ_TEST_POSTGRES" -c "DROP DATABASE IF EXISTS llmq_ceiling WITH (FORCE)"
 redis-cli -u "$CEILING_REDIS_URL" FLUSHDB >/dev/null
 
-section "(b) llmq end to end, --ack persisted: broker + 2 workers, closed loop"
+section "(b') as (b) below, on a fresh database, workers counting tokens by estimate (--tokenizer estimate)"
+fresh_databases llmq_bench_estimate 4
+start_broker "$OUT" estimate
+LLMQ_TOKENIZER=estimate start_workers "$OUT" estimate 2 "$PG_URL" "$REDIS_URL"
+bench persisted_estimate --ack persisted --messages "$MESSAGES" --connections 50 --window 1000 --frame-messages 500
+stop_started
+psql -q "$LLMQ_TEST_POSTGRES" -c "DROP DATABASE IF EXISTS llmq_bench_estimate WITH (FORCE)"
+redis-cli -u "$REDIS_URL" FLUSHDB >/dev/null
+fresh_databases llmq_bench 2
+
+section "(b) llmq end to end, --ack persisted: broker + 2 workers (exact counts, o200k_base), closed loop"
 start_broker "$OUT" persisted
 start_workers "$OUT" persisted 2 "$PG_URL" "$REDIS_URL"
 bench persisted --ack persisted --messages "$MESSAGES" --connections 50 --window 1000 --frame-messages 500
@@ -238,6 +250,12 @@ pr = p["throughput_msgs_per_s"]
 rows.append(("(b) persisted, 50 conns closed loop", f"{pr:,.0f} msg/s",
              ", ".join(([f"{pr / copy2:.2f} x COPY(2)"] if copy2 else []) + ([f"{pr / sr:.2f} x (s)"] if sr else [])),
              f"p99 {p['latency']['p99_ms']:.1f} ms; target >= 40,000 and >= 0.6 x COPY"))
+pe = load("persisted_estimate")
+if pe:
+    er = pe["throughput_msgs_per_s"]
+    rows.append(("(b') persisted, workers --tokenizer estimate", f"{er:,.0f} msg/s",
+                 f"(b) exact = {pr / er:.2f} x (b')" if er else "",
+                 f"p99 {pe['latency']['p99_ms']:.1f} ms; the same run as (b), its own fresh database"))
 qr = q["throughput_msgs_per_s"]
 rows.append(("(c) queued, broker alone", f"{qr:,.0f} msg/s", f"{qr / 500000:.2f} x target",
              f"p99 {q['latency']['p99_ms']:.1f} ms; target >= 500,000"))

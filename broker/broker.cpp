@@ -42,6 +42,11 @@ void add_broker_options(CLI::App& app, BrokerConfig& c) {
         ->capture_default_str()->check(CLI::Range(size_t{1}, size_t{100'000'000}));
     app.add_option("--batch-size", c.batch_size, "Most messages in one batch sent to a worker")
         ->capture_default_str()->check(CLI::Range(size_t{1}, size_t{100'000}));
+    app.add_option("--batch-max-tokens", c.batch_max_tokens,
+                   "Most tokens in one batch, estimated from the content size (bytes / 3, rounded up, per "
+                   "message), so a batch of huge prompts does not hold a worker for long; a larger message goes "
+                   "alone; 0 = no cap")
+        ->capture_default_str()->check(CLI::Range(uint64_t{0}, uint64_t{1'000'000'000}));
     app.add_option("--batch-linger-ms", c.batch_linger_ms,
                    "Let a batch smaller than --batch-size wait up to this long to fill (0 = dispatch at once)")
         ->capture_default_str()->check(CLI::Range(0, 10'000));

@@ -27,6 +27,8 @@ struct BrokerConfig {
     std::string metrics = "tcp://*:5557";
     size_t lane_capacity = 100'000;
     size_t batch_size = 1000;
+    // Most estimated tokens in a batch (estimate_batch_tokens: content bytes / 3); 0 = no cap.
+    uint64_t batch_max_tokens = 200'000;
     int batch_linger_ms = 0;
     std::string policy = "weighted";
     std::string weights = "8:4:2:1";

@@ -453,9 +453,10 @@ int64_t BrokerCore::next_wakeup_ns() const {
 }
 
 bool BrokerCore::lingering(int64_t now) const {
-    // A batch smaller than batch_size waits up to batch_linger_ms (from its
-    // oldest message) to fill.
-    return cfg_.batch_linger_ms > 0 && lanes_.total() < cfg_.batch_size &&
+    // A batch smaller than batch_size (and than batch_max_tokens) waits up to
+    // batch_linger_ms (from its oldest message) to fill.
+    const bool tokens_full = cfg_.batch_max_tokens > 0 && lanes_.total_estimated_tokens() >= cfg_.batch_max_tokens;
+    return cfg_.batch_linger_ms > 0 && lanes_.total() < cfg_.batch_size && !tokens_full &&
            now - lanes_.oldest_received_ns() < int64_t{cfg_.batch_linger_ms} * kMs;
 }
 
@@ -480,7 +481,7 @@ void BrokerCore::dispatch(int64_t now) {
         WorkerEntry* w = workers_.pick_for_batch();
         if (!w) return;
         batch_buf_.clear();
-        scheduler_.fill_batch(lanes_, cfg_.batch_size, now, batch_buf_);
+        scheduler_.fill_batch(lanes_, cfg_.batch_size, now, batch_buf_, cfg_.batch_max_tokens);
         drop_expired(batch_buf_);
         if (batch_buf_.empty()) continue;
         std::vector<const Message*> msgs;

@@ -9,6 +9,7 @@ bool Lanes::try_push(Pending&& p) {
     int lane = static_cast<int>(p.msg.priority);
     LLMQ_ASSERT(lane >= 0 && lane < kPriorityCount);
     if (q_[lane].size() >= capacity_[lane]) return false;
+    tokens_ += estimate_batch_tokens(p.msg);
     q_[lane].push_back(std::move(p));
     return true;
 }
@@ -16,6 +17,7 @@ bool Lanes::try_push(Pending&& p) {
 void Lanes::push_front(Pending&& p) {
     int lane = static_cast<int>(p.msg.priority);
     LLMQ_ASSERT(lane >= 0 && lane < kPriorityCount);
+    tokens_ += estimate_batch_tokens(p.msg);
     q_[lane].push_front(std::move(p));
 }
 
@@ -23,6 +25,7 @@ Pending Lanes::pop(int lane) {
     LLMQ_ASSERT(!q_[lane].empty());
     Pending p = std::move(q_[lane].front());
     q_[lane].pop_front();
+    tokens_ -= estimate_batch_tokens(p.msg);
     return p;
 }
 

@@ -25,6 +25,12 @@ struct Pending {
     uint32_t attempts = 0;
 };
 
+// The broker's cheap token estimate of a message, to bound the work in one batch
+// (the worker counts exactly): ceil(content bytes / 3). BPE vocabularies give
+// about 4 bytes a token for English and 3 for CJK and code, so it errs high for
+// prose, about right otherwise; it never decodes the content.
+inline uint64_t estimate_batch_tokens(const Message& m) { return (m.content.size() + 2) / 3; }
+
 class Lanes {
 public:
     explicit Lanes(size_t capacity_per_lane) { capacity_.fill(capacity_per_lane); }
@@ -38,15 +44,20 @@ public:
     size_t depth(int lane) const { return q_[lane].size(); }
     size_t capacity(int lane) const { return capacity_[lane]; }
     size_t total() const { return q_[0].size() + q_[1].size() + q_[2].size() + q_[3].size(); }
+    // estimate_batch_tokens summed over every queued message.
+    uint64_t total_estimated_tokens() const { return tokens_; }
     bool empty(int lane) const { return q_[lane].empty(); }
     // received_ns of the oldest message in the lane; the lane must not be empty.
     int64_t head_received_ns(int lane) const { return q_[lane].front().received_ns; }
+    // The oldest message of the lane; the lane must not be empty.
+    const Pending& head(int lane) const { return q_[lane].front(); }
     // Oldest received_ns over all lanes, or -1 when all are empty.
     int64_t oldest_received_ns() const;
 
 private:
     std::array<std::deque<Pending>, kPriorityCount> q_;
     std::array<size_t, kPriorityCount> capacity_{};
+    uint64_t tokens_ = 0;
 };
 
 }  // namespace llmq::broker

@@ -47,10 +47,20 @@ int Scheduler::pick(const Lanes& lanes, int64_t now_ns) {
     return best;
 }
 
-void Scheduler::fill_batch(Lanes& lanes, size_t max, int64_t now_ns, std::vector<Pending>& out) {
+void Scheduler::fill_batch(Lanes& lanes, size_t max, int64_t now_ns, std::vector<Pending>& out,
+                           uint64_t max_tokens) {
+    uint64_t tokens = 0;
+    for (const auto& p : out) tokens += estimate_batch_tokens(p.msg);
     while (out.size() < max) {
+        const auto before = current_;
         int lane = pick(lanes, now_ns);
         if (lane < 0) break;
+        const uint64_t next = estimate_batch_tokens(lanes.head(lane).msg);
+        if (max_tokens > 0 && !out.empty() && tokens + next > max_tokens) {
+            current_ = before;  // not drawn: the next batch draws it, by the same turn
+            break;
+        }
+        tokens += next;
         out.push_back(lanes.pop(lane));
     }
 }

@@ -33,7 +33,11 @@ public:
     int pick(const Lanes& lanes, int64_t now_ns);
 
     // Moves up to `max` messages from the lanes into `out`, drawing by policy.
-    void fill_batch(Lanes& lanes, size_t max, int64_t now_ns, std::vector<Pending>& out);
+    // With max_tokens > 0 it also stops before the message drawn next would take
+    // the batch's estimate_batch_tokens over max_tokens (that message stays at
+    // the head of its lane, and the draw is not charged for it); the first
+    // message always goes, so one larger than the cap makes a batch alone.
+    void fill_batch(Lanes& lanes, size_t max, int64_t now_ns, std::vector<Pending>& out, uint64_t max_tokens = 0);
 
 private:
     SchedulerConfig cfg_;

@@ -1,4 +1,5 @@
-// llmq: the command-line client — push messages, read history, get one message, show stats, watch `top`.
+// llmq: the command-line client — push messages, read history, get one message, show stats, watch `top`,
+// count tokens.
 #include <unistd.h>
 
 #include <algorithm>
@@ -9,6 +10,7 @@
 #include <fstream>
 #include <initializer_list>
 #include <iostream>
+#include <memory>
 
 #include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
@@ -17,6 +19,7 @@
 #include "client/jsonl.hpp"
 #include "client/options.hpp"
 #include "client/push.hpp"
+#include "client/tokens.hpp"
 #include "client/top.hpp"
 #include "common/config.hpp"
 #include "common/time.hpp"
@@ -439,6 +442,51 @@ int run_stats(const GlobalArgs& g, bool as_json) {
     return kExitOk;
 }
 
+// ---- llmq tokens ------------------------------------------------------------------------
+
+// Counts TEXT, or each line of --file, with no broker. Exit 1 for text the worker
+// would reject or a bad line (the counts of the lines before it are printed).
+int run_tokens(const client::TokensArgs& a) {
+    const bool from_file = !a.file.empty();
+    if (from_file == !a.text.empty()) {
+        std::fprintf(stderr, "llmq tokens: give TEXT or --file FILE (- for stdin), one of the two\n");
+        return kExitUsage;
+    }
+    std::shared_ptr<const Tokenizer> vocabulary;
+    if (a.tokenizer != to_string(TokenizerName::estimate)) {
+        auto loaded = Tokenizer::load(a.tokenizer, a.tokenizer_dir);
+        if (auto* error = std::get_if<std::string>(&loaded)) {
+            std::fprintf(stderr, "llmq tokens: %s\n", error->c_str());
+            return kExitUsage;
+        }
+        vocabulary = std::make_shared<const Tokenizer>(std::move(std::get<Tokenizer>(loaded)));
+    }
+    const client::TokenCounting how{vocabulary.get(), a.raw};
+    if (!from_file) {
+        auto count = client::count_text(a.text, how);
+        if (auto* why = std::get_if<std::string>(&count)) {
+            std::fprintf(stderr, "llmq tokens: %s\n", why->c_str());
+            return kExitRejected;
+        }
+        std::printf("%d\n", std::get<int32_t>(count));
+        return kExitOk;
+    }
+    std::ifstream file_in;
+    if (a.file != "-") {
+        file_in.open(a.file, std::ios::binary);
+        if (!file_in) {
+            std::fprintf(stderr, "llmq tokens: cannot open %s: %s\n", a.file.c_str(), std::strerror(errno));
+            return kExitUsage;
+        }
+    }
+    auto counted = client::count_lines(a.file == "-" ? std::cin : file_in, how, std::cout);
+    if (counted.error) {
+        std::fprintf(stderr, "llmq tokens: %s (%zu lines counted before it)\n", counted.error->c_str(), counted.lines);
+        return kExitRejected;
+    }
+    return kExitOk;
+}
+
 // Runs the subcommand that was given.
 int run_command(const client::CliCommands& cmd, client::CliArgs& a) {
     const GlobalArgs& g = a.global;
@@ -448,6 +496,7 @@ int run_command(const client::CliCommands& cmd, client::CliArgs& a) {
     if (cmd.get->parsed()) return run_get(g, a.get.id, a.get.json);
     if (cmd.stats->parsed()) return run_stats(g, a.stats_json);
     if (cmd.dead_letters->parsed()) return run_dead_letters(g, a.dead_letters.limit, a.dead_letters.json);
+    if (cmd.tokens->parsed()) return run_tokens(a.tokens);
     if (cmd.top->parsed()) {
         a.top.broker = g.broker;
         // A request should not hold the screen much longer than one refresh.
@@ -462,7 +511,7 @@ int run_command(const client::CliCommands& cmd, client::CliArgs& a) {
 
 int main(int argc, char** argv) {
     llmq::ignore_sigpipe();
-    CLI::App app{"llmq: push messages to an llmq broker and read them back.\n"
+    CLI::App app{"llmq: push messages to an llmq broker and read them back; count tokens locally.\n"
                  "Exit codes: 0 all persisted / ok, 1 some rejected or not found, 2 usage, 3 broker unreachable or timed out.\n"
                  "Options come from flags, --config FILE (TOML) or LLMQ_<OPTION> environment variables."};
     app.require_subcommand(1);

@@ -13,6 +13,7 @@
 #include "common/message.hpp"
 #include "common/protocol.hpp"
 #include "common/uuid.hpp"
+#include "tokenizer/tokenizer.hpp"
 
 namespace llmq::client {
 
@@ -46,6 +47,11 @@ struct DeadLetterArgs {
     bool json = false;
 };
 
+struct TokensArgs {
+    std::string text, file, tokenizer = std::string(to_string(kDefaultTokenizer)), tokenizer_dir;
+    bool raw = false;
+};
+
 struct CliArgs {
     GlobalArgs global;
     PushArgs push;
@@ -54,11 +60,12 @@ struct CliArgs {
     bool stats_json = false;
     DeadLetterArgs dead_letters;
     TopOptions top;
+    TokensArgs tokens;
 };
 
 // The subcommands, to see which one was given.
 struct CliCommands {
-    CLI::App *push, *history, *get, *stats, *dead_letters, *top;
+    CLI::App *push, *history, *get, *stats, *dead_letters, *top, *tokens;
 };
 
 inline void add_push_options(CLI::App& push, PushArgs& a) {
@@ -104,6 +111,20 @@ inline void add_top_options(CLI::App& top, TopOptions& t) {
         ->capture_default_str()->check(CLI::Range(1, 3600));
 }
 
+inline void add_tokens_options(CLI::App& tokens, TokensArgs& t) {
+    tokens.add_option("TEXT", t.text, "Text to count");
+    tokens.add_option("-f,--file", t.file,
+                      "One JSON string per line (or an object with \"content\"), one count printed per line; - "
+                      "reads stdin");
+    tokens.add_option("--tokenizer", t.tokenizer,
+                      "o200k_base (GPT-4o family), cl100k_base (GPT-4, GPT-3.5) or estimate (the worker's heuristic)")
+        ->capture_default_str()->check([](const std::string& v) { return check_tokenizer_name(v); });
+    tokens.add_option("--tokenizer-dir", t.tokenizer_dir,
+                      "Directory holding <tokenizer>.json (default: $LLMQ_TOKENIZER_DIR, else "
+                      "<prefix>/share/llmq/tokenizers, else the source tree's .deps/tokenizers)");
+    tokens.add_flag("--raw", t.raw, "Count the text as given, not normalized as the worker stores it");
+}
+
 // Declares the global options and every subcommand with its options on `app`
 // (the common ones, --config, --log-level…, come from add_common_options).
 inline CliCommands add_llmq_options(CLI::App& app, CliArgs& a) {
@@ -141,6 +162,11 @@ inline CliCommands add_llmq_options(CLI::App& app, CliArgs& a) {
                                         "refreshed every --interval-ms; q quits. Plain lines when stdout is not a "
                                         "terminal");
     add_top_options(*cmd.top, a.top);
+
+    cmd.tokens = app.add_subcommand(
+        "tokens", "Count tokens locally (no broker) as the worker stores them: TEXT, or --file with one JSON string "
+                  "per line");
+    add_tokens_options(*cmd.tokens, a.tokens);
     return cmd;
 }
 

@@ -50,6 +50,11 @@ std::optional<TokenizerName> parse_tokenizer_name(std::string_view name) {
     return std::nullopt;
 }
 
+std::string check_tokenizer_name(std::string_view name) {
+    if (parse_tokenizer_name(name)) return {};
+    return "unknown tokenizer '" + std::string(name) + "' (expected o200k_base, cl100k_base or estimate)";
+}
+
 std::string_view to_string(TokenizerName name) {
     switch (name) {
         case TokenizerName::o200k_base: return "o200k_base";
@@ -121,9 +126,7 @@ Tokenizer::Loaded Tokenizer::load(TokenizerName name, const fs::path& dir) {
 
 Tokenizer::Loaded Tokenizer::load(std::string_view name, const fs::path& dir) {
     const auto parsed = parse_tokenizer_name(name);
-    if (!parsed) {
-        return "unknown tokenizer '" + std::string(name) + "' (expected o200k_base, cl100k_base or estimate)";
-    }
+    if (!parsed) return check_tokenizer_name(name);
     return load(*parsed, dir);
 }
 

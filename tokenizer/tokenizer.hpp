@@ -26,6 +26,9 @@ inline constexpr TokenizerName kDefaultTokenizer = TokenizerName::o200k_base;
 
 std::optional<TokenizerName> parse_tokenizer_name(std::string_view name);
 std::string_view to_string(TokenizerName name);
+// "" when `name` is one of the names above, else a message listing them: the
+// validator of every `--tokenizer` option (CLI11's check signature).
+std::string check_tokenizer_name(std::string_view name);
 
 // Where vocabularies are looked for when no directory is given, in order:
 //   1. $LLMQ_TOKENIZER_DIR, if set (then only there);

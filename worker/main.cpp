@@ -24,6 +24,16 @@ int main(int argc, char** argv) {
     try {
         llmq::setup_logging(common, "llmq-worker");
         llmq::log_effective_config(app);
+        // Once, before anything else: every executor shares it. Missing or
+        // corrupt: refuse to start, saying how to install it.
+        auto tokenizer = llmq::worker::load_tokenizer(cfg);
+        if (auto* error = std::get_if<std::string>(&tokenizer)) {
+            spdlog::critical("{}", *error);
+            return 2;
+        }
+        auto& vocabulary = std::get<std::shared_ptr<const llmq::Tokenizer>>(tokenizer);
+        spdlog::info("token counts: {}",
+                     vocabulary ? vocabulary->describe() : "estimate (heuristic, --tokenizer estimate)");
         std::atomic<bool>& stop = llmq::stop_on_signals();
         auto method = cfg.persist_method == "unnest" ? llmq::worker::PersistMethod::unnest
                                                      : llmq::worker::PersistMethod::copy;
@@ -53,7 +63,7 @@ int main(int argc, char** argv) {
         auto make_cache = [&]() -> std::unique_ptr<llmq::worker::Cache> {
             return std::make_unique<llmq::worker::RedisCache>(rc, repairs);
         };
-        llmq::worker::Worker worker(cfg, make_store, make_cache);
+        llmq::worker::Worker worker(cfg, make_store, make_cache, nullptr, vocabulary);
         worker.run(stop);
     } catch (const std::exception& e) {
         spdlog::critical("{}", e.what());

@@ -56,7 +56,7 @@ BatchResult Pipeline::process(const proto::Batch& batch, const std::function<voi
     int64_t now_us = wall_now_us();
     for (size_t i = 0; i < batch.msgs.size(); ++i) {
         w.done.results[i].id = batch.msgs[i].id;
-        if (auto rej = preprocess(batch.msgs[i], cfg_.limits, rows_buf_[i])) {
+        if (auto rej = preprocess(batch.msgs[i], cfg_.preprocess, rows_buf_[i])) {
             w.done.results[i].status = Status::rejected;
             w.done.results[i].reason = std::string(rej->code) + ": " + rej->detail;
             ++counters_.rejected;

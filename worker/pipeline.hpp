@@ -35,7 +35,7 @@ public:
 
 struct PipelineConfig {
     std::string writer;  // prefix of this pipeline's cache write tokens (unique per thread)
-    PreprocessLimits limits;
+    PreprocessOptions preprocess;  // content limit and token counting
     // A batch still unstored this long after it began is handed back (its
     // messages answered storage_error: retried elsewhere, not an attempt).
     int64_t batch_timeout_ms = 30000;

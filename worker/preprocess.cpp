@@ -1,4 +1,4 @@
-// Worker preprocessing: UTF-8 validation, content normalization, token estimate and hash.
+// Worker preprocessing: UTF-8 validation, content normalization, token count and hash.
 #include "worker/preprocess.hpp"
 
 #include <utf8proc.h>
@@ -12,6 +12,8 @@
 #include <cstring>
 #include <limits>
 #include <memory>
+
+#include "tokenizer/tokenizer.hpp"
 
 namespace llmq {
 namespace {
@@ -309,7 +311,7 @@ std::string normalize_content(std::string_view utf8) {
     return out;
 }
 
-// Token estimator (a stand-in until exact BPE counting):
+// Token estimator (`--tokenizer estimate`; the exact counts need a vocabulary):
 //   - each CJK ideograph, kana or Hangul syllable (see is_cjk) = 1 token;
 //   - a word, i.e. a run of letters and digits (categories L*, N*) in any other
 //     script, = ceil(codepoints / 4) tokens, at least 1. Combining marks (M*)
@@ -385,12 +387,18 @@ int32_t estimate_tokens(std::string_view normalized_utf8) {
     return static_cast<int32_t>(std::min<int64_t>(tokens, std::numeric_limits<int32_t>::max()));
 }
 
+int32_t count_tokens(std::string_view normalized_utf8, const Tokenizer* tokenizer) {
+    if (!tokenizer) return estimate_tokens(normalized_utf8);
+    return static_cast<int32_t>(
+        std::min<size_t>(tokenizer->count(normalized_utf8), std::numeric_limits<int32_t>::max()));
+}
+
 int64_t content_hash(std::string_view normalized_utf8) {
     return std::bit_cast<int64_t>(
         static_cast<uint64_t>(XXH3_64bits(normalized_utf8.data(), normalized_utf8.size())));
 }
 
-std::optional<Rejection> preprocess(const Message& in, const PreprocessLimits& limits,
+std::optional<Rejection> preprocess(const Message& in, const PreprocessOptions& options,
                                     StoredMessage& out) {
     if (std::all_of(in.id.begin(), in.id.end(), [](uint8_t b) { return b == 0; })) {
         return Rejection{"nil_id", "id is the nil UUID (all zero bytes)"};
@@ -417,10 +425,10 @@ std::optional<Rejection> preprocess(const Message& in, const PreprocessLimits& l
     if (in.content.empty()) {
         return Rejection{"content_empty", "content is empty"};
     }
-    if (in.content.size() > limits.max_content_bytes) {
+    if (in.content.size() > options.max_content_bytes) {
         return Rejection{"content_too_large", "content is " + std::to_string(in.content.size()) +
                                                   " bytes; the limit is " +
-                                                  std::to_string(limits.max_content_bytes)};
+                                                  std::to_string(options.max_content_bytes)};
     }
     size_t offset = 0;
     if (!is_valid_utf8(in.content, &offset)) {
@@ -437,7 +445,7 @@ std::optional<Rejection> preprocess(const Message& in, const PreprocessLimits& l
     out.user_id.assign(in.user_id);
     out.priority = in.priority;
     out.status.assign("pending");
-    out.token_count = estimate_tokens(out.content);
+    out.token_count = count_tokens(out.content, options.tokenizer);
     out.content_hash = content_hash(out.content);
     out.created_at_us = in.created_at_us;
     out.persisted_at_us = 0;

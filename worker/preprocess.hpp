@@ -1,4 +1,5 @@
 // Worker preprocessing: validate, normalize, count tokens and hash a message before it is stored.
+// Also linked by the `llmq` CLI (`llmq tokens` counts what the worker would store).
 #pragma once
 
 #include <cstddef>
@@ -11,8 +12,14 @@
 
 namespace llmq {
 
-struct PreprocessLimits {
+class Tokenizer;  // tokenizer/tokenizer.hpp
+
+struct PreprocessOptions {
     size_t max_content_bytes = kDefaultMaxContentBytes;
+    // token_count is this vocabulary's exact count of the normalized content; null:
+    // estimate_tokens. Not owned; one instance is shared by every thread (count is
+    // thread-safe).
+    const Tokenizer* tokenizer = nullptr;
 };
 
 // Why a message was refused. `code` is a short stable snake_case identifier (also a
@@ -44,6 +51,10 @@ bool nfc_stable(char32_t c);
 // Token estimate for normalized UTF-8; see the rule in preprocess.cpp. One pass, no allocation.
 int32_t estimate_tokens(std::string_view normalized_utf8);
 
+// The token_count stored for normalized content: `tokenizer`'s exact count, or
+// estimate_tokens when it is null; at most INT32_MAX.
+int32_t count_tokens(std::string_view normalized_utf8, const Tokenizer* tokenizer);
+
 // XXH3_64bits of the normalized bytes, bit-cast to int64 (PostgreSQL BIGINT).
 int64_t content_hash(std::string_view normalized_utf8);
 
@@ -51,7 +62,7 @@ int64_t content_hash(std::string_view normalized_utf8);
 // persisted_at_us 0) and returns nullopt. On rejection returns the reason; `out`
 // may then be partly written and must not be used. Reusing one `out` across calls
 // reuses its string capacity.
-std::optional<Rejection> preprocess(const Message& in, const PreprocessLimits& limits,
+std::optional<Rejection> preprocess(const Message& in, const PreprocessOptions& options,
                                     StoredMessage& out);
 
 }  // namespace llmq

@@ -84,6 +84,14 @@ void add_worker_options(CLI::App& app, WorkerConfig& c) {
         ->capture_default_str()->check(CLI::Range(100, 3'600'000));
     app.add_option("--max-content-bytes", c.max_content_bytes, "Largest content accepted, in bytes")
         ->capture_default_str()->check(CLI::Range(size_t{1}, size_t{64} << 20));
+    app.add_option("--tokenizer", c.tokenizer,
+                   "token_count of each message: exact with the BPE vocabulary o200k_base (GPT-4o family) or "
+                   "cl100k_base (GPT-4, GPT-3.5), loaded once at start; or estimate (a heuristic, no vocabulary)")
+        ->capture_default_str()->check([](const std::string& v) { return check_tokenizer_name(v); });
+    app.add_option("--tokenizer-dir", c.tokenizer_dir,
+                   "Directory holding <tokenizer>.json (default: $LLMQ_TOKENIZER_DIR, else "
+                   "<prefix>/share/llmq/tokenizers, else the source tree's .deps/tokenizers, where "
+                   "scripts/deps.sh installs them)");
     app.add_option("--history-cache-size", c.history_cache_size, "Most recent messages cached per conversation")
         ->capture_default_str()->check(CLI::Range(1, 100'000));
     app.add_option("--history-ttl-s", c.history_ttl_s, "Seconds an idle conversation stays cached")
@@ -102,8 +110,17 @@ void add_worker_options(CLI::App& app, WorkerConfig& c) {
 
 void check_bounds(const WorkerConfig& cfg) { check_config_bounds(cfg, add_worker_options, "worker"); }
 
-Worker::Worker(WorkerConfig cfg, StoreFactory make_store, CacheFactory make_cache, zmq::context_t* ctx)
+LoadedTokenizer load_tokenizer(const WorkerConfig& cfg) {
+    if (cfg.tokenizer == to_string(TokenizerName::estimate)) return std::shared_ptr<const Tokenizer>();
+    auto loaded = Tokenizer::load(cfg.tokenizer, cfg.tokenizer_dir);
+    if (auto* error = std::get_if<std::string>(&loaded)) return std::move(*error);
+    return std::make_shared<const Tokenizer>(std::move(std::get<Tokenizer>(loaded)));
+}
+
+Worker::Worker(WorkerConfig cfg, StoreFactory make_store, CacheFactory make_cache, zmq::context_t* ctx,
+               std::shared_ptr<const Tokenizer> tokenizer)
     : cfg_(std::move(cfg)),
+      tokenizer_(std::move(tokenizer)),
       make_store_(std::move(make_store)),
       make_cache_(std::move(make_cache)),
       own_ctx_(ctx ? nullptr : std::make_unique<zmq::context_t>(1)),
@@ -143,7 +160,8 @@ std::unique_ptr<Worker::Lane> Worker::make_lane(const std::string& name) {
     lane->cache = make_cache_();
     PipelineConfig pc;
     pc.writer = info_.id + ":" + name;  // cache write tokens unique per thread
-    pc.limits.max_content_bytes = cfg_.max_content_bytes;
+    pc.preprocess.max_content_bytes = cfg_.max_content_bytes;
+    pc.preprocess.tokenizer = tokenizer_.get();
     pc.batch_timeout_ms = cfg_.batch_timeout_ms;
     lane->pipeline = std::make_unique<Pipeline>(pc, *lane->store, *lane->cache, clock_, counters_);
     return lane;

@@ -12,6 +12,7 @@
 #include <memory>
 #include <string>
 #include <thread>
+#include <variant>
 #include <vector>
 
 #include <CLI/CLI.hpp>
@@ -19,6 +20,7 @@
 
 #include "common/protocol.hpp"
 #include "common/transport.hpp"
+#include "tokenizer/tokenizer.hpp"
 #include "worker/cache.hpp"
 #include "worker/pipeline.hpp"
 #include "worker/queues.hpp"
@@ -37,6 +39,8 @@ struct WorkerConfig {
     uint32_t executors = 2;
     int batch_timeout_ms = 30000;
     size_t max_content_bytes = kDefaultMaxContentBytes;
+    std::string tokenizer = std::string(to_string(kDefaultTokenizer));  // or cl100k_base, estimate
+    std::string tokenizer_dir;  // default: tokenizer_search_dirs()
     uint32_t history_cache_size = 100;
     uint32_t history_ttl_s = 86400;
     uint32_t message_ttl_s = 3600;
@@ -52,6 +56,12 @@ void add_worker_options(CLI::App& app, WorkerConfig& cfg);
 // bounds add_worker_options declares, and the bound.
 void check_bounds(const WorkerConfig& cfg);
 
+// The vocabulary `cfg.tokenizer` names, from `cfg.tokenizer_dir` (or the search
+// path): a null pointer for `estimate`, or the library's message (what is missing
+// or corrupt, and how to install it). Load once and give it to the Worker.
+using LoadedTokenizer = std::variant<std::shared_ptr<const Tokenizer>, std::string>;
+LoadedTokenizer load_tokenizer(const WorkerConfig& cfg);
+
 // Each thread that touches storage gets its own connections from these.
 using StoreFactory = std::function<std::unique_ptr<Store>()>;
 using CacheFactory = std::function<std::unique_ptr<Cache>()>;
@@ -62,7 +72,10 @@ public:
     // it a query is answered busy at once.
     static constexpr size_t kMaxQueuedQueries = 1000;
 
-    Worker(WorkerConfig cfg, StoreFactory make_store, CacheFactory make_cache, zmq::context_t* ctx = nullptr);
+    // `tokenizer` (load_tokenizer's) counts token_count exactly and is shared by
+    // every executor; null counts with estimate_tokens, whatever cfg.tokenizer says.
+    Worker(WorkerConfig cfg, StoreFactory make_store, CacheFactory make_cache, zmq::context_t* ctx = nullptr,
+           std::shared_ptr<const Tokenizer> tokenizer = nullptr);
     ~Worker();
 
     // Serves the broker until `stop`; then finishes the batches in hand (not
@@ -108,6 +121,7 @@ private:
     void collect_connection_figures() const;
 
     WorkerConfig cfg_;
+    std::shared_ptr<const Tokenizer> tokenizer_;
     StoreFactory make_store_;
     CacheFactory make_cache_;
     std::unique_ptr<zmq::context_t> own_ctx_;

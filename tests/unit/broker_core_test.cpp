@@ -307,6 +307,48 @@ TEST(BrokerCore, ASmallBatchLingersBatchLingerMsUnlessItFills) {
     EXPECT_EQ(t.tick().batches("w").size(), 1u);
 }
 
+// A message whose content is `bytes` bytes: bytes / 3 estimated tokens.
+Message sized(Priority p, int i, size_t bytes) {
+    Message m = make(p, i);
+    m.content.assign(bytes, 'x');
+    return m;
+}
+
+TEST(BrokerCore, BatchesAreCappedByEstimatedTokensAndAHugeMessageGoesAlone) {
+    auto cfg = config();
+    cfg.batch_max_tokens = 1000;  // 3000 bytes of content
+    Harness t(cfg);
+    t.ready("w", 10);
+    std::vector<Message> msgs;
+    for (int i = 0; i < 5; ++i) msgs.push_back(sized(Priority::normal, i, 900));  // 300 tokens each
+    msgs.push_back(sized(Priority::normal, 5, 30'000));                            // 10,000 tokens
+    msgs.push_back(sized(Priority::normal, 6, 3));
+    t.core.push("c", push_of(msgs, proto::AckMode::persisted, 1));
+    auto batches = t.tick().batches("w");
+    ASSERT_EQ(batches.size(), 4u);
+    EXPECT_EQ(batches[0].msgs.size(), 3u) << "900 tokens; a fourth would make 1200";
+    EXPECT_EQ(batches[1].msgs.size(), 2u) << "600 tokens, and the huge one does not fit after them";
+    ASSERT_EQ(batches[2].msgs.size(), 1u) << "larger than the cap: alone";
+    EXPECT_EQ(batches[2].msgs[0].id, msgs[5].id);
+    EXPECT_EQ(batches[3].msgs.size(), 1u);
+    EXPECT_EQ(t.stats().lane("llmq_queue_depth", 2), 0);
+}
+
+TEST(BrokerCore, ABatchFullByTokensDoesNotLinger) {
+    auto cfg = config();
+    cfg.batch_linger_ms = 50;
+    cfg.batch_size = 100;
+    cfg.batch_max_tokens = 1000;
+    Harness t(cfg);
+    t.ready("w", 2);
+    t.core.push("c", push_of({sized(Priority::normal, 1, 1500)}, proto::AckMode::persisted, 1));  // 500 tokens
+    EXPECT_TRUE(t.tick().batches("w").empty()) << "half full: it lingers";
+    t.core.push("c", push_of({sized(Priority::normal, 2, 1500)}, proto::AckMode::persisted, 2));
+    auto batches = t.tick().batches("w");
+    ASSERT_EQ(batches.size(), 1u) << "1000 tokens queued: full, sent before the linger ends";
+    EXPECT_EQ(batches[0].msgs.size(), 2u);
+}
+
 TEST(BrokerCore, BatchesFollowCreditAndGoToTheLeastLoadedWorker) {
     auto cfg = config();
     cfg.batch_size = 1;

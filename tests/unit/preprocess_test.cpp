@@ -39,9 +39,9 @@ Message valid_message() {
 }
 
 // The rejection code for `m`, or "" if it is accepted.
-std::string code_of(const Message& m, const PreprocessLimits& limits = {}) {
+std::string code_of(const Message& m, const PreprocessOptions& options = {}) {
     StoredMessage out;
-    const auto r = preprocess(m, limits, out);
+    const auto r = preprocess(m, options, out);
     return r ? std::string(r->code) : "";
 }
 
@@ -332,7 +332,7 @@ TEST(Preprocess, EmptyOrWhitespaceOnlyContentIsRejectedAsEmpty) {
 
 TEST(Preprocess, ContentLargerThanLimitIsRejectedBeforeDecoding) {
     Message m = valid_message();
-    PreprocessLimits limits{.max_content_bytes = 10};
+    PreprocessOptions limits{.max_content_bytes = 10};
     m.content = std::string(10, 'x');
     EXPECT_EQ(code_of(m, limits), "");
     m.content = std::string(11, 'x');

@@ -363,5 +363,97 @@ TEST(FillBatch, StrictBatchDrainsHigherLanesFirst) {
     for (size_t i = 5; i < 7; ++i) EXPECT_EQ(out[i].msg.priority, Priority::low) << i;
 }
 
+// ---- batches bounded by estimated tokens -----------------------------------------------
+
+// A pending message whose content is `bytes` bytes (estimate_batch_tokens: bytes / 3, rounded up).
+Pending sized(int lane, int64_t seq, size_t bytes) {
+    Pending p = pending(lane, seq);
+    p.msg.content.assign(bytes, 'x');
+    return p;
+}
+
+TEST(FillBatch, TokenEstimateIsContentBytesOverThreeRoundedUp) {
+    EXPECT_EQ(estimate_batch_tokens(sized(kNormal, 0, 0).msg), 0u);
+    EXPECT_EQ(estimate_batch_tokens(sized(kNormal, 0, 1).msg), 1u);
+    EXPECT_EQ(estimate_batch_tokens(sized(kNormal, 0, 3).msg), 1u);
+    EXPECT_EQ(estimate_batch_tokens(sized(kNormal, 0, 4).msg), 2u);
+    EXPECT_EQ(estimate_batch_tokens(sized(kNormal, 0, 3000).msg), 1000u);
+}
+
+TEST(FillBatch, StopsBeforeTheMessageThatWouldPassMaxTokens) {
+    Lanes lanes(100);
+    for (int i = 0; i < 10; ++i) ASSERT_TRUE(lanes.try_push(sized(kNormal, i, 300)));  // 100 tokens each
+    EXPECT_EQ(lanes.total_estimated_tokens(), 1000u);
+    Scheduler s{SchedulerConfig{}};
+    std::vector<Pending> out;
+    s.fill_batch(lanes, 1000, 0, out, 350);
+    ASSERT_EQ(out.size(), 3u) << "300 tokens; a fourth would make 400";
+    EXPECT_EQ(lanes.total_estimated_tokens(), 700u);
+    out.clear();
+    s.fill_batch(lanes, 1000, 0, out, 400);
+    EXPECT_EQ(out.size(), 4u) << "exactly at the cap is allowed";
+    EXPECT_EQ(out.front().msg.created_at_us, 3) << "FIFO: the one left behind went first";
+    out.clear();
+    s.fill_batch(lanes, 2, 0, out, 1000);
+    EXPECT_EQ(out.size(), 2u) << "the message cap still holds";
+    out.clear();
+    s.fill_batch(lanes, 1000, 0, out, 0);
+    EXPECT_EQ(out.size(), 1u) << "0 = no token cap";
+    EXPECT_EQ(lanes.total_estimated_tokens(), 0u);
+}
+
+TEST(FillBatch, AMessageLargerThanTheCapGoesAlone) {
+    Lanes lanes(100);
+    ASSERT_TRUE(lanes.try_push(sized(kNormal, 0, 3'000'000)));  // 1,000,000 tokens
+    ASSERT_TRUE(lanes.try_push(sized(kNormal, 1, 3)));
+    ASSERT_TRUE(lanes.try_push(sized(kNormal, 2, 3'000'000)));
+    Scheduler s{SchedulerConfig{}};
+    std::vector<Pending> out;
+    s.fill_batch(lanes, 1000, 0, out, 200'000);
+    ASSERT_EQ(out.size(), 1u);
+    EXPECT_EQ(out[0].msg.created_at_us, 0);
+    out.clear();
+    s.fill_batch(lanes, 1000, 0, out, 200'000);
+    ASSERT_EQ(out.size(), 1u) << "the small one, then the next huge one alone";
+    EXPECT_EQ(out[0].msg.created_at_us, 1);
+    out.clear();
+    s.fill_batch(lanes, 1000, 0, out, 200'000);
+    ASSERT_EQ(out.size(), 1u);
+    EXPECT_EQ(lanes.total(), 0u);
+}
+
+TEST(FillBatch, AMessageLeftForTheTokenCapIsNotChargedToTheWeightedDraw) {
+    // Urgent holds big messages, low small ones: the draw over several capped
+    // batches still follows 8:1 as it does uncapped, message for message.
+    auto draw_order = [](uint64_t max_tokens) {
+        Lanes lanes(1000);
+        for (int i = 0; i < 90; ++i) EXPECT_TRUE(lanes.try_push(sized(kUrgent, i, 30)));  // 10 tokens
+        for (int i = 0; i < 90; ++i) EXPECT_TRUE(lanes.try_push(sized(kLow, i, 3)));     // 1 token
+        Scheduler s{SchedulerConfig{}};
+        std::vector<Priority> order;
+        for (int batch = 0; batch < 100 && lanes.total() > 0; ++batch) {
+            std::vector<Pending> out;
+            s.fill_batch(lanes, 1000, 0, out, max_tokens);
+            for (const auto& p : out) order.push_back(p.msg.priority);
+        }
+        return order;
+    };
+    const auto uncapped = draw_order(0);
+    ASSERT_EQ(uncapped.size(), 180u);
+    EXPECT_EQ(draw_order(25), uncapped);
+}
+
+TEST(Lanes, TrackTheTokenEstimateOfWhatTheyHold) {
+    Lanes lanes(10);
+    ASSERT_TRUE(lanes.try_push(sized(kHigh, 0, 30)));
+    ASSERT_TRUE(lanes.try_push(sized(kLow, 1, 7)));
+    EXPECT_EQ(lanes.total_estimated_tokens(), 13u);
+    EXPECT_EQ(lanes.head(kHigh).msg.created_at_us, 0);
+    Pending p = lanes.pop(kHigh);
+    EXPECT_EQ(lanes.total_estimated_tokens(), 3u);
+    lanes.push_front(std::move(p));  // a redelivery
+    EXPECT_EQ(lanes.total_estimated_tokens(), 13u);
+}
+
 }  // namespace
 }  // namespace llmq::broker
