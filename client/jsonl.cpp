@@ -64,4 +64,17 @@ std::variant<Message, LineError> parse_message_line(std::string_view line, size_
     return m;
 }
 
+nlohmann::json stored_message_json(const StoredMessage& m) {
+    return nlohmann::json{{"id", uuid_to_string(m.id)},
+                          {"conversation_id", m.conversation_id},
+                          {"user_id", m.user_id},
+                          {"content", m.content},
+                          {"priority", std::string(priority_name(m.priority))},
+                          {"status", m.status},
+                          {"token_count", m.token_count},
+                          {"content_hash", m.content_hash},
+                          {"created_at", format_rfc3339(m.created_at_us)},
+                          {"persisted_at", format_rfc3339(m.persisted_at_us)}};
+}
+
 }  // namespace llmq::client

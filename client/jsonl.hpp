@@ -7,6 +7,8 @@
 #include <string_view>
 #include <variant>
 
+#include <nlohmann/json.hpp>
+
 #include "common/message.hpp"
 
 namespace llmq::client {
@@ -21,5 +23,9 @@ struct LineError {
 // Parses one line. A message without id gets a new UUIDv7; without created_at,
 // `now_us`. Lines longer than max_content_bytes + 64 KiB are refused unparsed.
 std::variant<Message, LineError> parse_message_line(std::string_view line, size_t max_content_bytes, int64_t now_us);
+
+// A stored message as the JSON the CLI (--json) and the HTTP gateway answer
+// with: ids as UUID text, times as RFC 3339, the priority by name.
+nlohmann::json stored_message_json(const StoredMessage& m);
 
 }  // namespace llmq::client

@@ -37,19 +37,6 @@ constexpr int kExitOk = 0, kExitRejected = 1, kExitUsage = 2, kExitUnreachable =
 using client::GlobalArgs;
 using client::PushArgs;
 
-json to_json(const StoredMessage& m) {
-    return json{{"id", uuid_to_string(m.id)},
-                {"conversation_id", m.conversation_id},
-                {"user_id", m.user_id},
-                {"content", m.content},
-                {"priority", std::string(priority_name(m.priority))},
-                {"status", m.status},
-                {"token_count", m.token_count},
-                {"content_hash", m.content_hash},
-                {"created_at", format_rfc3339(m.created_at_us)},
-                {"persisted_at", format_rfc3339(m.persisted_at_us)}};
-}
-
 // One line per message: newlines and tabs in the content are shown escaped.
 void print_text(const StoredMessage& m) {
     std::string content;
@@ -258,7 +245,7 @@ int run_history(const GlobalArgs& g, const std::string& conv, const std::string&
     if (reply->status != proto::Status::ok) return report_failure(proto::Error{reply->req, reply->status, reply->reason});
     if (as_json) {
         json arr = json::array();
-        for (const auto& m : reply->messages) arr.push_back(to_json(m));
+        for (const auto& m : reply->messages) arr.push_back(client::stored_message_json(m));
         std::printf("%s\n", json{{"conversation_id", conv}, {"source", reply->source}, {"messages", arr}}.dump().c_str());
     } else {
         for (const auto& m : reply->messages) print_text(m);
@@ -280,7 +267,7 @@ int run_get(const GlobalArgs& g, const std::string& id_text, bool as_json) {
     if (int rc = unwrap<proto::Reply>(r, reply); rc >= 0) return rc;
     if (reply->status != proto::Status::ok || reply->messages.empty())
         return report_failure(proto::Error{reply->req, reply->status, reply->reason});
-    if (as_json) std::printf("%s\n", to_json(reply->messages.front()).dump().c_str());
+    if (as_json) std::printf("%s\n", client::stored_message_json(reply->messages.front()).dump().c_str());
     else print_text(reply->messages.front());
     return kExitOk;
 }

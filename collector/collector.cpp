@@ -11,6 +11,7 @@
 #include <spdlog/spdlog.h>
 #include <zmq.hpp>
 
+#include "common/config.hpp"
 #include "common/time.hpp"
 #include "common/transport.hpp"
 
@@ -29,7 +30,7 @@ void add_collector_options(CLI::App& app, CollectorConfig& cfg) {
                    "HOST:PORT to serve /metrics (Prometheus text format 0.0.4) and /healthz on; "
                    "port 0 picks a free one (see --endpoints-file)")
         ->capture_default_str()
-        ->check([](const std::string& v) { return parse_listen(v) ? std::string() : "expected HOST:PORT, got " + v; });
+        ->check([](const std::string& v) { return parse_host_port(v) ? std::string() : "expected HOST:PORT, got " + v; });
     app.add_option("--stale-after-ms", cfg.stale_after_ms,
                    "A snapshot older than this makes /healthz answer 503 and llmq_up 0, and drops the worker "
                    "series from /metrics")
@@ -40,21 +41,6 @@ void add_collector_options(CLI::App& app, CollectorConfig& cfg) {
     app.add_option("--http-threads", cfg.http_threads, "Threads answering HTTP requests")
         ->capture_default_str()
         ->check(CLI::Range(1, 64));
-}
-
-std::optional<std::pair<std::string, int>> parse_listen(const std::string& text) {
-    auto colon = text.rfind(':');
-    if (colon == std::string::npos || colon + 1 >= text.size()) return std::nullopt;
-    std::string host = text.substr(0, colon);
-    if (host.size() >= 2 && host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
-    if (host.empty()) return std::nullopt;
-    int port = 0;
-    for (size_t i = colon + 1; i < text.size(); ++i) {
-        if (text[i] < '0' || text[i] > '9') return std::nullopt;
-        port = port * 10 + (text[i] - '0');
-        if (port > 65535) return std::nullopt;
-    }
-    return std::make_pair(host, port);
 }
 
 // ---- SnapshotStore ------------------------------------------------------------
@@ -150,7 +136,7 @@ void set_up_http(httplib::Server& server, const SnapshotStore& store, int thread
 
 // Binds to --listen (port 0: any free port) and returns the bound HOST:PORT.
 std::string bind_http(httplib::Server& server, const std::string& listen_text) {
-    auto listen = parse_listen(listen_text);
+    auto listen = parse_host_port(listen_text);
     int port = listen->second;
     if (port == 0) {
         port = server.bind_to_any_port(listen->first);
@@ -224,7 +210,7 @@ void subscribe(zmq::socket_t& sub, const CollectorConfig& cfg, SnapshotStore& st
 }  // namespace
 
 void run_collector(const CollectorConfig& cfg, const std::atomic<bool>& stop) {
-    if (!parse_listen(cfg.listen)) throw std::invalid_argument("--listen: expected HOST:PORT, got " + cfg.listen);
+    if (!parse_host_port(cfg.listen)) throw std::invalid_argument("--listen: expected HOST:PORT, got " + cfg.listen);
 
     SnapshotStore store(cfg.stale_after_ms);
     httplib::Server server;

@@ -27,8 +27,6 @@ struct CollectorConfig {
 
 void add_collector_options(CLI::App& app, CollectorConfig& cfg);
 
-// Splits "HOST:PORT" ("[::1]:9464" for IPv6); nullopt if malformed.
-std::optional<std::pair<std::string, int>> parse_listen(const std::string& text);
 
 // The latest snapshot and what is known about it; thread-safe (the subscriber
 // writes, HTTP handler threads read).

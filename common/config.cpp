@@ -129,4 +129,19 @@ void log_effective_config(const CLI::App& app) {
     spdlog::debug("effective configuration:\n{}", cfg);
 }
 
+std::optional<std::pair<std::string, int>> parse_host_port(const std::string& text) {
+    auto colon = text.rfind(':');
+    if (colon == std::string::npos || colon + 1 >= text.size()) return std::nullopt;
+    std::string host = text.substr(0, colon);
+    if (host.size() >= 2 && host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
+    if (host.empty()) return std::nullopt;
+    int port = 0;
+    for (size_t i = colon + 1; i < text.size(); ++i) {
+        if (text[i] < '0' || text[i] > '9') return std::nullopt;
+        port = port * 10 + (text[i] - '0');
+        if (port > 65535) return std::nullopt;
+    }
+    return std::make_pair(host, port);
+}
+
 }  // namespace llmq

@@ -6,6 +6,7 @@
 #include <optional>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <CLI/CLI.hpp>
@@ -66,5 +67,9 @@ void setup_logging(const CommonOptions& opts, const std::string& program);
 
 // Logs the effective configuration at debug level.
 void log_effective_config(const CLI::App& app);
+
+// "HOST:PORT" (HOST may be a bracketed IPv6 address, PORT 0..65535) as a host
+// and a port; nullopt when malformed. For --listen style options.
+std::optional<std::pair<std::string, int>> parse_host_port(const std::string& text);
 
 }  // namespace llmq

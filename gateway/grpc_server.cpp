@@ -10,6 +10,7 @@
 #include <thread>
 #include <variant>
 
+#include "common/config.hpp"
 #include "common/time.hpp"
 #include "common/uuid.hpp"
 #include "gateway/http_api.hpp"

@@ -196,19 +196,6 @@ HttpResponse push_response(const MessageResult& r) {
     return resp;
 }
 
-json stored_json(const StoredMessage& m) {
-    return json{{"id", uuid_to_string(m.id)},
-                {"conversation_id", m.conversation_id},
-                {"user_id", m.user_id},
-                {"content", m.content},
-                {"priority", std::string(priority_name(m.priority))},
-                {"status", m.status},
-                {"token_count", m.token_count},
-                {"content_hash", m.content_hash},
-                {"created_at", format_rfc3339(m.created_at_us)},
-                {"persisted_at", format_rfc3339(m.persisted_at_us)}};
-}
-
 // ---- HttpApi ---------------------------------------------------------------------
 
 HttpApi::HttpApi(Backend& backend, GatewayMetrics& metrics, const ApiKeyStore* keys, ApiOptions opts)
@@ -403,7 +390,7 @@ void HttpApi::get_message(const RouteMatch& m, const Post& post, Respond respond
     backend_.get(*id, [post, respond = std::move(respond)](QueryResult q) mutable {
         post([q = std::move(q), respond = std::move(respond)]() mutable {
             if (q.kind == QueryResult::Kind::reply && q.reply.status == proto::Status::ok && !q.reply.messages.empty())
-                return respond(json_response(stored_json(q.reply.messages.front()), Route::get_message));
+                return respond(json_response(client::stored_message_json(q.reply.messages.front()), Route::get_message));
             respond(routed(error_response(query_error(q)), Route::get_message));
         });
     });
@@ -449,7 +436,7 @@ void HttpApi::get_history(const RouteMatch& m, const Post& post, Respond respond
             if (q.kind != QueryResult::Kind::reply || q.reply.status != proto::Status::ok)
                 return respond(routed(error_response(query_error(q)), Route::get_history));
             json messages = json::array();
-            for (const StoredMessage& s : q.reply.messages) messages.push_back(stored_json(s));
+            for (const StoredMessage& s : q.reply.messages) messages.push_back(client::stored_message_json(s));
             json next = q.reply.messages.size() == limit ? json(uuid_to_string(q.reply.messages.back().id)) : json();
             respond(json_response(json{{"conversation_id", conversation}, {"source", q.reply.source},
                                        {"messages", std::move(messages)}, {"next_after", std::move(next)}},

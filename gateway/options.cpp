@@ -1,6 +1,8 @@
 // The declarations of llmq-gateway's options.
 #include "gateway/options.hpp"
 
+#include "common/config.hpp"
+
 namespace llmq::gateway {
 
 void add_gateway_options(CLI::App& app, GatewayConfig& cfg) {
@@ -49,21 +51,6 @@ void add_gateway_options(CLI::App& app, GatewayConfig& cfg) {
                    "Authorization: Bearer KEY. Reloaded on SIGHUP");
     app.add_option("--endpoints-file", cfg.endpoints_file,
                    "Write the bound addresses here once listening (lines http=HOST:PORT and grpc=HOST:PORT)");
-}
-
-std::optional<std::pair<std::string, int>> parse_host_port(const std::string& text) {
-    auto colon = text.rfind(':');
-    if (colon == std::string::npos || colon + 1 >= text.size() || text.size() - colon > 6) return std::nullopt;
-    std::string host = text.substr(0, colon);
-    if (host.size() >= 2 && host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
-    if (host.empty()) return std::nullopt;
-    int port = 0;
-    for (size_t i = colon + 1; i < text.size(); ++i) {
-        if (text[i] < '0' || text[i] > '9') return std::nullopt;
-        port = port * 10 + (text[i] - '0');
-    }
-    if (port > 65535) return std::nullopt;
-    return std::make_pair(host, port);
 }
 
 }  // namespace llmq::gateway

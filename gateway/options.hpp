@@ -36,7 +36,5 @@ struct GatewayConfig {
 
 void add_gateway_options(CLI::App& app, GatewayConfig& cfg);
 
-// Splits "HOST:PORT" ("[::1]:8080" for IPv6); nullopt if malformed.
-std::optional<std::pair<std::string, int>> parse_host_port(const std::string& text);
 
 }  // namespace llmq::gateway

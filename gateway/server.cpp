@@ -17,6 +17,7 @@
 #include <stdexcept>
 #include <unordered_set>
 
+#include "common/config.hpp"
 #include "common/time.hpp"
 
 namespace llmq::gateway {

@@ -11,6 +11,7 @@
 
 #include "client/top.hpp"
 #include "broker/metrics.hpp"
+#include "common/config.hpp"
 #include "collector/collector.hpp"
 #include "worker/metrics.hpp"
 
@@ -287,15 +288,15 @@ TEST(SnapshotStore, FreshnessHealthAndRestarts) {
     EXPECT_NE(text.find("llmq_collector_snapshots_total 2"), std::string::npos);
 }
 
-TEST(Collector, ParsesListenAddresses) {
-    EXPECT_EQ(parse_listen("127.0.0.1:9464"), (std::pair<std::string, int>{"127.0.0.1", 9464}));
-    EXPECT_EQ(parse_listen("0.0.0.0:0"), (std::pair<std::string, int>{"0.0.0.0", 0}));
-    EXPECT_EQ(parse_listen("[::1]:80"), (std::pair<std::string, int>{"::1", 80}));
-    EXPECT_FALSE(parse_listen("9464"));
-    EXPECT_FALSE(parse_listen("host:"));
-    EXPECT_FALSE(parse_listen(":80"));
-    EXPECT_FALSE(parse_listen("host:99999"));
-    EXPECT_FALSE(parse_listen("host:8o"));
+TEST(Config, ParsesHostPortAddresses) {
+    EXPECT_EQ(parse_host_port("127.0.0.1:9464"), (std::pair<std::string, int>{"127.0.0.1", 9464}));
+    EXPECT_EQ(parse_host_port("0.0.0.0:0"), (std::pair<std::string, int>{"0.0.0.0", 0}));
+    EXPECT_EQ(parse_host_port("[::1]:80"), (std::pair<std::string, int>{"::1", 80}));
+    EXPECT_FALSE(parse_host_port("9464"));
+    EXPECT_FALSE(parse_host_port("host:"));
+    EXPECT_FALSE(parse_host_port(":80"));
+    EXPECT_FALSE(parse_host_port("host:99999"));
+    EXPECT_FALSE(parse_host_port("host:8o"));
 }
 
 TEST(Top, RatesAndWindowFromConsecutiveSnapshots) {
