@@ -125,6 +125,7 @@ private:
     void on_header(beast::error_code ec);
     void read_body();
     void on_body(beast::error_code ec);
+    bool read_failed(beast::error_code ec);
     void process();
     void write(HttpResponse r);
     void on_write(beast::error_code ec, bool keep_alive);
@@ -168,16 +169,25 @@ void Session::read_header() {
     });
 }
 
+// A read that ended badly is answered (413, 400) or, when the peer is gone or
+// too slow, the connection closed: true then.
+bool Session::read_failed(beast::error_code ec) {
+    if (!ec) return false;
+    if (ec == http::error::body_limit)
+        fail_request(413, "body_too_large",
+                     "the body exceeds --max-body-bytes (" + std::to_string(st_.cfg.max_body_bytes) + ")");
+    else if (ec == beast::error::timeout || ec == http::error::end_of_stream || ec == http::error::partial_message ||
+             ec == net::error::operation_aborted || ec == net::error::eof || ec == net::error::connection_reset)
+        close();
+    else
+        fail_request(400, "bad_request", "malformed HTTP request: " + ec.message());
+    return true;
+}
+
 void Session::on_header(beast::error_code ec) {
     if (ec == http::error::header_limit)
         return fail_request(431, "headers_too_large", "the request line and headers exceed 16 KiB");
-    if (ec == http::error::body_limit)
-        return fail_request(413, "body_too_large",
-                            "the body exceeds --max-body-bytes (" + std::to_string(st_.cfg.max_body_bytes) + ")");
-    if (ec == beast::error::timeout || ec == http::error::end_of_stream || ec == http::error::partial_message ||
-        ec == net::error::operation_aborted || ec == net::error::eof || ec == net::error::connection_reset)
-        return close();
-    if (ec) return fail_request(400, "bad_request", "malformed HTTP request: " + ec.message());
+    if (read_failed(ec)) return;
     auto& req = parser_->get();
     version_ = req.version();
     keep_alive_ = req.keep_alive();
@@ -202,13 +212,7 @@ void Session::read_body() {
 }
 
 void Session::on_body(beast::error_code ec) {
-    if (ec == http::error::body_limit)
-        return fail_request(413, "body_too_large",
-                            "the body exceeds --max-body-bytes (" + std::to_string(st_.cfg.max_body_bytes) + ")");
-    if (ec == beast::error::timeout || ec == http::error::end_of_stream || ec == http::error::partial_message ||
-        ec == net::error::operation_aborted || ec == net::error::eof || ec == net::error::connection_reset)
-        return close();
-    if (ec) return fail_request(400, "bad_request", "malformed HTTP request: " + ec.message());
+    if (read_failed(ec)) return;
     process();
 }
 
