@@ -1,5 +1,6 @@
 // msgpack encoding and defensive decoding of every llmq protocol body.
 #include <algorithm>
+#include <cmath>
 #include <concepts>
 #include <cstring>
 #include <limits>
@@ -23,7 +24,11 @@ using Packer = msgpack::packer<StringWriter>;
 
 constexpr std::string_view kCommandNames[] = {
     "push", "history", "get", "stats", "dead_letters", "ack", "reply", "error",
-    "ready", "batch", "done", "heartbeat", "query", "disconnect"};
+    "ready", "batch", "done", "heartbeat", "query", "disconnect",
+    // the LLM tier
+    "claim", "complete", "fail", "extend", "usage", "claimed", "settled", "usage_report", "tier", "tier_done"};
+static_assert(std::size(kCommandNames) == static_cast<size_t>(Command::tier_done) + 1,
+              "kCommandNames must name every Command, in enum order");
 
 // Thrown inside the decoders only; converted to DecodeError at their boundary.
 struct FieldError {
@@ -134,13 +139,20 @@ void pack_snapshot(Packer& p, const metrics::Snapshot& snap) {
     for (const auto& f : snap) pack_family(p, f);
 }
 
-void pack_outcomes(Packer& p, const std::vector<Outcome>& results) {
+// [id, status, reason], plus token_count as a fourth element when it is said
+// (>= 0) and `with_token_count`: only worker -> broker (`done`). Acks never
+// carry it, because the broker forwards a worker's outcomes to clients as they
+// are and clients unpack three elements; an outcome without it stays the
+// three-element array it always was.
+void pack_outcomes(Packer& p, const std::vector<Outcome>& results, bool with_token_count) {
     p.pack_array(static_cast<uint32_t>(results.size()));
     for (const auto& r : results) {
-        p.pack_array(3);
+        const bool tokens = with_token_count && r.token_count >= 0;
+        p.pack_array(tokens ? 4 : 3);
         pack_id(p, r.id);
         p.pack(static_cast<uint16_t>(r.status));
         pack_str(p, r.reason);
+        if (tokens) p.pack(r.token_count);
     }
 }
 
@@ -176,6 +188,12 @@ public:
     Map(const msgpack::object& o, std::string path) : path_(std::move(path)) { init(o); }
     // An element of an array field ("msgs", 3): its path is built only for an error.
     Map(const msgpack::object& o, std::string_view array, uint32_t index) : array_(array), index_(index) { init(o); }
+    // An element of an array field of `parent` ("claimed[2].history", 3); `parent`
+    // must outlive it.
+    Map(const msgpack::object& o, const Map* parent, std::string_view array, uint32_t index)
+        : array_(array), index_(index), parent_(parent) {
+        init(o);
+    }
     const msgpack::object* find(std::string_view k) const {
         for (uint32_t i = 0; i < map_->size; ++i) {
             const auto& kv = map_->ptr[i];
@@ -197,7 +215,10 @@ public:
         return p.empty() ? p : p + ": ";
     }
     std::string path() const {
-        return array_.empty() ? path_ : std::string(array_) + "[" + std::to_string(index_) + "]";
+        if (array_.empty()) return path_;
+        std::string p = parent_ ? parent_->path() : std::string();
+        if (!p.empty()) p += '.';
+        return p + std::string(array_) + "[" + std::to_string(index_) + "]";
     }
 
     uint64_t u64(std::string_view k) const { return as_u64(need(k), field(k)); }
@@ -272,6 +293,7 @@ private:
     std::string path_;
     std::string_view array_;
     uint32_t index_ = 0;
+    const Map* parent_ = nullptr;
 };
 
 std::string What::str() const {
@@ -359,6 +381,11 @@ std::vector<Outcome> read_outcomes(const msgpack::object_array& arr, const std::
         r.status = *st;
         if (e.via.array.size > 2 && e.via.array.ptr[2].type != msgpack::type::NIL)
             r.reason = std::string(Map::as_bytes(e.via.array.ptr[2], where));
+        if (e.via.array.size > 3 && e.via.array.ptr[3].type != msgpack::type::NIL) {
+            const int64_t n = Map::as_i64(e.via.array.ptr[3], where);
+            if (n < -1 || n > INT32_MAX) fail(Status::bad_field, where.str() + "token_count out of range -1..2^31-1");
+            r.token_count = static_cast<int32_t>(n);
+        }
         out.push_back(std::move(r));
     }
     return out;
@@ -502,6 +529,295 @@ void pack_dead_letter(Packer& p, const DeadLetter& d) {
     key(p, "dead_at"), p.pack(d.dead_at_us);
 }
 
+// ---- the LLM tier: helpers -------------------------------------------------------
+
+constexpr std::string_view kSettleKinds[] = {"complete", "retry", "failed", "dead", "extend"};
+constexpr std::string_view kRoles[] = {"user", "assistant", "system"};
+constexpr size_t kMaxUsageUsers = 100000;  // UsageReport.users
+
+std::string range_text(uint64_t lo, uint64_t hi) { return std::to_string(lo) + ".." + std::to_string(hi); }
+
+// An unsigned field in lo..hi; absent or nil = dflt.
+uint64_t u64_in(const Map& m, std::string_view k, uint64_t dflt, uint64_t lo, uint64_t hi) {
+    const uint64_t v = m.u64_or(k, dflt);
+    if (v < lo || v > hi) fail(Status::bad_field, m.field(k).str() + "must be " + range_text(lo, hi));
+    return v;
+}
+// A token count where -1 means "not said": -1..INT32_MAX, absent = -1.
+int32_t tokens_or_unsaid(const Map& m, std::string_view k) {
+    const int64_t v = m.i64_or(k, -1);
+    if (v < -1 || v > INT32_MAX) fail(Status::bad_field, m.field(k).str() + "must be -1 (not said) .. 2^31-1");
+    return static_cast<int32_t>(v);
+}
+// A token count that is known: 0..INT32_MAX, absent = 0.
+int32_t tokens_or_zero(const Map& m, std::string_view k) {
+    const int64_t v = m.i64_or(k, 0);
+    if (v < 0 || v > INT32_MAX) fail(Status::bad_field, m.field(k).str() + "must be 0..2^31-1");
+    return static_cast<int32_t>(v);
+}
+uint64_t claim_token(const Map& m) {
+    const uint64_t t = m.u64("claim_token");
+    if (t == 0) fail(Status::bad_field, m.field("claim_token").str() + "must not be 0");
+    return t;
+}
+uint32_t lease_ms(const Map& m) {
+    return static_cast<uint32_t>(u64_in(m, "lease_ms", kDefaultLeaseMs, 1, kMaxLeaseMs));
+}
+bool flag_or(const Map& m, std::string_view k, bool dflt) {
+    const auto* v = m.find(k);
+    if (!v || v->type == msgpack::type::NIL) return dflt;
+    if (v->type != msgpack::type::BOOLEAN) fail(Status::bad_field, m.field(k).str() + "expected a boolean");
+    return v->via.boolean;
+}
+Status status_field(const Map& m) {
+    auto st = status_from_int(m.i64("status"));
+    if (!st) fail(Status::bad_field, m.field("status").str() + "out of range 200..599");
+    return *st;
+}
+// A string of at most max_bytes; required ones must be present (and, with
+// non_empty, hold at least one byte).
+std::string bounded_str(const Map& m, std::string_view k, size_t max_bytes, bool required, bool non_empty = false) {
+    std::string s = required ? m.str(k) : m.str_or(k, "");
+    if (non_empty && s.empty()) fail(Status::bad_field, m.field(k).str() + "must not be empty");
+    if (s.size() > max_bytes)
+        fail(Status::bad_field, m.field(k).str() + std::to_string(s.size()) + " bytes, at most " +
+                                    std::to_string(max_bytes));
+    return s;
+}
+std::string name_field(const Map& m, std::string_view k) {  // conversation_id, user_id
+    std::string s = m.str(k);
+    if (s.empty() || s.size() > kMaxIdBytes)
+        fail(Status::bad_field, m.field(k).str() + "must be 1.." + std::to_string(kMaxIdBytes) + " bytes");
+    return s;
+}
+Priority priority_or(const Map& m, std::string_view k) {
+    return as_priority(m.u64_or(k, static_cast<uint64_t>(Priority::normal)), m.field(k));
+}
+double finite_number(const msgpack::object& v, const What& what) {
+    const double d = as_number(v, what);
+    if (!std::isfinite(d)) fail(Status::bad_field, what.str() + "must be a finite number");
+    return d;
+}
+
+// An array field: absent or nil = empty (unless required); its length is
+// checked against `max` before anything is allocated for it.
+const msgpack::object_array* list_field(const Map& m, std::string_view k, size_t max, bool required = false) {
+    const auto* v = m.find(k);
+    if (!v || v->type == msgpack::type::NIL) {
+        if (required) (void)m.need(k);  // fails, naming the field
+        return nullptr;
+    }
+    if (v->type != msgpack::type::ARRAY) fail(Status::bad_field, m.field(k).str() + "expected an array");
+    if (v->via.array.size > max)
+        fail(Status::bad_field, m.field(k).str() + std::to_string(v->via.array.size) + " entries, at most " +
+                                    std::to_string(max));
+    return &v->via.array;
+}
+// The maps of an array field, each read by `read_one(const Map&)`.
+template <class T, class F>
+std::vector<T> read_maps(const Map& m, std::string_view k, size_t max, F&& read_one, bool required = false) {
+    std::vector<T> out;
+    const auto* arr = list_field(m, k, max, required);
+    if (!arr) return out;
+    out.reserve(arr->size);
+    for (uint32_t i = 0; i < arr->size; ++i) out.push_back(read_one(Map(arr->ptr[i], &m, k, i)));
+    return out;
+}
+
+void pack_turn(Packer& p, const Turn& t) {
+    p.pack_map(4);
+    key(p, "id"), pack_id(p, t.id);
+    key(p, "role"), pack_str(p, t.role);
+    key(p, "content"), pack_str(p, t.content);
+    key(p, "token_count"), p.pack(t.token_count);
+}
+Turn read_turn(const Map& m) {
+    Turn t;
+    t.id = m.id("id");
+    t.role = m.str("role");
+    if (std::find(std::begin(kRoles), std::end(kRoles), t.role) == std::end(kRoles))
+        fail(Status::bad_field, m.field("role").str() + "must be 'user', 'assistant' or 'system'");
+    t.content = m.str("content");
+    t.token_count = tokens_or_zero(m, "token_count");
+    return t;
+}
+
+void pack_claimed_message(Packer& p, const ClaimedMessage& c) {
+    p.pack_map(11);
+    key(p, "id"), pack_id(p, c.id);
+    key(p, "conversation_id"), pack_str(p, c.conversation_id);
+    key(p, "user_id"), pack_str(p, c.user_id);
+    key(p, "content"), pack_str(p, c.content);
+    key(p, "priority"), pack_value(p, c.priority);
+    key(p, "token_count"), p.pack(c.token_count);
+    key(p, "created_at"), p.pack(c.created_at_us);
+    key(p, "claim_token"), p.pack(c.claim_token);
+    key(p, "lease_until"), p.pack(c.lease_until_us);
+    key(p, "attempt"), p.pack(c.attempt);
+    key(p, "history"), p.pack_array(static_cast<uint32_t>(c.history.size()));
+    for (const auto& t : c.history) pack_turn(p, t);
+}
+ClaimedMessage read_claimed_message(const Map& m) {
+    ClaimedMessage c;
+    c.id = m.id("id");
+    c.conversation_id = name_field(m, "conversation_id");
+    c.user_id = name_field(m, "user_id");
+    c.content = m.str("content");
+    c.priority = priority_or(m, "priority");
+    c.token_count = tokens_or_zero(m, "token_count");
+    c.created_at_us = m.i64_or("created_at", 0);
+    c.claim_token = claim_token(m);
+    c.lease_until_us = m.i64("lease_until");
+    c.attempt = static_cast<uint32_t>(u64_in(m, "attempt", 1, 1, UINT32_MAX));
+    c.history = read_maps<Turn>(m, "history", kMaxClaimHistory, read_turn);
+    return c;
+}
+
+void pack_user_usage(Packer& p, const UserUsage& u) {
+    p.pack_map(9);
+    key(p, "user"), pack_str(p, u.user);
+    key(p, "weight"), p.pack_double(u.weight);
+    key(p, "served"), p.pack_array(kPriorityCount);
+    for (double s : u.served) p.pack_double(s);
+    key(p, "prompt_tokens"), p.pack(u.prompt_tokens);
+    key(p, "completion_tokens"), p.pack(u.completion_tokens);
+    key(p, "pending"), p.pack(u.pending);
+    key(p, "claimed"), p.pack(u.claimed);
+    key(p, "max_pending"), p.pack(u.max_pending);
+    key(p, "tokens_per_minute"), p.pack(u.tokens_per_minute);
+}
+UserUsage read_user_usage(const Map& m, bool named) {
+    UserUsage u;
+    u.user = named ? name_field(m, "user") : bounded_str(m, "user", kMaxIdBytes, false);
+    if (const auto* v = m.find("weight"); v && v->type != msgpack::type::NIL) {
+        u.weight = finite_number(*v, m.field("weight"));
+        if (!(u.weight > 0)) fail(Status::bad_field, m.field("weight").str() + "must be positive");
+    }
+    if (const auto* arr = list_field(m, "served", kPriorityCount)) {
+        if (arr->size != kPriorityCount)
+            fail(Status::bad_field, m.field("served").str() + "expected " + std::to_string(kPriorityCount) +
+                                        " numbers (urgent, high, normal, low)");
+        for (uint32_t i = 0; i < arr->size; ++i) {
+            u.served[i] = finite_number(arr->ptr[i], m.field("served"));
+            if (u.served[i] < 0) fail(Status::bad_field, m.field("served").str() + "must not be negative");
+        }
+    }
+    u.prompt_tokens = m.u64_or("prompt_tokens", 0);
+    u.completion_tokens = m.u64_or("completion_tokens", 0);
+    u.pending = m.narrow_or<uint32_t>("pending", 0);
+    u.claimed = m.narrow_or<uint32_t>("claimed", 0);
+    u.max_pending = m.narrow_or<uint32_t>("max_pending", 0);
+    u.tokens_per_minute = m.u64_or("tokens_per_minute", 0);
+    return u;
+}
+
+void pack_tier_claim(Packer& p, const TierClaim& c) {
+    p.pack_map(4);
+    key(p, "id"), pack_id(p, c.id);
+    key(p, "claim_token"), p.pack(c.claim_token);
+    key(p, "lease_until"), p.pack(c.lease_until_us);
+    key(p, "attempt"), p.pack(c.attempt);
+}
+TierClaim read_tier_claim(const Map& m) {
+    TierClaim c;
+    c.id = m.id("id");
+    c.claim_token = claim_token(m);
+    c.lease_until_us = m.i64("lease_until");
+    c.attempt = static_cast<uint32_t>(u64_in(m, "attempt", 1, 1, UINT32_MAX));
+    return c;
+}
+
+// A settle: kind, id and claim_token always; reply and reply_id for a
+// complete; the rest only when it says something.
+void pack_tier_settle(Packer& p, const TierSettle& s) {
+    const bool complete = s.kind == SettleKind::complete;
+    const bool lease = s.kind == SettleKind::extend || s.lease_until_us != 0;
+    p.pack_map(3 + (s.reason.empty() ? 0 : 1) + (lease ? 1 : 0) + (s.attempts ? 1 : 0) + (complete ? 2 : 0) +
+               (s.prompt_tokens >= 0 ? 1 : 0) + (s.completion_tokens >= 0 ? 1 : 0));
+    key(p, "kind"), pack_str(p, kSettleKinds[static_cast<int>(s.kind)]);
+    key(p, "id"), pack_id(p, s.id);
+    key(p, "claim_token"), p.pack(s.claim_token);
+    if (!s.reason.empty()) key(p, "reason"), pack_str(p, s.reason);
+    if (lease) key(p, "lease_until"), p.pack(s.lease_until_us);
+    if (s.attempts) key(p, "attempts"), p.pack(s.attempts);
+    if (complete) key(p, "reply"), pack_str(p, s.reply), key(p, "reply_id"), pack_id(p, s.reply_id);
+    if (s.prompt_tokens >= 0) key(p, "prompt_tokens"), p.pack(s.prompt_tokens);
+    if (s.completion_tokens >= 0) key(p, "completion_tokens"), p.pack(s.completion_tokens);
+}
+MessageId reply_id(const Map& m) {
+    MessageId id = m.id("reply_id");
+    if (id == MessageId{}) fail(Status::bad_field, m.field("reply_id").str() + "must not be the nil UUID");
+    return id;
+}
+TierSettle read_tier_settle(const Map& m) {
+    TierSettle s;
+    const std::string kind = m.str("kind");
+    auto it = std::find(std::begin(kSettleKinds), std::end(kSettleKinds), kind);
+    if (it == std::end(kSettleKinds))
+        fail(Status::bad_field, m.field("kind").str() + "must be 'complete', 'retry', 'failed', 'dead' or 'extend'");
+    s.kind = static_cast<SettleKind>(it - std::begin(kSettleKinds));
+    s.id = m.id("id");
+    s.claim_token = claim_token(m);
+    s.reason = bounded_str(m, "reason", kMaxReasonBytes, false);
+    s.lease_until_us = s.kind == SettleKind::extend ? m.i64("lease_until") : m.i64_or("lease_until", 0);
+    s.attempts = m.narrow_or<uint32_t>("attempts", 0);
+    if (s.kind == SettleKind::complete) {
+        s.reply = bounded_str(m, "reply", kDefaultMaxContentBytes, true);
+        s.reply_id = reply_id(m);
+    }
+    s.prompt_tokens = tokens_or_unsaid(m, "prompt_tokens");
+    s.completion_tokens = tokens_or_unsaid(m, "completion_tokens");
+    return s;
+}
+
+void pack_settle_result(Packer& p, const SettleResult& r) {
+    p.pack_map(1 + (r.reason.empty() ? 0 : 1) + (r.completion_tokens ? 1 : 0));
+    key(p, "status"), p.pack(static_cast<uint16_t>(r.status));
+    if (!r.reason.empty()) key(p, "reason"), pack_str(p, r.reason);
+    if (r.completion_tokens) key(p, "completion_tokens"), p.pack(r.completion_tokens);
+}
+SettleResult read_settle_result(const Map& m) {
+    SettleResult r;
+    r.status = status_field(m);
+    r.reason = m.str_or("reason", "");
+    r.completion_tokens = tokens_or_zero(m, "completion_tokens");
+    return r;
+}
+
+// An open row: the claim fields always for a claimed row (its decoder requires
+// them), else only when set.
+void pack_open_row(Packer& p, const OpenRow& o) {
+    const bool token = o.claimed || o.claim_token, lease = o.claimed || o.lease_until_us;
+    p.pack_map(5 + (o.claimed ? 1 : 0) + (o.attempts ? 1 : 0) + (token ? 1 : 0) + (lease ? 1 : 0));
+    key(p, "id"), pack_id(p, o.id);
+    key(p, "conversation_id"), pack_str(p, o.conversation_id);
+    key(p, "user_id"), pack_str(p, o.user_id);
+    key(p, "priority"), pack_value(p, o.priority);
+    key(p, "token_count"), p.pack(o.token_count);
+    if (o.claimed) key(p, "claimed"), p.pack(true);
+    if (o.attempts) key(p, "attempts"), p.pack(o.attempts);
+    if (token) key(p, "claim_token"), p.pack(o.claim_token);
+    if (lease) key(p, "lease_until"), p.pack(o.lease_until_us);
+}
+OpenRow read_open_row(const Map& m) {
+    OpenRow o;
+    o.id = m.id("id");
+    o.conversation_id = name_field(m, "conversation_id");
+    o.user_id = name_field(m, "user_id");
+    o.priority = priority_or(m, "priority");
+    o.token_count = tokens_or_zero(m, "token_count");
+    o.claimed = flag_or(m, "claimed", false);
+    o.attempts = m.narrow_or<uint32_t>("attempts", 0);
+    if (o.claimed) {  // a claimed row keeps its consumer's token and lease across the broker's restart
+        o.claim_token = claim_token(m);
+        o.lease_until_us = m.i64("lease_until");
+    } else {
+        o.claim_token = m.u64_or("claim_token", 0);
+        o.lease_until_us = m.i64_or("lease_until", 0);
+    }
+    return o;
+}
+
 }  // namespace
 
 std::string_view command_name(Command c) { return kCommandNames[static_cast<int>(c)]; }
@@ -533,6 +849,7 @@ std::string_view status_name(Status s) {
         case Status::bad_field: return "bad_field";
         case Status::not_found: return "not_found";
         case Status::expired: return "expired";
+        case Status::stale_claim: return "stale_claim";
         case Status::too_large: return "too_large";
         case Status::rejected: return "rejected";
         case Status::internal: return "internal";
@@ -593,7 +910,7 @@ std::string encode(const Ack& m) {
         p.pack_map(3);
         key(p, "req"), p.pack(m.req);
         key(p, "retry_after_ms"), p.pack(m.retry_after_ms);
-        key(p, "results"), pack_outcomes(p, m.results);
+        key(p, "results"), pack_outcomes(p, m.results, false);
     });
 }
 std::string encode(const Reply& m) {
@@ -661,7 +978,7 @@ std::string encode(const Done& m) {
     return build([&](Packer& p) {
         p.pack_map(2);
         key(p, "batch"), p.pack(m.batch);
-        key(p, "results"), pack_outcomes(p, m.results);
+        key(p, "results"), pack_outcomes(p, m.results, true);
     });
 }
 std::string encode(const Heartbeat& h) {
@@ -689,6 +1006,135 @@ std::string encode(const Disconnect& m) {
     return build([&](Packer& p) {
         p.pack_map(1);
         key(p, "reason"), pack_str(p, m.reason);
+    });
+}
+
+// ---- the LLM tier ----------------------------------------------------------------
+
+std::string encode(const Claim& m) {
+    return build([&](Packer& p) {
+        p.pack_map(4 + (m.max_tokens ? 1 : 0) + (m.wait_ms ? 1 : 0));
+        key(p, "req"), p.pack(m.req);
+        key(p, "max"), p.pack(m.max);
+        if (m.max_tokens) key(p, "max_tokens"), p.pack(m.max_tokens);
+        key(p, "lease_ms"), p.pack(m.lease_ms);
+        if (m.wait_ms) key(p, "wait_ms"), p.pack(m.wait_ms);
+        key(p, "history"), p.pack(m.history);
+    });
+}
+std::string encode(const Complete& m) {
+    return build([&](Packer& p) {
+        p.pack_map(5 + (m.prompt_tokens >= 0 ? 1 : 0) + (m.completion_tokens >= 0 ? 1 : 0));
+        key(p, "req"), p.pack(m.req);
+        key(p, "id"), pack_id(p, m.id);
+        key(p, "claim_token"), p.pack(m.claim_token);
+        key(p, "reply"), pack_str(p, m.reply);
+        key(p, "reply_id"), pack_id(p, m.reply_id);
+        if (m.prompt_tokens >= 0) key(p, "prompt_tokens"), p.pack(m.prompt_tokens);
+        if (m.completion_tokens >= 0) key(p, "completion_tokens"), p.pack(m.completion_tokens);
+    });
+}
+std::string encode(const Fail& m) {
+    return build([&](Packer& p) {
+        p.pack_map(4 + (m.retry_after_ms ? 1 : 0) + (m.final ? 1 : 0));
+        key(p, "req"), p.pack(m.req);
+        key(p, "id"), pack_id(p, m.id);
+        key(p, "claim_token"), p.pack(m.claim_token);
+        key(p, "reason"), pack_str(p, m.reason);
+        if (m.retry_after_ms) key(p, "retry_after_ms"), p.pack(m.retry_after_ms);
+        if (m.final) key(p, "final"), p.pack(true);
+    });
+}
+std::string encode(const Extend& m) {
+    return build([&](Packer& p) {
+        p.pack_map(4);
+        key(p, "req"), p.pack(m.req);
+        key(p, "id"), pack_id(p, m.id);
+        key(p, "claim_token"), p.pack(m.claim_token);
+        key(p, "lease_ms"), p.pack(m.lease_ms);
+    });
+}
+std::string encode(const UsageRequest& m) {
+    return build([&](Packer& p) {
+        p.pack_map(m.user.empty() ? 1 : 2);
+        key(p, "req"), p.pack(m.req);
+        if (!m.user.empty()) key(p, "user"), pack_str(p, m.user);
+    });
+}
+std::string encode(const Claimed& m) {
+    return build([&](Packer& p) {
+        p.pack_map(4 + (m.retry_after_ms ? 1 : 0));
+        key(p, "req"), p.pack(m.req);
+        key(p, "status"), p.pack(static_cast<uint16_t>(m.status));
+        key(p, "reason"), pack_str(p, m.reason);
+        if (m.retry_after_ms) key(p, "retry_after_ms"), p.pack(m.retry_after_ms);
+        key(p, "messages"), p.pack_array(static_cast<uint32_t>(m.messages.size()));
+        for (const auto& c : m.messages) pack_claimed_message(p, c);
+    });
+}
+std::string encode(const Settled& m) {
+    return build([&](Packer& p) {
+        p.pack_map(3 + (m.lease_until_us ? 1 : 0) + (m.dead ? 1 : 0));
+        key(p, "req"), p.pack(m.req);
+        key(p, "status"), p.pack(static_cast<uint16_t>(m.status));
+        key(p, "reason"), pack_str(p, m.reason);
+        if (m.lease_until_us) key(p, "lease_until"), p.pack(m.lease_until_us);
+        if (m.dead) key(p, "dead"), p.pack(true);
+    });
+}
+std::string encode(const UsageReport& m) {
+    return build([&](Packer& p) {
+        p.pack_map(3);
+        key(p, "req"), p.pack(m.req);
+        key(p, "users"), p.pack_array(static_cast<uint32_t>(m.users.size()));
+        for (const auto& u : m.users) pack_user_usage(p, u);
+        key(p, "defaults"), pack_user_usage(p, m.defaults);
+    });
+}
+std::string encode(const TierJob& m) {
+    return build([&](Packer& p) {
+        const bool claims = !m.claims.empty(), settles = !m.settles.empty();
+        p.pack_map(1 + (claims ? 2 : 0) + (settles ? 1 : 0) + (m.open_after ? 2 : 0));
+        key(p, "job"), p.pack(m.job);
+        if (claims) {
+            key(p, "claims"), p.pack_array(static_cast<uint32_t>(m.claims.size()));
+            for (const auto& c : m.claims) pack_tier_claim(p, c);
+            key(p, "history"), p.pack(m.history);
+        }
+        if (settles) {
+            key(p, "settles"), p.pack_array(static_cast<uint32_t>(m.settles.size()));
+            for (const auto& s : m.settles) pack_tier_settle(p, s);
+        }
+        if (m.open_after) {
+            key(p, "open_after"), pack_id(p, *m.open_after);
+            key(p, "open_limit"), p.pack(m.open_limit);
+        }
+    });
+}
+std::string encode(const TierDone& m) {
+    return build([&](Packer& p) {
+        p.pack_map(3 + (m.claimed.empty() ? 0 : 1) + (m.gone.empty() ? 0 : 1) + (m.settled.empty() ? 0 : 1) +
+                   (m.open.empty() ? 0 : 1) + (m.more ? 1 : 0));
+        key(p, "job"), p.pack(m.job);
+        key(p, "status"), p.pack(static_cast<uint16_t>(m.status));
+        key(p, "reason"), pack_str(p, m.reason);
+        if (!m.claimed.empty()) {
+            key(p, "claimed"), p.pack_array(static_cast<uint32_t>(m.claimed.size()));
+            for (const auto& c : m.claimed) pack_claimed_message(p, c);
+        }
+        if (!m.gone.empty()) {
+            key(p, "gone"), p.pack_array(static_cast<uint32_t>(m.gone.size()));
+            for (const auto& id : m.gone) pack_id(p, id);
+        }
+        if (!m.settled.empty()) {
+            key(p, "settled"), p.pack_array(static_cast<uint32_t>(m.settled.size()));
+            for (const auto& r : m.settled) pack_settle_result(p, r);
+        }
+        if (!m.open.empty()) {
+            key(p, "open"), p.pack_array(static_cast<uint32_t>(m.open.size()));
+            for (const auto& o : m.open) pack_open_row(p, o);
+        }
+        if (m.more) key(p, "more"), p.pack(true);
     });
 }
 
@@ -889,6 +1335,136 @@ Decoded<Heartbeat> decode_heartbeat(std::string_view body) {
 
 Decoded<Disconnect> decode_disconnect(std::string_view body) {
     return decode_with<Disconnect>(body, [](const Map& m) { return Disconnect{m.str_or("reason", "")}; });
+}
+
+// ---- the LLM tier ----------------------------------------------------------------
+
+Decoded<Claim> decode_claim(std::string_view body) {
+    return decode_with<Claim>(body, [](const Map& m) {
+        Claim c;
+        c.req = m.u64("req");
+        c.max = static_cast<uint32_t>(u64_in(m, "max", 1, 1, kMaxClaimMessages));
+        c.max_tokens = m.u64_or("max_tokens", 0);
+        c.lease_ms = lease_ms(m);
+        c.wait_ms = static_cast<uint32_t>(u64_in(m, "wait_ms", 0, 0, kMaxClaimWaitMs));
+        c.history = static_cast<uint32_t>(u64_in(m, "history", 20, 0, kMaxClaimHistory));
+        return c;
+    });
+}
+
+Decoded<Complete> decode_complete(std::string_view body) {
+    return decode_with<Complete>(body, [](const Map& m) {
+        Complete c;
+        c.req = m.u64("req");
+        c.id = m.id("id");
+        c.claim_token = claim_token(m);
+        c.reply = bounded_str(m, "reply", kDefaultMaxContentBytes, true);
+        c.reply_id = reply_id(m);
+        c.prompt_tokens = tokens_or_unsaid(m, "prompt_tokens");
+        c.completion_tokens = tokens_or_unsaid(m, "completion_tokens");
+        return c;
+    });
+}
+
+Decoded<Fail> decode_fail(std::string_view body) {
+    return decode_with<Fail>(body, [](const Map& m) {
+        Fail f;
+        f.req = m.u64("req");
+        f.id = m.id("id");
+        f.claim_token = claim_token(m);
+        f.reason = bounded_str(m, "reason", kMaxReasonBytes, true, true);
+        f.retry_after_ms = m.narrow_or<uint32_t>("retry_after_ms", 0);
+        f.final = flag_or(m, "final", false);
+        return f;
+    });
+}
+
+Decoded<Extend> decode_extend(std::string_view body) {
+    return decode_with<Extend>(body, [](const Map& m) {
+        Extend e;
+        e.req = m.u64("req");
+        e.id = m.id("id");
+        e.claim_token = claim_token(m);
+        e.lease_ms = lease_ms(m);
+        return e;
+    });
+}
+
+Decoded<UsageRequest> decode_usage_request(std::string_view body) {
+    return decode_with<UsageRequest>(body, [](const Map& m) {
+        UsageRequest u;
+        u.req = m.u64("req");
+        u.user = bounded_str(m, "user", kMaxIdBytes, false);
+        return u;
+    });
+}
+
+Decoded<Claimed> decode_claimed(std::string_view body) {
+    return decode_with<Claimed>(body, [](const Map& m) {
+        Claimed c;
+        c.req = m.u64("req");
+        c.status = status_field(m);
+        c.reason = m.str_or("reason", "");
+        c.retry_after_ms = m.narrow_or<uint32_t>("retry_after_ms", 0);
+        c.messages = read_maps<ClaimedMessage>(m, "messages", kMaxClaimMessages, read_claimed_message);
+        return c;
+    });
+}
+
+Decoded<Settled> decode_settled(std::string_view body) {
+    return decode_with<Settled>(body, [](const Map& m) {
+        Settled s;
+        s.req = m.u64("req");
+        s.status = status_field(m);
+        s.reason = m.str_or("reason", "");
+        s.lease_until_us = m.i64_or("lease_until", 0);
+        s.dead = flag_or(m, "dead", false);
+        return s;
+    });
+}
+
+Decoded<UsageReport> decode_usage_report(std::string_view body) {
+    return decode_with<UsageReport>(body, [](const Map& m) {
+        UsageReport r;
+        r.req = m.u64("req");
+        r.users = read_maps<UserUsage>(m, "users", kMaxUsageUsers,
+                                       [](const Map& u) { return read_user_usage(u, true); });
+        if (const auto* v = m.find("defaults"); v && v->type != msgpack::type::NIL)
+            r.defaults = read_user_usage(Map(*v, "defaults"), false);
+        return r;
+    });
+}
+
+Decoded<TierJob> decode_tier_job(std::string_view body) {
+    return decode_with<TierJob>(body, [](const Map& m) {
+        TierJob j;
+        j.job = m.u64("job");
+        j.claims = read_maps<TierClaim>(m, "claims", kMaxMessagesPerFrame, read_tier_claim);
+        j.history = static_cast<uint32_t>(u64_in(m, "history", 20, 0, kMaxClaimHistory));
+        j.settles = read_maps<TierSettle>(m, "settles", kMaxMessagesPerFrame, read_tier_settle);
+        if (const auto* a = m.find("open_after"); a && a->type != msgpack::type::NIL)
+            j.open_after = Map::as_id(*a, m.field("open_after"));
+        j.open_limit = static_cast<uint32_t>(u64_in(m, "open_limit", 10000, 1, kMaxMessagesPerFrame));
+        return j;
+    });
+}
+
+Decoded<TierDone> decode_tier_done(std::string_view body) {
+    return decode_with<TierDone>(body, [](const Map& m) {
+        TierDone d;
+        d.job = m.u64("job");
+        d.status = status_field(m);
+        d.reason = m.str_or("reason", "");
+        d.claimed = read_maps<ClaimedMessage>(m, "claimed", kMaxMessagesPerFrame, read_claimed_message);
+        if (const auto* arr = list_field(m, "gone", kMaxMessagesPerFrame)) {
+            d.gone.reserve(arr->size);
+            for (uint32_t i = 0; i < arr->size; ++i) d.gone.push_back(Map::as_id(arr->ptr[i], What("gone", i)));
+        }
+        d.settled = read_maps<SettleResult>(m, "settled", kMaxMessagesPerFrame, read_settle_result);
+        d.open = read_maps<OpenRow>(m, "open", kMaxMessagesPerFrame, read_open_row);
+        d.more = flag_or(m, "more", false);
+        return d;
+    });
 }
 
 std::string encode_stored(const StoredMessage& m) {

@@ -60,6 +60,7 @@ struct StoredMessage {
     int64_t content_hash = 0;
     int64_t created_at_us = 0;
     int64_t persisted_at_us = 0;
+    std::string role = "user";  // user, assistant (an LLM reply), system
 };
 
 }  // namespace llmq

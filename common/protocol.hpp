@@ -8,6 +8,7 @@
 //   frame 2  body: one msgpack map (possibly empty) whose keys are strings
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -42,6 +43,19 @@ enum class Command : uint8_t {
     heartbeat,
     query,
     disconnect,
+    // client -> broker: the LLM tier (docs/llm-tier.md)
+    claim,
+    complete,
+    fail,
+    extend,
+    usage,
+    // broker -> client: the LLM tier's answers
+    claimed,
+    settled,
+    usage_report,
+    // broker <-> worker: the LLM tier's writes, decided by the broker
+    tier,
+    tier_done,
 };
 std::string_view command_name(Command c);
 std::optional<Command> parse_command(std::string_view name);
@@ -59,6 +73,7 @@ enum class Status : uint16_t {
     bad_field = 403,     // a body field is missing or of the wrong type/range
     not_found = 404,
     expired = 408,       // the message's expires_at passed before dispatch
+    stale_claim = 409,   // complete/fail/extend: not the current claim token, or its lease ran out
     too_large = 413,
     rejected = 422,      // a message failed validation; reason says why
     internal = 500,
@@ -79,6 +94,9 @@ struct Outcome {
     MessageId id{};
     Status status = Status::ok;
     std::string reason;  // empty on success; "code: detail" on rejection
+    // worker -> broker, on success: the stored token_count (the LLM tier's
+    // prompt charge); -1 = not said (never sent to clients).
+    int32_t token_count = -1;
 };
 // A short, stable label for an outcome (summaries, the rejected_by_reason
 // metric): "ok" for a success, the code before ':' of a rejection (at most 48
@@ -190,6 +208,180 @@ struct Disconnect {
 };
 
 // ---------------------------------------------------------------------------
+// The LLM tier (docs/llm-tier.md): consumers claim pending messages, then
+// complete, fail or extend each claim. The broker decides (its ClaimPolicy);
+// a worker writes each decision to PostgreSQL and Redis (`tier` jobs).
+
+inline constexpr uint32_t kMaxClaimMessages = 1000;     // Claim.max
+inline constexpr uint32_t kMaxClaimWaitMs = 30000;      // Claim.wait_ms
+inline constexpr uint32_t kMaxLeaseMs = 3'600'000;      // lease_ms (1 h); at least 1
+inline constexpr uint32_t kDefaultLeaseMs = 60'000;
+inline constexpr uint32_t kMaxClaimHistory = 200;       // history turns per claimed message
+inline constexpr size_t kMaxReasonBytes = 1024;         // Fail.reason
+
+// client -> broker
+struct Claim {
+    uint64_t req = 0;
+    uint32_t max = 1;             // 1..kMaxClaimMessages
+    uint64_t max_tokens = 0;      // prompt tokens in all; 0 = no cap (the first message is given even if larger)
+    uint32_t lease_ms = kDefaultLeaseMs;  // 1..kMaxLeaseMs
+    uint32_t wait_ms = 0;         // long poll when nothing is claimable; 0..kMaxClaimWaitMs
+    uint32_t history = 20;        // earlier turns to include per message; 0..kMaxClaimHistory
+};
+struct Complete {
+    uint64_t req = 0;
+    MessageId id{};
+    uint64_t claim_token = 0;
+    std::string reply;              // the model's answer (stored as role "assistant"); <= max content bytes
+    MessageId reply_id{};           // the reply's id, chosen by the client (UUIDv7): a resend is idempotent
+    int32_t prompt_tokens = -1;     // -1 = the message's token_count (already charged at claim)
+    int32_t completion_tokens = -1; // -1 = counted by the worker from the reply
+};
+struct Fail {
+    uint64_t req = 0;
+    MessageId id{};
+    uint64_t claim_token = 0;
+    std::string reason;           // required, <= kMaxReasonBytes
+    uint32_t retry_after_ms = 0;  // claimable again after this (the conversation waits with it)
+    bool final = false;           // fail for good: status `failed`, not retried
+};
+struct Extend {
+    uint64_t req = 0;
+    MessageId id{};
+    uint64_t claim_token = 0;
+    uint32_t lease_ms = kDefaultLeaseMs;  // the new lease counts from now
+};
+struct UsageRequest {
+    uint64_t req = 0;
+    std::string user;  // empty = every user the broker tracks (up to 1000)
+};
+
+// One earlier message of a claimed message's conversation, oldest first.
+struct Turn {
+    MessageId id{};
+    std::string role;  // user, assistant, system
+    std::string content;
+    int32_t token_count = 0;
+};
+struct ClaimedMessage {
+    MessageId id{};
+    std::string conversation_id;
+    std::string user_id;
+    std::string content;
+    Priority priority = Priority::normal;
+    int32_t token_count = 0;
+    int64_t created_at_us = 0;
+    uint64_t claim_token = 0;
+    int64_t lease_until_us = 0;  // wall clock, microseconds since the epoch
+    uint32_t attempt = 1;        // 1 for the first claim
+    std::vector<Turn> history;   // the conversation's turns before this message, oldest first
+};
+
+// broker -> client
+struct Claimed {  // answer to Claim
+    uint64_t req = 0;
+    Status status = Status::ok;  // ok (also when empty), busy/unavailable (retry), 4xx
+    std::string reason;
+    uint32_t retry_after_ms = 0;
+    std::vector<ClaimedMessage> messages;
+};
+struct Settled {  // answer to Complete, Fail, Extend
+    uint64_t req = 0;
+    Status status = Status::ok;  // ok; stale_claim (reason: lease_expired | stale_token); not_found; 3xx; 5xx
+    std::string reason;
+    int64_t lease_until_us = 0;  // extend: the new lease end
+    bool dead = false;           // fail: that was the last attempt (the message is dead)
+};
+struct UserUsage {
+    std::string user;
+    double weight = 1.0;
+    // per priority (urgent, high, normal, low): the fairness counter, in weighted tokens
+    std::array<double, kPriorityCount> served{};
+    uint64_t prompt_tokens = 0;      // charged since the broker started
+    uint64_t completion_tokens = 0;
+    uint32_t pending = 0;            // held by the broker: claimable or waiting for a turn
+    uint32_t claimed = 0;
+    // limits (0 = none)
+    uint32_t max_pending = 0;
+    uint64_t tokens_per_minute = 0;
+};
+struct UsageReport {
+    uint64_t req = 0;
+    std::vector<UserUsage> users;
+    UserUsage defaults;  // the limits and weight of users not listed in the quota file (user empty)
+};
+
+// broker -> worker: write what the broker decided, in one job.
+struct TierClaim {  // mark claimed under this token; answer with the row and its history
+    MessageId id{};
+    uint64_t claim_token = 0;
+    int64_t lease_until_us = 0;
+    uint32_t attempt = 1;
+};
+enum class SettleKind : uint8_t {
+    complete,  // done; store the reply (role assistant) and the usage
+    retry,     // back to pending (a fail with a retry, or a lease that ran out)
+    failed,    // failed for good (Fail.final)
+    dead,      // out of attempts
+    extend,    // new lease_until
+};
+struct TierSettle {
+    SettleKind kind = SettleKind::complete;
+    MessageId id{};
+    uint64_t claim_token = 0;     // the row must still carry it (never two completions)
+    std::string reason;           // retry, failed, dead
+    int64_t lease_until_us = 0;   // extend
+    uint32_t attempts = 0;        // retry, dead
+    // complete
+    std::string reply;
+    MessageId reply_id{};
+    int32_t prompt_tokens = -1;
+    int32_t completion_tokens = -1;
+};
+struct TierJob {
+    uint64_t job = 0;
+    std::vector<TierClaim> claims;
+    uint32_t history = 20;            // turns per claimed message
+    std::vector<TierSettle> settles;
+    // Rebuild after a broker restart: when set, answer the open rows (pending
+    // or claimed, role user) with ids > *open_after (all-zero id = from the
+    // start), in id order, at most open_limit.
+    std::optional<MessageId> open_after;
+    uint32_t open_limit = 10000;
+};
+struct SettleResult {
+    Status status = Status::ok;  // ok; stale_claim (the row no longer carries the token); not_found
+    std::string reason;
+    int32_t completion_tokens = 0;  // complete: what was charged (counted when the client did not say)
+};
+// A row that is still work, for the broker's rebuild.
+struct OpenRow {
+    MessageId id{};
+    std::string conversation_id;
+    std::string user_id;
+    Priority priority = Priority::normal;
+    int32_t token_count = 0;
+    bool claimed = false;  // status `claimed` (else pending)
+    uint32_t attempts = 0;
+    uint64_t claim_token = 0;
+    int64_t lease_until_us = 0;
+};
+struct TierDone {  // worker -> broker
+    uint64_t job = 0;
+    // ok, or storage_error (nothing was written: PostgreSQL unusable), or
+    // internal; per-item outcomes are below.
+    Status status = Status::ok;
+    std::string reason;
+    // The claimed rows that were still open, in the order of TierJob.claims;
+    // a claim whose row is gone (done, dead, deleted) is listed in `gone`.
+    std::vector<ClaimedMessage> claimed;
+    std::vector<MessageId> gone;
+    std::vector<SettleResult> settled;  // one per TierJob.settles, in order
+    std::vector<OpenRow> open;          // rebuild page
+    bool more = false;                  // rebuild: another page follows
+};
+
+// ---------------------------------------------------------------------------
 // Codec. encode() returns the msgpack body (frame 2). decode_*() never throws:
 // any malformed input becomes a DecodeError carrying the status to answer with.
 
@@ -215,6 +407,16 @@ std::string encode_batch(uint64_t batch, const std::vector<const Message*>& msgs
 std::string encode(const Done&);
 std::string encode(const Heartbeat&);
 std::string encode(const Disconnect&);
+std::string encode(const Claim&);
+std::string encode(const Complete&);
+std::string encode(const Fail&);
+std::string encode(const Extend&);
+std::string encode(const UsageRequest&);
+std::string encode(const Claimed&);
+std::string encode(const Settled&);
+std::string encode(const UsageReport&);
+std::string encode(const TierJob&);
+std::string encode(const TierDone&);
 
 Decoded<Push> decode_push(std::string_view body);
 Decoded<Query> decode_query(std::string_view body, Command cmd);  // history | get | query
@@ -228,6 +430,16 @@ Decoded<Batch> decode_batch(std::string_view body);
 Decoded<Done> decode_done(std::string_view body);
 Decoded<Heartbeat> decode_heartbeat(std::string_view body);
 Decoded<Disconnect> decode_disconnect(std::string_view body);
+Decoded<Claim> decode_claim(std::string_view body);
+Decoded<Complete> decode_complete(std::string_view body);
+Decoded<Fail> decode_fail(std::string_view body);
+Decoded<Extend> decode_extend(std::string_view body);
+Decoded<UsageRequest> decode_usage_request(std::string_view body);
+Decoded<Claimed> decode_claimed(std::string_view body);
+Decoded<Settled> decode_settled(std::string_view body);
+Decoded<UsageReport> decode_usage_report(std::string_view body);
+Decoded<TierJob> decode_tier_job(std::string_view body);
+Decoded<TierDone> decode_tier_done(std::string_view body);
 
 // A stored message as one msgpack map (the same map as in Reply.messages).
 std::string encode_stored(const StoredMessage& m);
