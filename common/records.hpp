@@ -86,7 +86,10 @@ inline constexpr auto kStoredMessageFields = std::make_tuple(  //
     field(&StoredMessage::token_count, "token_count", optional, integer, Cached::yes),
     field(&StoredMessage::content_hash, "content_hash", optional, bigint, Cached::yes),
     field(&StoredMessage::created_at_us, "created_at", required, timestamptz, Cached::yes),
-    field(&StoredMessage::persisted_at_us, "persisted_at", optional, timestamptz, Cached::yes));
+    field(&StoredMessage::persisted_at_us, "persisted_at", optional, timestamptz, Cached::yes),
+    // Last, and omitted at its default ("user"): the maps of user messages stay
+    // byte-identical to those of peers from before the LLM tier (migration 3).
+    field(&StoredMessage::role, "role", omitted, text, Cached::yes));
 
 }  // namespace lists
 using lists::kMessageFields;

@@ -6,6 +6,13 @@
 // conversations with the writer's token (readers miss while a mark is there),
 // after_commit adds the committed rows and removes the mark; when a cache write
 // fails, the conversation is repaired later from the store (needs_repair/repair).
+//
+// Stored rows change too (the LLM tier sets a message's status, adds a reply):
+// such a write uses before_change/after_change. Two writes of a conversation
+// whose windows (mark .. cache write) overlap cannot tell which committed last,
+// so when a change overlaps another write of the conversation, the one that
+// could be older does not land: its conversation is rebuilt from the store,
+// readers missing meanwhile.
 #pragma once
 
 #include <optional>
@@ -41,6 +48,20 @@ public:
     virtual bool after_commit(const std::vector<std::string_view>& conversations, const std::string& token,
                               const std::vector<bool>& complete,
                               const std::vector<std::vector<const StoredMessage*>>& rows) = 0;
+    // A write that changes stored rows (a status) and may add new ones: marks
+    // like before_commit, and makes every write of these conversations still in
+    // progress (and every one that starts before this one finishes) fail to
+    // land, as their order against this one cannot be known.
+    virtual bool before_change(const std::vector<std::string_view>& conversations, const std::string& token,
+                               std::vector<bool>& known) = 0;
+    // After the store committed a change: per conversation, replaces the cached
+    // copy of each row of changed[i] (by id; a row not cached stays so) and adds
+    // the new rows of added[i], then removes the mark; or, if another write
+    // overlapped, leaves the conversation to be rebuilt from the store. May
+    // return before the cache applied it, like after_commit.
+    virtual bool after_change(const std::vector<std::string_view>& conversations, const std::string& token,
+                              const std::vector<std::vector<const StoredMessage*>>& changed,
+                              const std::vector<std::vector<const StoredMessage*>>& added) = 0;
     // The commit did not happen: removes the marks (or queues a repair).
     virtual void abandon(const std::vector<std::string_view>& conversations, const std::string& token) = 0;
     // Rows may have been committed but will not be written (a store failure
@@ -60,6 +81,16 @@ public:
     virtual std::optional<std::vector<StoredMessage>> history(const std::string& conversation,
                                                               const std::optional<MessageId>& after,
                                                               uint32_t limit) = 0;
+    // Turns before a message, in one round trip for all: for each ask, what
+    // Store::turns answers (the `limit` most recent turns before `before`, each
+    // reply right after the message it answers), if the cache can prove it
+    // complete and in that order; nullopt = miss.
+    struct HistoryAsk {
+        std::string_view conversation;
+        MessageId before{};
+    };
+    virtual std::vector<std::optional<std::vector<StoredMessage>>> histories_before(
+        const std::vector<HistoryAsk>& asks, uint32_t limit) = 0;
     virtual std::optional<StoredMessage> get(const MessageId& id) = 0;
     virtual uint32_t history_size() const = 0;
     virtual uint64_t errors() const = 0;  // failed operations so far

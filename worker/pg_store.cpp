@@ -6,6 +6,8 @@
 #include <charconv>
 #include <tuple>
 #include <type_traits>
+#include <unordered_map>
+#include <unordered_set>
 
 #include <pqxx/pqxx>
 #include <pqxx/tablewriter>
@@ -53,6 +55,31 @@ CREATE TABLE IF NOT EXISTS dead_letters (
   dead_at         TIMESTAMPTZ NOT NULL DEFAULT now()
 );
 CREATE INDEX IF NOT EXISTS dead_letters_dead_at_idx ON dead_letters (dead_at DESC);
+)sql"},
+    // The LLM tier (docs/llm-tier.md section 4). Status now goes pending ->
+    // claimed -> done | failed | dead (there is no CHECK on status to extend).
+    // ADD COLUMN with a constant default only touches the catalogue (PostgreSQL
+    // 11+): the table is not rewritten.
+    {3, R"sql(
+ALTER TABLE messages
+  ADD COLUMN IF NOT EXISTS role        TEXT NOT NULL DEFAULT 'user'
+             CHECK (role IN ('user', 'assistant', 'system')),
+  ADD COLUMN IF NOT EXISTS claimed_at  TIMESTAMPTZ,
+  ADD COLUMN IF NOT EXISTS lease_until TIMESTAMPTZ,
+  ADD COLUMN IF NOT EXISTS attempts    INTEGER NOT NULL DEFAULT 0,
+  ADD COLUMN IF NOT EXISTS claim_token BIGINT,
+  ADD COLUMN IF NOT EXISTS done_at     TIMESTAMPTZ,
+  ADD COLUMN IF NOT EXISTS reply_to    UUID,
+  ADD COLUMN IF NOT EXISTS last_error  TEXT;
+CREATE INDEX IF NOT EXISTS messages_open_idx ON messages (id) WHERE status IN ('pending', 'claimed');
+CREATE TABLE IF NOT EXISTS usage (
+  message_id        UUID PRIMARY KEY,
+  user_id           TEXT        NOT NULL,
+  priority          SMALLINT    NOT NULL,
+  prompt_tokens     INTEGER     NOT NULL,
+  completion_tokens INTEGER     NOT NULL,
+  done_at           TIMESTAMPTZ NOT NULL DEFAULT now()
+);
 )sql"},
 };
 constexpr long kMigrationLockKey = 0x6c6c6d71;  // "llmq"
@@ -548,6 +575,373 @@ StoreStatus PgStore::list_dead_letters(uint32_t limit, std::vector<DeadLetterEnt
             e.attempts = r[7].as<uint32_t>();
             e.dead_at_us = r[8].as<int64_t>();
             out.push_back(std::move(e));
+        }
+    });
+}
+
+// ---- the LLM tier (docs/llm-tier.md sections 3-4) -------------------------------------
+
+namespace {
+
+// An array literal for an unnest parameter, element by element.
+class ArrayText {
+public:
+    ArrayText& uuid(const MessageId& id) { return sep(), append_uuid(s_, id), *this; }
+    ArrayText& text(std::string_view v) { return sep(), array_quote(s_, v), *this; }
+    ArrayText& num(int64_t v) { return sep(), append_int(s_, v), *this; }
+    ArrayText& time(int64_t us) {  // timestamptz, exact to the microsecond
+        sep();
+        s_.push_back('"');
+        append_timestamp(s_, us, TimeFormat::postgres);
+        s_.push_back('"');
+        return *this;
+    }
+    std::string str() const { return s_ + "}"; }
+
+private:
+    void sep() {
+        if (s_.size() > 1) s_.push_back(',');
+    }
+    std::string s_ = "{";
+};
+
+// Claim tokens are 64-bit unsigned; the column is BIGINT: stored bit for bit.
+int64_t token_column(uint64_t token) { return static_cast<int64_t>(token); }
+
+std::string_view settle_kind_name(proto::SettleKind k) {
+    constexpr std::string_view names[] = {"complete", "retry", "failed", "dead", "extend"};
+    return names[static_cast<int>(k)];
+}
+
+proto::SettleResult refused(proto::Status status, std::string reason) {
+    proto::SettleResult r;
+    r.status = status;
+    r.reason = std::move(reason);
+    return r;
+}
+
+// The claim: one statement for the whole job. attempts never goes down
+// (GREATEST): the cache orders a row's states by (attempts, status), and the
+// broker's count is never below the stored one except after a lost claim.
+void claim_rows(pqxx::work& txn, const std::vector<proto::TierClaim>& claims, TierWriteResult& out) {
+    ArrayText ids, tokens, leases, attempts;
+    for (const auto& c : claims) {
+        ids.uuid(c.id);
+        tokens.num(token_column(c.claim_token));
+        leases.time(c.lease_until_us);
+        attempts.num(c.attempt);
+    }
+    static const std::string sql =
+        "UPDATE messages m SET status = 'claimed', claim_token = c.ctoken, lease_until = c.clease, "
+        "attempts = GREATEST(m.attempts, c.cattempt), claimed_at = now() "
+        "FROM unnest($1::uuid[], $2::bigint[], $3::timestamptz[], $4::int[]) AS c(cid, ctoken, clease, cattempt) "
+        "WHERE m.id = c.cid AND m.status IN ('pending', 'claimed') AND m.role = 'user' "
+        "RETURNING " + message_select_list() + ", m.attempts";
+    auto res = txn.exec_params(sql, ids.str(), tokens.str(), leases.str(), attempts.str());
+    std::unordered_map<MessageId, std::pair<StoredMessage, uint32_t>, MessageIdHash> rows;
+    for (const auto& r : res) {
+        StoredMessage m = read_row(r);
+        rows.emplace(m.id, std::make_pair(std::move(m), r[static_cast<int>(kMessageColumns)].as<uint32_t>()));
+    }
+    for (const auto& c : claims) {
+        auto it = rows.find(c.id);
+        if (it == rows.end()) {
+            out.gone.push_back(c.id);
+            continue;
+        }
+        const StoredMessage& m = it->second.first;
+        proto::ClaimedMessage cm;
+        cm.id = m.id;
+        cm.conversation_id = m.conversation_id;
+        cm.user_id = m.user_id;
+        cm.content = m.content;
+        cm.priority = m.priority;
+        cm.token_count = m.token_count;
+        cm.created_at_us = m.created_at_us;
+        cm.claim_token = c.claim_token;
+        cm.lease_until_us = c.lease_until_us;
+        cm.attempt = it->second.second;
+        out.claimed.push_back(std::move(cm));
+        out.changed.push_back(std::move(it->second.first));
+        rows.erase(it);  // a repeated id is claimed once
+    }
+}
+
+// Why settles[k] (k in `missed`) matched no row: absent, or no longer under its token.
+void classify_others(pqxx::work& txn, const std::vector<TierSettleInput>& settles, const std::vector<size_t>& missed,
+                     TierWriteResult& out) {
+    if (missed.empty()) return;
+    ArrayText ids, ords;
+    for (size_t k : missed) ids.uuid(settles[k].op->id), ords.num(static_cast<int64_t>(k));
+    auto res = txn.exec_params("SELECT c.ord, m.status FROM unnest($1::uuid[], $2::int[]) AS c(cid, ord) "
+                               "LEFT JOIN messages m ON m.id = c.cid",
+                               ids.str(), ords.str());
+    for (const auto& r : res) {
+        size_t k = r[0].as<size_t>();
+        if (r[1].is_null())
+            out.settled[k] = refused(proto::Status::not_found, "no message with id " + uuid_to_string(settles[k].op->id));
+        else
+            out.settled[k] = refused(proto::Status::stale_claim, "stale_token");
+    }
+}
+
+// retry, failed, dead and extend of one segment, in one statement.
+void settle_others(pqxx::work& txn, const std::vector<TierSettleInput>& settles, const std::vector<size_t>& idx,
+                   TierWriteResult& out) {
+    if (idx.empty()) return;
+    ArrayText ids, tokens, kinds, reasons, leases, attempts, ords;
+    for (size_t k : idx) {
+        const proto::TierSettle& op = *settles[k].op;
+        ids.uuid(op.id);
+        tokens.num(token_column(op.claim_token));
+        kinds.text(settle_kind_name(op.kind));
+        reasons.text(op.reason);
+        leases.time(op.lease_until_us);
+        attempts.num(op.attempts);
+        ords.num(static_cast<int64_t>(k));
+    }
+    static const std::string sql =
+        "UPDATE messages m SET "
+        "status = CASE c.kind WHEN 'retry' THEN 'pending' WHEN 'failed' THEN 'failed' WHEN 'dead' THEN 'dead' "
+        "ELSE m.status END, "
+        "last_error = CASE WHEN c.kind = 'extend' THEN m.last_error ELSE c.reason END, "
+        "lease_until = CASE WHEN c.kind = 'extend' THEN c.clease ELSE m.lease_until END, "
+        "attempts = CASE WHEN c.kind IN ('retry', 'dead') THEN GREATEST(m.attempts, c.cattempts) ELSE m.attempts END "
+        "FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::text[], $5::timestamptz[], $6::int[], $7::int[]) "
+        "AS c(cid, ctoken, kind, reason, clease, cattempts, ord) "
+        "WHERE m.id = c.cid AND m.status = 'claimed' AND m.claim_token = c.ctoken "
+        "RETURNING " + message_select_list() + ", c.ord";
+    auto res = txn.exec_params(sql, ids.str(), tokens.str(), kinds.str(), reasons.str(), leases.str(),
+                               attempts.str(), ords.str());
+    std::vector<bool> done(settles.size(), false);
+    for (const auto& r : res) {
+        size_t k = r[static_cast<int>(kMessageColumns)].as<size_t>();
+        done[k] = true;
+        out.settled[k] = {};
+        if (settles[k].op->kind != proto::SettleKind::extend) out.changed.push_back(read_row(r));
+    }
+    std::vector<size_t> missed;
+    for (size_t k : idx)
+        if (!done[k]) missed.push_back(k);
+    classify_others(txn, settles, missed, out);
+}
+
+// Why completes[k] (k in `missed`) matched no row. A resend of a complete that
+// committed (the row is done and its reply is stored) is a success.
+void classify_completes(pqxx::work& txn, const std::vector<TierSettleInput>& settles,
+                        const std::vector<size_t>& missed, TierWriteResult& out) {
+    if (missed.empty()) return;
+    ArrayText ids, replies, ords;
+    for (size_t k : missed) ids.uuid(settles[k].op->id), replies.uuid(settles[k].op->reply_id), ords.num(int64_t(k));
+    auto res = txn.exec_params(
+        "SELECT c.ord, m.status, r.id IS NOT NULL, r.reply_to::text = c.cid::text, "
+        "coalesce(u.completion_tokens, r.token_count, 0) "
+        "FROM unnest($1::uuid[], $2::uuid[], $3::int[]) AS c(cid, creply, ord) "
+        "LEFT JOIN messages m ON m.id = c.cid LEFT JOIN messages r ON r.id = c.creply "
+        "LEFT JOIN usage u ON u.message_id = c.cid",
+        ids.str(), replies.str(), ords.str());
+    for (const auto& r : res) {
+        size_t k = r[0].as<size_t>();
+        const proto::TierSettle& op = *settles[k].op;
+        bool reply_stored = r[2].as<bool>(), ours = !r[3].is_null() && r[3].as<bool>();
+        if (r[1].is_null()) {
+            out.settled[k] = refused(proto::Status::not_found, "no message with id " + uuid_to_string(op.id));
+        } else if (reply_stored && ours && std::string_view(r[1].c_str()) == "done") {
+            out.settled[k] = {};
+            out.settled[k].completion_tokens = r[4].as<int32_t>();
+        } else if (reply_stored) {
+            out.settled[k] = refused(proto::Status::bad_field,
+                                     "reply_id " + uuid_to_string(op.reply_id) + " is another message's id");
+        } else {
+            out.settled[k] = refused(proto::Status::stale_claim, "stale_token");
+        }
+    }
+}
+
+// The completes of one segment: the rows done, their replies and their usage,
+// three statements whatever their number.
+void settle_completes(pqxx::work& txn, const std::vector<TierSettleInput>& settles, const std::vector<size_t>& idx,
+                      TierWriteResult& out) {
+    if (idx.empty()) return;
+    ArrayText ids, tokens, replies, ords;
+    for (size_t k : idx) {
+        const proto::TierSettle& op = *settles[k].op;
+        ids.uuid(op.id), tokens.num(token_column(op.claim_token)), replies.uuid(op.reply_id);
+        ords.num(static_cast<int64_t>(k));
+    }
+    // A reply id already stored (a resend, or a client reusing an id) does not
+    // complete the row here: classify_completes tells which it was.
+    static const std::string done_sql =
+        "UPDATE messages m SET status = 'done', done_at = now() "
+        "FROM unnest($1::uuid[], $2::bigint[], $3::uuid[], $4::int[]) AS c(cid, ctoken, creply, ord) "
+        "WHERE m.id = c.cid AND m.status = 'claimed' AND m.claim_token = c.ctoken AND m.role = 'user' "
+        "AND NOT EXISTS (SELECT 1 FROM messages x WHERE x.id = c.creply) "
+        "RETURNING " + message_select_list() + ", c.ord";
+    auto res = txn.exec_params(done_sql, ids.str(), tokens.str(), replies.str(), ords.str());
+    std::vector<bool> done(settles.size(), false);
+    ArrayText r_ids, r_convs, r_users, r_contents, r_prios, r_tokens, r_hashes, r_to;
+    ArrayText u_ids, u_users, u_prios, u_prompt, u_completion;
+    for (const auto& r : res) {
+        size_t k = r[static_cast<int>(kMessageColumns)].as<size_t>();
+        const TierSettleInput& in = settles[k];
+        StoredMessage m = read_row(r);
+        done[k] = true;
+        r_ids.uuid(in.op->reply_id), r_convs.text(m.conversation_id), r_users.text(m.user_id);
+        r_contents.text(in.reply_content), r_prios.num(static_cast<int>(m.priority)), r_tokens.num(in.reply_tokens);
+        r_hashes.num(in.reply_hash), r_to.uuid(m.id);
+        int32_t prompt = in.op->prompt_tokens >= 0 ? in.op->prompt_tokens : m.token_count;
+        int32_t completion = in.op->completion_tokens >= 0 ? in.op->completion_tokens : in.reply_tokens;
+        u_ids.uuid(m.id), u_users.text(m.user_id), u_prios.num(static_cast<int>(m.priority));
+        u_prompt.num(prompt), u_completion.num(completion);
+        out.settled[k] = {};
+        out.settled[k].completion_tokens = completion;
+        out.changed.push_back(std::move(m));
+    }
+    if (!res.empty()) {
+        static const std::string reply_sql =
+            "INSERT INTO messages (id, conversation_id, user_id, content, priority, status, token_count, "
+            "content_hash, created_at, role, reply_to, done_at) "
+            "SELECT r.id, r.conv, r.usr, r.content, r.prio, 'done', r.tokens, r.hash, now(), 'assistant', "
+            "r.reply_to, now() "
+            "FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::smallint[], $6::int[], $7::bigint[], "
+            "$8::uuid[]) AS r(id, conv, usr, content, prio, tokens, hash, reply_to) "
+            "ON CONFLICT (id) DO NOTHING RETURNING " + message_select_list();
+        auto added = txn.exec_params(reply_sql, r_ids.str(), r_convs.str(), r_users.str(), r_contents.str(),
+                                     r_prios.str(), r_tokens.str(), r_hashes.str(), r_to.str());
+        // Checked free a moment ago: only a concurrent writer of the same id
+        // (a client reusing reply ids) gets here. Never done without its reply.
+        if (added.size() != res.size())
+            throw std::runtime_error("a reply id was stored by another transaction meanwhile; nothing written");
+        for (const auto& r : added) out.added.push_back(read_row(r));
+        // The usage rows: the message's id is the key (a message completes once).
+        txn.exec_params("INSERT INTO usage (message_id, user_id, priority, prompt_tokens, completion_tokens) "
+                        "SELECT * FROM unnest($1::uuid[], $2::text[], $3::smallint[], $4::int[], $5::int[]) "
+                        "ON CONFLICT (message_id) DO NOTHING",
+                        u_ids.str(), u_users.str(), u_prios.str(), u_prompt.str(), u_completion.str());
+    }
+    std::vector<size_t> missed;
+    for (size_t k : idx)
+        if (!done[k]) missed.push_back(k);
+    classify_completes(txn, settles, missed, out);
+}
+
+// The settles in order, as segments in which no message (nor reply id) repeats:
+// within a segment the order of statements cannot matter.
+void settle_all(pqxx::work& txn, const std::vector<TierSettleInput>& settles, TierWriteResult& out) {
+    std::vector<size_t> completes, others;
+    std::unordered_set<MessageId, MessageIdHash> seen;
+    auto flush = [&] {
+        settle_others(txn, settles, others, out);
+        settle_completes(txn, settles, completes, out);
+        completes.clear(), others.clear(), seen.clear();
+    };
+    for (size_t k = 0; k < settles.size(); ++k) {
+        const proto::TierSettle& op = *settles[k].op;
+        bool complete = op.kind == proto::SettleKind::complete;
+        if (seen.count(op.id) || (complete && seen.count(op.reply_id))) flush();
+        seen.insert(op.id);
+        if (complete) seen.insert(op.reply_id);
+        (complete ? completes : others).push_back(k);
+    }
+    flush();
+}
+
+// Turns in conversation order: a reply sorts right after the message it answers
+// (reply_to), whatever its own id: a message pushed before the reply to the one
+// ahead of it is answered after that reply, so the reply is in its history.
+void query_turns(pqxx::transaction_base& txn, const std::vector<TurnsWanted>& wants, uint32_t limit,
+                 std::vector<std::vector<proto::Turn>>& out) {
+    out.assign(wants.size(), {});
+    if (wants.empty() || limit == 0) return;
+    ArrayText convs, befores;
+    for (const auto& w : wants) convs.text(w.conversation), befores.uuid(w.before);
+    // One query for every conversation of the job: per want, the index on
+    // (conversation_id, …) narrows to its conversation, LIMIT keeps the last turns.
+    auto res = txn.exec_params(
+        "SELECT q.ord, h.id::text, h.role, h.content, h.token_count "
+        "FROM unnest($1::text[], $2::uuid[]) WITH ORDINALITY AS q(conv, bid, ord) "
+        "CROSS JOIN LATERAL (SELECT id, role, content, token_count, coalesce(reply_to, id) AS turn, "
+        "role <> 'user' AS answer FROM messages "
+        "WHERE conversation_id = q.conv AND coalesce(reply_to, id) < q.bid "
+        "ORDER BY coalesce(reply_to, id) DESC, role <> 'user' DESC, id DESC LIMIT $3) h "
+        "ORDER BY q.ord, h.turn, h.answer, h.id",
+        convs.str(), befores.str(), limit);
+    for (const auto& r : res) {
+        size_t i = r[0].as<size_t>() - 1;  // ORDINALITY counts from 1
+        proto::Turn t;
+        parse_text(std::string_view(r[1].c_str(), r[1].size()), t.id);
+        t.role = r[2].c_str();
+        t.content.assign(r[3].c_str(), r[3].size());
+        t.token_count = r[4].as<int32_t>();
+        out[i].push_back(std::move(t));
+    }
+}
+
+}  // namespace
+
+StoreStatus PgStore::apply_tier(const std::vector<proto::TierClaim>& claims, uint32_t history,
+                                const std::vector<TierSettleInput>& settles, TierWriteResult& out,
+                                const std::function<void(TierWriteResult&)>& before_commit) {
+    return guarded("tier", [&] {
+        out = TierWriteResult{};
+        out.settled.resize(settles.size());
+        if (claims.empty() && settles.empty()) return;
+        pqxx::work txn(conn());
+        // Claims alone may skip the wait for the WAL flush (docs/llm-tier.md
+        // section 8): a claim lost in a crash leaves the row as it was, the
+        // consumer's complete is refused by the token check, and the message is
+        // claimed again. A complete is data: it waits.
+        if (settles.empty()) txn.exec("SET LOCAL synchronous_commit = off");
+        if (!claims.empty()) claim_rows(txn, claims, out);
+        settle_all(txn, settles, out);
+        if (before_commit) before_commit(out);
+        if (!out.history_from_store.empty()) {
+            std::vector<TurnsWanted> wants;
+            for (size_t i : out.history_from_store)
+                wants.push_back({out.claimed.at(i).conversation_id, out.claimed[i].id});
+            std::vector<std::vector<proto::Turn>> turns;
+            query_turns(txn, wants, history, turns);
+            for (size_t j = 0; j < wants.size(); ++j)
+                out.claimed[out.history_from_store[j]].history = std::move(turns[j]);
+        }
+        txn.commit();
+    });
+}
+
+StoreStatus PgStore::turns(const std::vector<TurnsWanted>& wants, uint32_t limit,
+                           std::vector<std::vector<proto::Turn>>& out) {
+    out.assign(wants.size(), {});
+    if (wants.empty()) return {};
+    return guarded("turns", [&] {
+        pqxx::read_transaction txn(conn());
+        query_turns(txn, wants, limit, out);
+    });
+}
+
+StoreStatus PgStore::open_rows(const MessageId& after, uint32_t limit, std::vector<proto::OpenRow>& out) {
+    out.clear();
+    return guarded("open_rows", [&] {
+        pqxx::read_transaction txn(conn());
+        // The predicate is messages_open_idx's: an index scan from `after` on.
+        auto res = txn.exec_params(
+            "SELECT id::text, conversation_id, user_id, priority, token_count, status = 'claimed', attempts, "
+            "coalesce(claim_token, 0), coalesce((extract(epoch from lease_until) * 1000000)::bigint, 0) "
+            "FROM messages WHERE status IN ('pending', 'claimed') AND role = 'user' AND id > $1::uuid "
+            "ORDER BY id LIMIT $2",
+            uuid_to_string(after), limit);
+        out.reserve(res.size());
+        for (const auto& r : res) {
+            proto::OpenRow o;
+            parse_text(std::string_view(r[0].c_str(), r[0].size()), o.id);
+            o.conversation_id = r[1].c_str();
+            o.user_id = r[2].c_str();
+            parse_text(std::string_view(r[3].c_str(), r[3].size()), o.priority);
+            o.token_count = r[4].as<int32_t>();
+            o.claimed = r[5].as<bool>();
+            o.attempts = r[6].as<uint32_t>();
+            o.claim_token = static_cast<uint64_t>(r[7].as<int64_t>());
+            o.lease_until_us = r[8].as<int64_t>();
+            out.push_back(std::move(o));
         }
     });
 }

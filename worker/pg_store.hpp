@@ -42,6 +42,12 @@ public:
     StoreStatus ping() override;
     StoreStatus dead_letter(const std::vector<DeadLetterRow>& rows) override;
     StoreStatus list_dead_letters(uint32_t limit, std::vector<DeadLetterEntry>& out) override;
+    StoreStatus apply_tier(const std::vector<proto::TierClaim>& claims, uint32_t history,
+                           const std::vector<TierSettleInput>& settles, TierWriteResult& out,
+                           const std::function<void(TierWriteResult&)>& before_commit = {}) override;
+    StoreStatus turns(const std::vector<TurnsWanted>& wants, uint32_t limit,
+                      std::vector<std::vector<proto::Turn>>& out) override;
+    StoreStatus open_rows(const MessageId& after, uint32_t limit, std::vector<proto::OpenRow>& out) override;
 
     // How many batches took the slower duplicate-tolerant path (for tests/metrics).
     uint64_t conflict_fallbacks() const { return conflict_fallbacks_; }

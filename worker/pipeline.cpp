@@ -222,6 +222,9 @@ void Pipeline::finish(Work& w) {
         if (!w.stored[k]) continue;
         if (!w.inserted[k]) w.already.push_back(w.rows[k]->id);
         w.done.results[w.valid[k]].status = Status::ok;
+        // The LLM tier's prompt charge: the stored count (for a duplicate, the
+        // one computed now: the stored one unless the tokenizer changed since).
+        w.done.results[w.valid[k]].token_count = w.rows[k]->token_count;
         // Compact to the stored rows for the cache.
         w.rows[kept] = w.rows[k];
         w.conv_of[kept] = w.conv_of[k];

@@ -14,6 +14,7 @@
 #include <cerrno>
 #include <charconv>
 #include <memory>
+#include <random>
 #include <stdexcept>
 #include <system_error>
 
@@ -25,19 +26,28 @@ namespace llmq::worker {
 namespace {
 
 // Marks a batch's conversations (one call per batch) and refreshes their TTLs,
-// so the write after commit need not. KEYS: h:C, hm:C pairs. ARGV: 1 mark field
-// "w:<token>", 2 deadline (unix ms), 3 ttl seconds. Returns, per conversation,
-// 1 when the cache holds a history for it (set and floor).
+// so the write after commit need not. Each conversation's meta hash also keeps
+// `e`, its change epoch: created at a random value (never reused after the hash
+// was lost), bumped by every write that changes stored rows (ARGV[4] = 1) when
+// it marks and when it finishes. A write succeeds only if `e` is what it was
+// at its mark (see kAppendScript, kChangeScript, kRepairScript). KEYS: h:C, hm:C
+// pairs. ARGV: 1 mark field "w:<token>", 2 deadline (unix ms), 3 ttl seconds,
+// 4 bump (1/0), 5 a fresh random epoch. Returns, per conversation, 1 when the
+// cache holds a history for it (set and floor), then its epoch after the mark.
 constexpr const char* kMarkScript = R"lua(
-local known = {}
+local out = {}
 for i = 1, #KEYS, 2 do
   redis.call('HSET', KEYS[i + 1], ARGV[1], ARGV[2])
+  if redis.call('HSETNX', KEYS[i + 1], 'e', ARGV[5]) == 0 and ARGV[4] == '1' then
+    redis.call('HINCRBY', KEYS[i + 1], 'e', 1)
+  end
   redis.call('EXPIRE', KEYS[i + 1], ARGV[3])
   local has_set = redis.call('EXPIRE', KEYS[i], ARGV[3])  -- 0 when the set is gone
   local has_floor = redis.call('HEXISTS', KEYS[i + 1], 'floor')
-  known[#known + 1] = (has_set == 1 and has_floor == 1) and 1 or 0
+  out[#out + 1] = (has_set == 1 and has_floor == 1) and 1 or 0
+  out[#out + 1] = redis.call('HGET', KEYS[i + 1], 'e')
 end
-return known
+return out
 )lua";
 
 // Finishes a committed batch's cache write (one call per batch). The batch's
@@ -52,13 +62,18 @@ return known
 // passed by the slack, raising the floor to the oldest kept id. Removes this
 // writer's mark, except on a conversation returned for a rebuild (the rebuild
 // removes it). The mark script refreshed the TTLs moments ago.
-// KEYS: h:C, hm:C pairs. ARGV: 1 cap, 2 slack, 3 ttl, 4 mark field, then per
-// conversation 'c' (rows, and they are its whole stored history), 'r' (rows)
-// or '-' (no rows). Returns the 1-based conversations to rebuild.
+// A conversation whose epoch moved since the mark (a change of stored rows
+// began or ended meanwhile: this batch's rows, or its copies of stored rows,
+// may be older than what that change wrote) is rebuilt too, its mark kept
+// until then. KEYS: h:C, hm:C pairs. ARGV: 1 cap, 2 slack, 3 ttl, 4 mark
+// field, then per conversation 'c' (rows, and they are its whole stored
+// history), 'r' (rows) or '-' (no rows), then per conversation the epoch seen
+// at the mark. Returns the 1-based conversations to rebuild.
 constexpr const char* kAppendScript = R"lua(
 local cap = tonumber(ARGV[1])
 local limit = cap + tonumber(ARGV[2])
 local ttl = ARGV[3]
+local n = #KEYS / 2
 local rebuild = {}
 for i = 1, #KEYS, 2 do
   local hist, meta = KEYS[i], KEYS[i + 1]
@@ -67,7 +82,12 @@ for i = 1, #KEYS, 2 do
   local left = redis.call('TTL', hist)
   local floor = redis.call('HGET', meta, 'floor')
   local kept = true
-  if left < 0 or not floor then
+  if rows ~= '-' and redis.call('HGET', meta, 'e') ~= ARGV[4 + n + c] then
+    kept = false
+    rows = 'r'
+    if left < 0 then redis.call('DEL', hist) end  -- our ZADD made it: only our rows
+    rebuild[#rebuild + 1] = c
+  elseif left < 0 or not floor then
     kept = rows == 'c'
     if kept then
       redis.call('HSET', meta, 'floor', '00000000000000000000000000000000')
@@ -94,13 +114,25 @@ return rebuild
 )lua";
 
 // Rebuilds a conversation from a snapshot of the store's most recent rows taken
-// after this writer's mark: adds them (keeping members added meanwhile), sets the
+// after this writer's mark: replaces the cached copy of each (a row's status
+// changes) and adds the others (keeping members added meanwhile), sets the
 // floor they prove, trims, and removes this writer's mark, the marks it leaked
-// earlier and marks past their deadline. ARGV: 1 cap, 2 ttl, 3 floor, 4 now (ms),
-// 5 token, 6 count k of leaked tokens, 7..6+k leaked tokens, then members.
+// earlier and marks past their deadline. Unless the epoch moved since the mark
+// (a change of stored rows began or ended meanwhile, perhaps after the
+// snapshot): then only this writer's mark goes, and -1 says to try again.
+// ARGV: 1 cap, 2 ttl, 3 floor, 4 now (ms), 5 token, 6 epoch seen at the mark,
+// 7 count k of leaked tokens, 8..7+k leaked tokens, then members.
 constexpr const char* kRepairScript = R"lua(
-local k = tonumber(ARGV[6])
-for i = 7 + k, #ARGV do redis.call('ZADD', KEYS[1], 0, ARGV[i]) end
+if redis.call('HGET', KEYS[2], 'e') ~= ARGV[6] then
+  redis.call('HDEL', KEYS[2], 'w:' .. ARGV[5])
+  return -1
+end
+local k = tonumber(ARGV[7])
+for i = 8 + k, #ARGV do
+  local hex = string.sub(ARGV[i], 1, 32)
+  redis.call('ZREMRANGEBYLEX', KEYS[1], '[' .. hex .. ':', '(' .. hex .. ';')
+  redis.call('ZADD', KEYS[1], 0, ARGV[i])
+end
 redis.call('HSET', KEYS[2], 'floor', ARGV[3])
 local cap = tonumber(ARGV[1])
 local n = redis.call('ZCARD', KEYS[1])
@@ -110,7 +142,7 @@ if n > cap then
   if first > ARGV[3] then redis.call('HSET', KEYS[2], 'floor', first) end
 end
 redis.call('HDEL', KEYS[2], 'w:' .. ARGV[5])
-for i = 7, 6 + k do redis.call('HDEL', KEYS[2], 'w:' .. ARGV[i]) end
+for i = 8, 7 + k do redis.call('HDEL', KEYS[2], 'w:' .. ARGV[i]) end
 local fields = redis.call('HGETALL', KEYS[2])
 local now = tonumber(ARGV[4])
 for i = 1, #fields, 2 do
@@ -121,6 +153,67 @@ end
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 redis.call('EXPIRE', KEYS[2], ARGV[2])
 return n
+)lua";
+
+// Finishes a committed change of stored rows (the LLM tier: a status changed,
+// a reply added; one call per job). Per conversation: bumps the epoch (so a
+// write marked before this one and finishing after it fails its check); if the
+// epoch was still the one seen at the mark, writes each row by id (value
+// "<epoch>:<cached message>", valid while the epoch stays) and, when the
+// history is cached, replaces the cached copy of each changed row (a row not
+// cached stays so: it is below the floor, or its own writer's check fails)
+// and adds the new rows, trims, and removes the mark. Otherwise, or when new
+// rows meet a conversation that is not cached, the conversation is returned for
+// a rebuild and keeps its mark until then. KEYS: h:C, hm:C pairs, then the
+// by-id bucket of every row in argument order. ARGV: 1 cap, 2 slack, 3 ttl,
+// 4 mark field, 5 message ttl, 6 n conversations, then per conversation the
+// epoch seen at the mark, its count of changed rows and of new rows, then per
+// row (conversation by conversation, changed first) its 32 hex id and its
+// cached message. Returns the 1-based conversations to rebuild.
+constexpr const char* kChangeScript = R"lua(
+local cap = tonumber(ARGV[1])
+local limit = cap + tonumber(ARGV[2])
+local ttl, field, msg_ttl = ARGV[3], ARGV[4], ARGV[5]
+local n = tonumber(ARGV[6])
+local a, b = 7 + 3 * n, 2 * n + 1
+local rebuild = {}
+for c = 1, n do
+  local hist, meta = KEYS[2 * c - 1], KEYS[2 * c]
+  local changed, added = tonumber(ARGV[5 + 3 * c]), tonumber(ARGV[6 + 3 * c])
+  local ok = redis.call('HGET', meta, 'e') == ARGV[4 + 3 * c]
+  redis.call('HINCRBY', meta, 'e', 1)
+  local e = redis.call('HGET', meta, 'e')  -- as text: a Lua number would round 62 bits
+  local cached = ok and redis.call('TTL', hist) >= 0 and redis.call('HEXISTS', meta, 'floor') == 1
+  for r = 1, changed + added do
+    local hex, payload = ARGV[a], ARGV[a + 1]
+    if ok then
+      redis.call('HSET', KEYS[b], hex, e .. ':' .. payload)
+      redis.call('EXPIRE', KEYS[b], msg_ttl)
+    end
+    if cached then
+      local was = redis.call('ZREMRANGEBYLEX', hist, '[' .. hex .. ':', '(' .. hex .. ';')
+      if r > changed or was > 0 then redis.call('ZADD', hist, 0, hex .. ':' .. payload) end
+    end
+    a, b = a + 2, b + 1
+  end
+  -- Replacing a set's only member deletes the set, and ZADD makes it again
+  -- without a TTL: give it back (a set without one reads as not cached).
+  if cached then redis.call('EXPIRE', hist, ttl) end
+  if not ok or (not cached and added > 0) then
+    rebuild[#rebuild + 1] = c
+  else
+    if cached then
+      local count = redis.call('ZCARD', hist)
+      if count > limit then
+        redis.call('ZREMRANGEBYRANK', hist, 0, count - cap - 1)
+        redis.call('HSET', meta, 'floor', string.sub(redis.call('ZRANGE', hist, 0, 0)[1], 1, 32))
+      end
+    end
+    redis.call('HDEL', meta, field)
+  end
+  redis.call('EXPIRE', meta, ttl)
+end
+return rebuild
 )lua";
 
 const std::string kZeroFloor(32, '0');
@@ -271,6 +364,7 @@ void parse_redis_url(const std::string& url, std::string& host, int& port, int& 
 RedisCache::RedisCache(RedisConfig cfg, std::shared_ptr<RepairQueue> repairs)
     : cfg_(std::move(cfg)), repairs_(repairs ? std::move(repairs) : std::make_shared<RepairQueue>(cfg_.max_repairs)) {
     parse_redis_url(cfg_.url, host_, port_, db_);
+    epoch_seed_ = (uint64_t{std::random_device{}()} << 32) ^ std::random_device{}();
 }
 
 bool RepairQueue::defer(std::string_view conversation, const std::string& token) {
@@ -289,13 +383,20 @@ bool RepairQueue::defer(std::string_view conversation, const std::string& token)
             restart_.store(true);
             return first;
         }
-        it = repairs_.emplace(std::string(conversation), std::vector<std::string>{}).first;
+        it = repairs_.emplace(std::string(conversation), Deferred{}).first;
         size_.store(repairs_.size(), std::memory_order_relaxed);
     }
-    auto& leaked = it->second;
-    if (token.empty() || std::find(leaked.begin(), leaked.end(), token) != leaked.end()) return false;
+    Deferred& d = it->second;
+    d.last = ++deferrals_;
+    auto& leaked = d.leaked;
+    if (token.empty()) return false;
+    if (auto t = std::find_if(leaked.begin(), leaked.end(), [&](const auto& l) { return l.first == token; });
+        t != leaked.end()) {
+        t->second = d.last;
+        return false;
+    }
     if (leaked.size() >= kMaxLeakedMarks) leaked.erase(leaked.begin());
-    leaked.push_back(token);
+    leaked.emplace_back(token, d.last);
     return false;
 }
 
@@ -311,15 +412,31 @@ std::vector<std::string> RepairQueue::first(size_t max) const {
     return out;
 }
 
-std::vector<std::string> RepairQueue::leaked_marks(std::string_view conversation) const {
+uint64_t RepairQueue::last_deferral() const {
     std::lock_guard lock(mu_);
-    auto it = repairs_.find(conversation);
-    return it == repairs_.end() ? std::vector<std::string>{} : it->second;
+    return deferrals_;
 }
 
-void RepairQueue::done(std::string_view conversation) {
+std::vector<std::string> RepairQueue::leaked_marks(std::string_view conversation, uint64_t upto) const {
     std::lock_guard lock(mu_);
-    if (auto it = repairs_.find(conversation); it != repairs_.end()) repairs_.erase(it);
+    std::vector<std::string> out;
+    if (auto it = repairs_.find(conversation); it != repairs_.end())
+        for (const auto& [token, when] : it->second.leaked)
+            if (when <= upto) out.push_back(token);
+    return out;
+}
+
+void RepairQueue::done(std::string_view conversation, uint64_t upto) {
+    std::lock_guard lock(mu_);
+    auto it = repairs_.find(conversation);
+    if (it == repairs_.end()) return;
+    if (it->second.last <= upto) {
+        repairs_.erase(it);
+    } else {  // deferred again since the repair's snapshot: repaired again
+        auto& leaked = it->second.leaked;
+        leaked.erase(std::remove_if(leaked.begin(), leaked.end(), [&](const auto& l) { return l.second <= upto; }),
+                     leaked.end());
+    }
     size_.store(repairs_.size(), std::memory_order_relaxed);
 }
 
@@ -412,7 +529,8 @@ bool RedisCache::load_scripts(Clock::time_point until) {
     const std::string db = std::to_string(db_);
     append(wctx_, {"SELECT", db});
     append(ctx_, {"SELECT", db});
-    for (const char* script : {kMarkScript, kAppendScript, kRepairScript}) append(ctx_, {"SCRIPT", "LOAD", script});
+    for (const char* script : {kMarkScript, kAppendScript, kRepairScript, kChangeScript})
+        append(ctx_, {"SCRIPT", "LOAD", script});
     if (!write_out(wctx_, until) || !write_out(ctx_, until)) return false;
     auto answered = [&](redisContext* c, int type) {
         Reply r = read_reply(c, until);
@@ -423,7 +541,7 @@ bool RedisCache::load_scripts(Clock::time_point until) {
         return r;
     };
     if (!answered(wctx_, REDIS_REPLY_STATUS) || !answered(ctx_, REDIS_REPLY_STATUS)) return false;
-    for (std::string* sha : {&mark_sha_, &append_sha_, &repair_sha_}) {
+    for (std::string* sha : {&mark_sha_, &append_sha_, &repair_sha_, &change_sha_}) {
         Reply r = answered(ctx_, REDIS_REPLY_STRING);
         if (!r) return false;
         sha->assign(r->str, r->len);
@@ -525,20 +643,42 @@ bool RedisCache::flush_step() {
 }
 
 bool RedisCache::send_marks(const std::vector<std::string_view>& conversations, const std::string& token) {
+    return mark(conversations, token, false);
+}
+
+bool RedisCache::before_change(const std::vector<std::string_view>& conversations, const std::string& token,
+                               std::vector<bool>& known) {
+    mark(conversations, token, true);  // a failure shows in await_marks
+    return await_marks(conversations, token, known);
+}
+
+bool RedisCache::mark(const std::vector<std::string_view>& conversations, const std::string& token, bool change) {
     marks_sent_ = false;
+    if (marks_.size() > 4096) marks_.clear();  // callers finish each write; this only bounds a misuse
+    // Deferrals up to now were of writes that committed before this mark: a
+    // repair under this token reads the store after it, so covers them.
+    marks_[token] = MarkState{repairs_->last_deferral(), {}};
     if (conversations.empty()) return true;
     if (!ensure_connected()) {
         for (auto c : conversations) defer(c, token);
         return false;
     }
+    // A fresh epoch for a conversation whose meta hash is new: random, 62 bits
+    // (HINCRBY's range), so one lost and created again never repeats an old one.
+    epoch_seed_ += 0x9e3779b97f4a7c15ULL;
+    uint64_t z = epoch_seed_;
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    z ^= z >> 31;
     std::vector<std::string> args{"EVALSHA", mark_sha_, std::to_string(2 * conversations.size())};
-    args.reserve(3 + 2 * conversations.size() + 3);
+    args.reserve(3 + 2 * conversations.size() + 5);
     for (auto conv : conversations) {
         args.push_back(history_key(conv));
         args.push_back(meta_key(conv));
     }
     args.insert(args.end(), {"w:" + token, std::to_string(wall_now_us() / 1000 + cfg_.mark_ttl_ms),
-                             std::to_string(cfg_.history_ttl_s)});
+                             std::to_string(cfg_.history_ttl_s), change ? "1" : "0",
+                             std::to_string(z >> 2)});
     append(ctx_, args);
     // Out now, so Redis sets the marks while the caller works on its transaction.
     if (!write_out(ctx_, deadline())) {
@@ -554,19 +694,34 @@ bool RedisCache::await_marks(const std::vector<std::string_view>& conversations,
                              std::vector<bool>& known) {
     known.assign(conversations.size(), false);
     if (conversations.empty()) return true;
-    if (!marks_sent_) return false;  // send_marks failed (and deferred the conversations)
+    if (!marks_sent_) {  // send_marks failed (and deferred the conversations)
+        marks_.erase(token);
+        return false;
+    }
     marks_sent_ = false;
     // ctx_ is gone if another call failed since send_marks (it was logged then).
     Reply r = ctx_ ? read_reply(ctx_, deadline()) : nullptr;
-    if (!r || r->type != REDIS_REPLY_ARRAY || r->elements != conversations.size()) {
+    if (!r || r->type != REDIS_REPLY_ARRAY || r->elements != 2 * conversations.size()) {
         if (!r && ctx_) on_error("mark");
         else if (r) errors_.fetch_add(1, std::memory_order_relaxed);
         for (auto c : conversations) defer(c, token);
+        marks_.erase(token);
         return false;
     }
-    for (size_t i = 0; i < conversations.size(); ++i)
-        known[i] = r->element[i]->type == REDIS_REPLY_INTEGER && r->element[i]->integer == 1;
+    auto& epochs = marks_[token].epochs;
+    epochs.clear();
+    for (size_t i = 0; i < conversations.size(); ++i) {
+        known[i] = r->element[2 * i]->type == REDIS_REPLY_INTEGER && r->element[2 * i]->integer == 1;
+        epochs.emplace_back(text_of(r->element[2 * i + 1]));
+    }
     return true;
+}
+
+const std::string& RedisCache::epoch_seen(const std::string& token, size_t conversation) const {
+    static const std::string none;  // matches no epoch: the write does not land
+    auto it = marks_.find(token);
+    if (it == marks_.end() || conversation >= it->second.epochs.size()) return none;
+    return it->second.epochs[conversation];
 }
 
 // One buffer, one round trip: the messages by id (one HSET per id bucket),
@@ -584,6 +739,12 @@ size_t RedisCache::encode_write(const std::vector<std::string_view>& conversatio
     payload_ends_.clear();
     std::unordered_map<const StoredMessage*, size_t> index;
     index.reserve(by_id.size());
+    // A message by id carries its conversation's epoch at the mark: it is used
+    // only while no change of the conversation's rows has begun since.
+    std::unordered_map<const StoredMessage*, size_t> conv_of;
+    for (size_t i = 0; i < rows.size(); ++i)
+        for (const StoredMessage* m : rows[i]) conv_of.emplace(m, i);
+    std::string value;
     for (size_t k = 0; k < by_id.size(); ++k) {
         proto::encode_cached(*by_id[k], payloads);
         payload_ends_.push_back(payloads.size());
@@ -603,7 +764,10 @@ size_t RedisCache::encode_write(const std::vector<std::string_view>& conversatio
         cmd.bucket_arg(bucket_prefix, by_id[k]->id);
         for (size_t j = k; j < end; ++j) {
             cmd.id_arg("", by_id[j]->id);
-            cmd.arg(payload(j));
+            value = epoch_seen(token, conv_of.at(by_id[j]));
+            value.push_back(':');
+            value.append(payload(j));
+            cmd.arg(value);
         }
         cmd.command(3);
         cmd.arg("EXPIRE");
@@ -623,7 +787,7 @@ size_t RedisCache::encode_write(const std::vector<std::string_view>& conversatio
         }
         ++replies;
     }
-    cmd.command(3 + 2 * conversations.size() + 4 + conversations.size());
+    cmd.command(3 + 2 * conversations.size() + 4 + 2 * conversations.size());
     cmd.arg("EVALSHA");
     cmd.arg(append_sha_);
     cmd.arg(uint64_t{2 * conversations.size()});
@@ -636,6 +800,7 @@ size_t RedisCache::encode_write(const std::vector<std::string_view>& conversatio
     cmd.arg(uint64_t{cfg_.history_ttl_s});
     cmd.arg("w:" + token);
     for (size_t i = 0; i < conversations.size(); ++i) cmd.arg(rows[i].empty() ? "-" : complete[i] ? "c" : "r");
+    for (size_t i = 0; i < conversations.size(); ++i) cmd.arg(epoch_seen(token, i));
     return replies + 1;
 }
 
@@ -646,11 +811,13 @@ bool RedisCache::after_commit(const std::vector<std::string_view>& conversations
     auto give_up = [&] {
         writes_failed_.fetch_add(1, std::memory_order_relaxed);
         for (auto c : conversations) defer(c, token);
+        marks_.erase(token);
         return false;
     };
-    if (conversations.empty()) return true;
+    if (conversations.empty()) return marks_.erase(token), true;
     if (!ensure_connected()) return give_up();
     size_t replies = encode_write(conversations, token, complete, rows);
+    marks_.erase(token);
     // hiredis copies the buffer into its own; written out with a deadline.
     bool queued = redisAppendFormattedCommand(wctx_, wbuf_.data(), wbuf_.size()) == REDIS_OK;
     if (!queued) failure_ = wctx_->errstr;
@@ -660,6 +827,78 @@ bool RedisCache::after_commit(const std::vector<std::string_view>& conversations
     }
     // The replies are read later (settle): on its own connection, the write
     // runs in Redis while the worker stores its next batch.
+    in_flight_ = InFlight{{conversations.begin(), conversations.end()}, token, replies};
+    return true;
+}
+
+// One EVALSHA for the whole change (kChangeScript): rows are replaced by id
+// inside the script, where the epoch check and the writes are one step.
+size_t RedisCache::encode_change(const std::vector<std::string_view>& conversations, const std::string& token,
+                                 const std::vector<std::vector<const StoredMessage*>>& changed,
+                                 const std::vector<std::vector<const StoredMessage*>>& added) {
+    RespBuffer cmd(wbuf_);
+    size_t rows = 0;
+    for (size_t i = 0; i < conversations.size(); ++i) rows += changed[i].size() + added[i].size();
+    const size_t n = conversations.size();
+    cmd.command(3 + 2 * n + rows + 6 + 3 * n + 2 * rows);
+    cmd.arg("EVALSHA");
+    cmd.arg(change_sha_);
+    cmd.arg(uint64_t{2 * n + rows});
+    for (auto conv : conversations) {
+        cmd.arg(history_key(conv));
+        cmd.arg(meta_key(conv));
+    }
+    const std::string bucket_prefix = cfg_.prefix + "m:";
+    auto each_row = [&](auto&& f) {
+        for (size_t i = 0; i < n; ++i) {
+            for (const StoredMessage* m : changed[i]) f(*m);
+            for (const StoredMessage* m : added[i]) f(*m);
+        }
+    };
+    each_row([&](const StoredMessage& m) { cmd.bucket_arg(bucket_prefix, m.id); });
+    cmd.arg(uint64_t{cfg_.history_size});
+    cmd.arg(uint64_t{std::max<uint32_t>(1, cfg_.history_size / 10)});  // trim slack
+    cmd.arg(uint64_t{cfg_.history_ttl_s});
+    cmd.arg("w:" + token);
+    cmd.arg(uint64_t{cfg_.message_ttl_s});
+    cmd.arg(uint64_t{n});
+    for (size_t i = 0; i < n; ++i) {
+        cmd.arg(epoch_seen(token, i));
+        cmd.arg(uint64_t{changed[i].size()});
+        cmd.arg(uint64_t{added[i].size()});
+    }
+    std::string payload;
+    each_row([&](const StoredMessage& m) {
+        cmd.id_arg("", m.id);
+        payload.clear();
+        proto::encode_cached(m, payload);
+        cmd.arg(payload);
+    });
+    return 1;
+}
+
+bool RedisCache::after_change(const std::vector<std::string_view>& conversations, const std::string& token,
+                              const std::vector<std::vector<const StoredMessage*>>& changed,
+                              const std::vector<std::vector<const StoredMessage*>>& added) {
+    settle();  // at most one write in flight
+    auto give_up = [&] {
+        writes_failed_.fetch_add(1, std::memory_order_relaxed);
+        for (auto c : conversations) defer(c, token);
+        marks_.erase(token);
+        return false;
+    };
+    if (conversations.empty()) return marks_.erase(token), true;
+    if (!ensure_connected()) return give_up();
+    size_t replies = encode_change(conversations, token, changed, added);
+    marks_.erase(token);
+    bool queued = redisAppendFormattedCommand(wctx_, wbuf_.data(), wbuf_.size()) == REDIS_OK;
+    if (!queued) failure_ = wctx_->errstr;
+    if (!queued || !write_out(wctx_, deadline())) {
+        on_error("write");
+        return give_up();
+    }
+    // Answered at the next settle(), as a batch's write: the conversations it
+    // returns keep their mark and are rebuilt.
     in_flight_ = InFlight{{conversations.begin(), conversations.end()}, token, replies};
     return true;
 }
@@ -703,6 +942,7 @@ void RedisCache::settle() {
 }
 
 void RedisCache::abandon(const std::vector<std::string_view>& conversations, const std::string& token) {
+    marks_.erase(token);
     if (ensure_connected()) {
         const auto until = deadline();
         for (auto c : conversations) append(ctx_, {"HDEL", meta_key(c), "w:" + token});
@@ -727,15 +967,21 @@ std::vector<std::string> RedisCache::needs_repair(size_t max) {
 
 bool RedisCache::repair(const std::string& conversation, const std::string& token,
                         const std::vector<StoredMessage>& recent, bool complete) {
+    // The snapshot was read after this token's mark: it covers what was
+    // deferred before the mark was sent, not what was deferred since.
+    auto state = marks_.find(token);
+    const uint64_t upto = state != marks_.end() ? state->second.deferral : repairs_->last_deferral();
+    const std::string epoch = epoch_seen(token, 0);
+    if (state != marks_.end()) marks_.erase(state);
     if (!ensure_connected()) {
         defer(conversation, token);
         return false;
     }
-    std::vector<std::string> leaked = repairs_->leaked_marks(conversation);
+    std::vector<std::string> leaked = repairs_->leaked_marks(conversation, upto);
     std::string floor = complete || recent.empty() ? kZeroFloor : hex_id(recent.front().id);
     std::vector<std::string> args{"EVALSHA", repair_sha_, "2", history_key(conversation), meta_key(conversation),
                                   std::to_string(cfg_.history_size), std::to_string(cfg_.history_ttl_s), floor,
-                                  std::to_string(wall_now_us() / 1000), token, std::to_string(leaked.size())};
+                                  std::to_string(wall_now_us() / 1000), token, epoch, std::to_string(leaked.size())};
     args.insert(args.end(), leaked.begin(), leaked.end());
     for (const auto& m : recent) args.push_back(member_of(m));
     append(ctx_, args);
@@ -747,9 +993,50 @@ bool RedisCache::repair(const std::string& conversation, const std::string& toke
         defer(conversation, token);
         return false;
     }
-    repairs_->done(conversation);
+    if (r->type == REDIS_REPLY_INTEGER && r->integer < 0) {
+        // A change of its rows began or ended meanwhile: the snapshot may be
+        // older than the cache. Still queued (its mark removed): tried again.
+        spdlog::debug("rebuild of {} raced a change of its rows; trying again", conversation);
+        return false;
+    }
+    repairs_->done(conversation, upto);
     spdlog::debug("rebuilt the cached history of {} from {} stored messages", conversation, recent.size());
     return true;
+}
+
+std::string RedisCache::readable_floor(const std::string& conversation, const redisReply* meta) {
+    std::string floor;
+    int64_t now = wall_now_us() / 1000;
+    for (size_t i = 0; i + 1 < meta->elements; i += 2) {
+        std::string_view f = text_of(meta->element[i]), v = text_of(meta->element[i + 1]);
+        if (f == "floor") {
+            floor = v;
+        } else if (f.substr(0, 2) == "w:") {
+            // A write is in progress; a mark past its deadline means its writer
+            // died between commit and cache write: rebuild from PostgreSQL.
+            int64_t deadline_ms = 0;
+            std::from_chars(v.data(), v.data() + v.size(), deadline_ms);
+            if (deadline_ms < now) defer(conversation, {});
+            return {};
+        }
+    }
+    return floor.size() == 32 ? floor : std::string();
+}
+
+// Members as messages; nullopt when one does not decode (written under another
+// field list, e.g. before `role`): the conversation is then rebuilt, which
+// replaces every member by id.
+static std::optional<std::vector<StoredMessage>> decode_members(const redisReply* range) {
+    std::vector<StoredMessage> out;
+    out.reserve(range->elements);
+    for (size_t i = 0; i < range->elements; ++i) {
+        const redisReply* e = range->element[i];
+        if (e->type != REDIS_REPLY_STRING) return std::nullopt;
+        auto m = decode_member(e->str, e->len);
+        if (!m) return std::nullopt;
+        out.push_back(std::move(*m));
+    }
+    return out;
 }
 
 std::optional<std::vector<StoredMessage>> RedisCache::history(const std::string& conversation,
@@ -781,31 +1068,13 @@ std::optional<std::vector<StoredMessage>> RedisCache::history(const std::string&
         return std::nullopt;
     }
     if (exists->integer != 1) return std::nullopt;
-    std::string floor;
-    int64_t now = wall_now_us() / 1000;
-    for (size_t i = 0; i + 1 < meta->elements; i += 2) {
-        std::string_view f = text_of(meta->element[i]), v = text_of(meta->element[i + 1]);
-        if (f == "floor") {
-            floor = v;
-        } else if (f.substr(0, 2) == "w:") {
-            // A write is in progress; a mark past its deadline means its writer
-            // died between commit and cache write: rebuild from PostgreSQL.
-            int64_t deadline_ms = 0;
-            std::from_chars(v.data(), v.data() + v.size(), deadline_ms);
-            if (deadline_ms < now) defer(conversation, {});
-            return std::nullopt;
-        }
-    }
-    if (floor.size() != 32) return std::nullopt;
+    std::string floor = readable_floor(conversation, meta.get());
+    if (floor.empty()) return std::nullopt;
     bool from_start = floor == kZeroFloor;
-    std::vector<StoredMessage> out;
-    out.reserve(range->elements);
-    for (size_t i = 0; i < range->elements; ++i) {
-        const redisReply* e = range->element[i];
-        if (e->type != REDIS_REPLY_STRING) return std::nullopt;
-        auto m = decode_member(e->str, e->len);
-        if (!m) return std::nullopt;
-        out.push_back(std::move(*m));
+    auto out = decode_members(range.get());
+    if (!out) {
+        defer(conversation, {});
+        return std::nullopt;
     }
     if (after) {
         // Every id > after is cached when after >= floor (or the set is whole).
@@ -813,15 +1082,108 @@ std::optional<std::vector<StoredMessage>> RedisCache::history(const std::string&
     } else {
         // The most recent `limit`: all of them must be at or above the floor, and
         // fewer than `limit` only if the set holds the conversation from its start.
-        if (!from_start && (out.size() < limit || hex_id(out.back().id) < floor)) return std::nullopt;
-        std::reverse(out.begin(), out.end());
+        if (!from_start && (out->size() < limit || hex_id(out->back().id) < floor)) return std::nullopt;
+        std::reverse(out->begin(), out->end());
+    }
+    return out;
+}
+
+// The turns before `before` from what the cache read: `below` (the members
+// below it, newest first, at most limit + 1) and `above` (those above it,
+// ascending). Cached messages carry no reply_to, so a reply's place is proven
+// instead: every reply must directly follow (in id order) a done message, and
+// every done message be directly followed by a reply. A reply's id is made
+// after its message was stored, and a conversation has one turn at a time, so
+// then each reply follows the message it answers and id order is turn order.
+// Replies above `before` answer earlier turns (`before` is being claimed: the
+// turns before it are over). nullopt when this cannot be proven.
+static std::optional<std::vector<StoredMessage>> turns_before(std::vector<StoredMessage> below,
+                                                              std::vector<StoredMessage> above, uint32_t limit,
+                                                              const std::string& floor) {
+    const bool from_start = floor == kZeroFloor;
+    bool all_below = below.size() <= limit;  // every member below `before` was read
+    // Below the floor a member may be a leftover: not evidence of anything.
+    while (!below.empty() && hex_id(below.back().id) < floor) below.pop_back(), all_below = false;
+    std::reverse(below.begin(), below.end());
+    std::vector<StoredMessage> rows = std::move(below);
+    for (auto& m : above)
+        if (m.role == "assistant") rows.push_back(std::move(m));
+    for (size_t i = 0; i < rows.size(); ++i) {
+        if (rows[i].role == "assistant") {
+            // A reply first in what was read answers a message not read: its
+            // place is unknown, so it must be one of the turns left out.
+            if (i == 0 ? rows.size() <= limit : !(rows[i - 1].role == "user" && rows[i - 1].status == "done"))
+                return std::nullopt;
+        } else if (rows[i].status == "done" && (i + 1 == rows.size() || rows[i + 1].role != "assistant")) {
+            return std::nullopt;
+        }
+    }
+    // Complete: `limit` turns were read (all at or above the floor: every
+    // stored message from there on is cached), or everything from the start.
+    if (rows.size() < limit && !(all_below && from_start)) return std::nullopt;
+    if (rows.size() > limit) rows.erase(rows.begin(), rows.end() - limit);
+    return rows;
+}
+
+std::vector<std::optional<std::vector<StoredMessage>>> RedisCache::histories_before(
+    const std::vector<HistoryAsk>& asks, uint32_t limit) {
+    settle();  // this worker's last write is visible to its own readers
+    std::vector<std::optional<std::vector<StoredMessage>>> out(asks.size());
+    if (limit == 0) {
+        for (auto& o : out) o.emplace();
+        return out;
+    }
+    if (asks.empty()) return out;
+    if (flush_pending()) {
+        if (ensure_connected()) flush_histories();
+        return out;
+    }
+    if (!ensure_connected()) return out;
+    // One round trip for all: per ask its meta hash, whether its set exists,
+    // the limit + 1 members below `before` (ids sort as the members do; one
+    // more to see what precedes the oldest) and the members above it.
+    constexpr size_t kPerAsk = 4;
+    for (const auto& a : asks) {
+        std::string key = history_key(a.conversation), hex = hex_id(a.before);
+        append(ctx_, {"HGETALL", meta_key(a.conversation)});
+        append(ctx_, {"EXISTS", key});
+        append(ctx_, {"ZREVRANGEBYLEX", key, "(" + hex + ":", "-", "LIMIT", "0", std::to_string(limit + 1)});
+        append(ctx_, {"ZRANGEBYLEX", key, "(" + hex + ";", "+"});
+    }
+    const auto until = deadline();
+    if (!write_out(ctx_, until)) {
+        on_error("read");
+        return out;
+    }
+    std::vector<Reply> replies;
+    for (size_t i = 0; i < kPerAsk * asks.size(); ++i) {
+        Reply r = read_reply(ctx_, until);
+        if (!r || r->type != (i % kPerAsk == 1 ? REDIS_REPLY_INTEGER : REDIS_REPLY_ARRAY)) {
+            on_error("read");
+            return std::vector<std::optional<std::vector<StoredMessage>>>(asks.size());
+        }
+        replies.push_back(std::move(r));
+    }
+    for (size_t k = 0; k < asks.size(); ++k) {
+        const std::string conversation(asks[k].conversation);
+        const Reply* r = &replies[kPerAsk * k];
+        if (repairs_->contains(conversation) || r[1]->integer != 1) continue;
+        std::string floor = readable_floor(conversation, r[0].get());
+        if (floor.empty()) continue;
+        auto below = decode_members(r[2].get());
+        auto above = decode_members(r[3].get());
+        if (!below || !above) {
+            defer(conversation, {});
+            continue;
+        }
+        out[k] = turns_before(std::move(*below), std::move(*above), limit, floor);
     }
     return out;
 }
 
 std::optional<StoredMessage> RedisCache::get(const MessageId& id) {
     settle();  // this worker's last write is visible to its own readers
-    if (!ensure_connected()) return std::nullopt;
+    if (flush_pending() || !ensure_connected()) return std::nullopt;
     std::string hex = hex_id(id);
     append(ctx_, {"HGET", cfg_.prefix + "m:" + hex.substr(0, kBucketHex), hex});
     const auto until = deadline();
@@ -831,7 +1193,28 @@ std::optional<StoredMessage> RedisCache::get(const MessageId& id) {
         return std::nullopt;
     }
     if (r->type != REDIS_REPLY_STRING) return std::nullopt;
-    return proto::decode_cached(text_of(r.get()), id);
+    // "<epoch>:<cached message>": current only while its conversation's epoch
+    // is that one and no write of the conversation is in progress.
+    std::string_view value = text_of(r.get());
+    size_t colon = value.find(':');
+    if (colon == std::string_view::npos || colon == 0) return std::nullopt;
+    std::string epoch(value.substr(0, colon));
+    auto m = proto::decode_cached(value.substr(colon + 1), id);
+    if (!m || repairs_->contains(m->conversation_id)) return std::nullopt;
+    append(ctx_, {"HGETALL", meta_key(m->conversation_id)});
+    Reply meta = write_out(ctx_, until) ? read_reply(ctx_, until) : nullptr;
+    if (!meta || meta->type != REDIS_REPLY_ARRAY) {
+        on_error("read");
+        return std::nullopt;
+    }
+    bool current = false;
+    for (size_t i = 0; i + 1 < meta->elements; i += 2) {
+        std::string_view f = text_of(meta->element[i]);
+        if (f.substr(0, 2) == "w:") return std::nullopt;
+        if (f == "e") current = text_of(meta->element[i + 1]) == epoch;
+    }
+    if (!current) return std::nullopt;
+    return m;
 }
 
 }  // namespace llmq::worker

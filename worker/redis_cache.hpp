@@ -3,14 +3,23 @@
 //   <prefix>h:C   sorted set of its most recent messages, members
 //                 "<32 hex id>:<cached message>" with score 0, so they sort by id;
 //   <prefix>hm:C  hash: `floor` (32 hex, or all zeros for "from the start"):
-//                 every stored message with id >= floor is in the set; and one
-//                 field "w:<token>" = deadline (unix ms) per writer in progress;
+//                 every stored message with id >= floor is in the set; `e`,
+//                 the conversation's change epoch (below); and one field
+//                 "w:<token>" = deadline (unix ms) per writer in progress;
 // and <prefix>m:<first 9 hex digits of id>, a hash of messages by id (32 hex
-// digits -> cached message), so ids close in time share a key and a TTL. A
-// cached message is proto::encode_cached's compact array.
+// digits -> "<epoch>:<cached message>"), so ids close in time share a key and a
+// TTL. A cached message is proto::encode_cached's compact array.
 // Readers use the set only when no writer mark is present, the set exists and
 // `floor` proves the requested range complete; a mark past its deadline (its
-// writer died) makes the conversation be repaired from PostgreSQL.
+// writer died) makes the conversation be repaired from PostgreSQL. A message
+// by id is used only when its epoch is the conversation's and no mark is there.
+//
+// Rows change (the LLM tier sets a message's status; see Cache::before_change).
+// Two writes of one conversation whose windows (mark .. cache write) overlap
+// cannot tell which committed last, so the epoch orders them: a write that
+// changes stored rows bumps it when it marks and when it finishes, and every
+// write (batch, change, repair) lands only if the epoch is still the one it saw
+// at its mark; otherwise its conversation is rebuilt, its mark kept until then.
 //
 // I/O never blocks past a deadline: both connections are non-blocking and
 // driven with poll(); each exchange (connect and setup, a write, a round trip)
@@ -66,8 +75,13 @@ public:
     [[nodiscard]] bool defer(std::string_view conversation, const std::string& token);
     bool contains(std::string_view conversation) const;
     std::vector<std::string> first(size_t max) const;
-    std::vector<std::string> leaked_marks(std::string_view conversation) const;
-    void done(std::string_view conversation);
+    // Every defer() is numbered. A repair whose snapshot was taken after
+    // deferral `upto` covers the deferrals up to it: the marks they leaked may
+    // go (leaked_marks), and done() forgets the conversation only if nothing
+    // was deferred for it since (a write that committed after the snapshot).
+    uint64_t last_deferral() const;
+    std::vector<std::string> leaked_marks(std::string_view conversation, uint64_t upto) const;
+    void done(std::string_view conversation, uint64_t upto);
     size_t size() const { return size_.load(std::memory_order_relaxed); }
     size_t max() const { return max_; }
 
@@ -86,7 +100,12 @@ public:
 private:
     const size_t max_;
     mutable std::mutex mu_;
-    std::map<std::string, std::vector<std::string>, std::less<>> repairs_;  // conversation -> leaked marks
+    struct Deferred {
+        std::vector<std::pair<std::string, uint64_t>> leaked;  // mark token, its deferral
+        uint64_t last = 0;                                     // the conversation's latest deferral
+    };
+    std::map<std::string, Deferred, std::less<>> repairs_;
+    uint64_t deferrals_ = 0;
     std::atomic<size_t> size_{0};
     std::atomic<bool> flush_pending_{false}, restart_{false};
 };
@@ -103,9 +122,17 @@ public:
     bool after_commit(const std::vector<std::string_view>& conversations, const std::string& token,
                       const std::vector<bool>& complete,
                       const std::vector<std::vector<const StoredMessage*>>& rows) override;
+    bool before_change(const std::vector<std::string_view>& conversations, const std::string& token,
+                       std::vector<bool>& known) override;
+    bool after_change(const std::vector<std::string_view>& conversations, const std::string& token,
+                      const std::vector<std::vector<const StoredMessage*>>& changed,
+                      const std::vector<std::vector<const StoredMessage*>>& added) override;
+    std::vector<std::optional<std::vector<StoredMessage>>> histories_before(const std::vector<HistoryAsk>& asks,
+                                                                            uint32_t limit) override;
     void abandon(const std::vector<std::string_view>& conversations, const std::string& token) override;
     void invalidate(const std::vector<std::string_view>& conversations, const std::string& token) override {
         for (auto c : conversations) defer(c, token);
+        marks_.erase(token);
     }
     std::vector<std::string> needs_repair(size_t max) override;
     bool repair(const std::string& conversation, const std::string& token, const std::vector<StoredMessage>& recent,
@@ -145,6 +172,20 @@ private:
     Reply read_reply(redisContext* c, Clock::time_point deadline);
     // Drops both connections (retried after 1 s), logging `what` and failure_.
     void on_error(const char* what);
+    bool mark(const std::vector<std::string_view>& conversations, const std::string& token, bool change);
+    // What the mark reply said of a conversation's meta hash: a floor the
+    // history can be read from (empty: none, or a writer is in progress).
+    std::string readable_floor(const std::string& conversation, const redisReply* meta);
+    // The marks this instance set and not yet finished, by token: the
+    // deferral the repair queue was at (for repair()) and the epochs seen.
+    struct MarkState {
+        uint64_t deferral = 0;
+        std::vector<std::string> epochs;  // per conversation, in the marked order
+    };
+    const std::string& epoch_seen(const std::string& token, size_t conversation) const;
+    size_t encode_change(const std::vector<std::string_view>& conversations, const std::string& token,
+                         const std::vector<std::vector<const StoredMessage*>>& changed,
+                         const std::vector<std::vector<const StoredMessage*>>& added);
     // Remembers that a conversation needs a repair, and the marks this worker may
     // have left on it (removed by the repair), in the process's shared queue.
     void defer(std::string_view conversation, const std::string& token);
@@ -164,7 +205,9 @@ private:
     redisContext* ctx_ = nullptr;   // marks, reads, repairs: answered at once
     redisContext* wctx_ = nullptr;  // batch writes: answered at the next settle()
     std::chrono::steady_clock::time_point retry_at_{};
-    std::string mark_sha_, append_sha_, repair_sha_;
+    std::string mark_sha_, append_sha_, repair_sha_, change_sha_;
+    std::unordered_map<std::string, MarkState> marks_;
+    uint64_t epoch_seed_ = 0;  // fresh epochs are drawn from it
     std::shared_ptr<RepairQueue> repairs_;
     std::string failure_;  // why the last I/O helper failed
     std::atomic<uint64_t> errors_{0}, writes_ok_{0}, writes_failed_{0};

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "common/message.hpp"
+#include "common/protocol.hpp"
 
 namespace llmq::worker {
 
@@ -41,6 +42,36 @@ struct DeadLetterEntry {
     int64_t dead_at_us = 0;
 };
 
+// The LLM tier (docs/llm-tier.md): one settle of a tier job, with what the
+// worker prepared for a complete (the reply as it is stored).
+struct TierSettleInput {
+    const proto::TierSettle* op = nullptr;
+    std::string reply_content;  // complete: the reply, normalized like pushed content
+    int32_t reply_tokens = 0;   // complete: counted with the worker's tokenizer
+    int64_t reply_hash = 0;     // complete: content_hash of reply_content
+};
+// What one tier write did.
+struct TierWriteResult {
+    // The claimed rows that were still open, in claim order (history empty
+    // unless before_commit or the store filled it), and the claims whose row
+    // is gone (done, failed, dead, an assistant row, or absent).
+    std::vector<proto::ClaimedMessage> claimed;
+    std::vector<MessageId> gone;
+    std::vector<proto::SettleResult> settled;  // one per settle, in order
+    // For the cache: user rows whose status this write changed, and the
+    // replies it inserted, as stored now.
+    std::vector<StoredMessage> changed;
+    std::vector<StoredMessage> added;
+    // Set by before_commit: the claimed[i] whose history the store reads (in
+    // the same transaction), because the cache could not answer it.
+    std::vector<size_t> history_from_store;
+};
+// Turns of a conversation before a message (see Store::turns).
+struct TurnsWanted {
+    std::string conversation;
+    MessageId before{};
+};
+
 class Store {
 public:
     virtual ~Store() = default;
@@ -70,6 +101,31 @@ public:
     virtual StoreStatus list_dead_letters(uint32_t limit, std::vector<DeadLetterEntry>& out) = 0;
     // The stored rows among `ids` (any order; missing ids are absent).
     virtual StoreStatus get_many(const std::vector<MessageId>& ids, std::vector<StoredMessage>& out) = 0;
+
+    // ---- the LLM tier's writes, decided by the broker ----------------------------
+    // One transaction: marks the claims' rows claimed (token, lease, attempt;
+    // only rows still pending or claimed, role user), then applies the settles
+    // (complete: done + the reply row + usage; retry: back to pending; failed;
+    // dead; extend), each only where the row still carries the settle's token
+    // (a complete resent after it committed answers ok). Without settles the
+    // commit does not wait for the WAL flush (a claim lost in a crash is only
+    // claimed again). before_commit, if given, runs once right before the
+    // commit with `out` filled; then the store reads the history of the
+    // claimed messages listed in out.history_from_store (up to `history` turns
+    // each, oldest first) in the same transaction. On failure nothing was
+    // written (or, when unavailable, the commit is in doubt).
+    virtual StoreStatus apply_tier(const std::vector<proto::TierClaim>& claims, uint32_t history,
+                                   const std::vector<TierSettleInput>& settles, TierWriteResult& out,
+                                   const std::function<void(TierWriteResult&)>& before_commit = {}) = 0;
+    // For each want: the `limit` most recent turns of its conversation before
+    // the message `before`, oldest first, in conversation order: user messages
+    // with ids < before, each followed by its reply (an assistant row answering
+    // a message < before, whatever the reply's own id). out[i] answers wants[i].
+    virtual StoreStatus turns(const std::vector<TurnsWanted>& wants, uint32_t limit,
+                              std::vector<std::vector<proto::Turn>>& out) = 0;
+    // The rows that are still work (pending or claimed, role user) with ids >
+    // after, in id order, at most `limit`: a page of the broker's rebuild.
+    virtual StoreStatus open_rows(const MessageId& after, uint32_t limit, std::vector<proto::OpenRow>& out) = 0;
 };
 
 }  // namespace llmq::worker

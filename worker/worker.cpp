@@ -1,5 +1,5 @@
 // Worker threads: the I/O loop on the DEALER socket, the executors that run
-// batches through their pipelines, and the query thread.
+// batches through their pipelines, the query thread and the tier thread.
 #include "worker/worker.hpp"
 
 #include <sys/eventfd.h>
@@ -12,6 +12,7 @@
 #include <stdexcept>
 #include <system_error>
 
+#include <msgpack.hpp>
 #include <spdlog/spdlog.h>
 
 #include "common/config.hpp"
@@ -30,6 +31,24 @@ constexpr int64_t kMs = 1'000'000;
 constexpr size_t kMaxQueuedBatches = 1024;
 // Cache repairs an idle thread runs at a time (each costs a store read).
 constexpr size_t kRepairsPerTurn = 16;
+
+// The `job` of a tier job's body that did not decode, if it can be read (0 if not).
+uint64_t peek_job(std::string_view body) {
+    try {
+        auto oh = msgpack::unpack(body.data(), body.size());
+        const msgpack::object& o = oh.get();
+        if (o.type != msgpack::type::MAP) return 0;
+        for (uint32_t i = 0; i < o.via.map.size; ++i) {
+            const auto& kv = o.via.map.ptr[i];
+            if (kv.key.type == msgpack::type::STR &&
+                std::string_view(kv.key.via.str.ptr, kv.key.via.str.size) == "job" &&
+                kv.val.type == msgpack::type::POSITIVE_INTEGER)
+                return kv.val.via.u64;
+        }
+    } catch (...) {  // not msgpack: no job to name
+    }
+    return 0;
+}
 
 std::string hostname() {
     char buf[256] = {};
@@ -128,6 +147,7 @@ Worker::Worker(WorkerConfig cfg, StoreFactory make_store, CacheFactory make_cach
       started_ns_(steady_now_ns()),
       jobs_(kMaxQueuedBatches),
       queries_(kMaxQueuedQueries),
+      tier_jobs_(kMaxQueuedTierJobs),
       heartbeat_ms_(cfg_.heartbeat_ms),
       liveness_(cfg_.liveness) {
     check_bounds(cfg_);
@@ -149,9 +169,11 @@ Worker::Worker(WorkerConfig cfg, StoreFactory make_store, CacheFactory make_cach
 Worker::~Worker() {
     jobs_.close();
     queries_.close();
+    tier_jobs_.close();
     for (auto& lane : executors_)
         if (lane->thread.joinable()) lane->thread.join();
     if (query_lane_ && query_lane_->thread.joinable()) query_lane_->thread.join();
+    if (tier_lane_ && tier_lane_->thread.joinable()) tier_lane_->thread.join();
 }
 
 std::unique_ptr<Worker::Lane> Worker::make_lane(const std::string& name) {
@@ -244,6 +266,30 @@ void Worker::query_loop(Lane& lane) {
     }
 }
 
+void Worker::tier_loop(Lane& lane) {
+    for (;;) {
+        std::optional<proto::TierJob> job = tier_jobs_.pop(100ms);
+        if (job) {
+            TierOutcome out;
+            if (!healthy_) {  // the executors probe PostgreSQL; no job waits on a dead connection
+                out.done.job = job->job;
+                out.done.status = Status::storage_error;
+                out.done.reason = "worker unhealthy: PostgreSQL unavailable";
+            } else {
+                out = lane.tier->run(*job);
+                if (out.unavailable) set_healthy(false, out.done.reason);
+            }
+            tier_mailbox_.post({Outgoing::Kind::reply, proto::encode(out.done)});
+        } else if (tier_jobs_.closed()) {
+            break;
+        }
+        // Conflicting cache writes leave conversations to rebuild: repaired
+        // here too when no job waits (any thread of the process may).
+        if (healthy_ && tier_jobs_.size() == 0) lane.pipeline->run_repairs(kRepairsPerTurn);
+        lane.cache->settle();
+    }
+}
+
 // ---- the I/O thread ------------------------------------------------------------
 
 void Worker::connect() {
@@ -253,6 +299,7 @@ void Worker::connect() {
     sock_->set(zmq::sockopt::maxmsgsize, static_cast<int64_t>(proto::kMaxFrameBytes));
     sock_->connect(cfg_.broker);
     jobs_.clear();  // a new connection: the broker redelivers what we held
+    tier_jobs_.clear();  // and decides again what those tier jobs were to write
     unsent_.clear();  // answers for batches the broker took back
     send(Command::ready, proto::encode(proto::Ready{cfg_.credit, info_}));
     last_heard_ns_ = steady_now_ns();
@@ -325,6 +372,7 @@ void Worker::handle(Incoming& in) {
             }
             break;
         }
+        case Command::tier: accept_tier_job(in.data()); break;
         case Command::heartbeat: {
             auto hb = proto::decode_heartbeat(in.data());
             if (auto* h = std::get_if<proto::Heartbeat>(&hb); h && h->heartbeat_ms > 0 && h->liveness > 0 &&
@@ -349,6 +397,27 @@ void Worker::handle(Incoming& in) {
     }
 }
 
+void Worker::accept_tier_job(std::string_view body) {
+    auto decoded = proto::decode_tier_job(body);
+    proto::TierDone refused;
+    if (auto* err = std::get_if<proto::DecodeError>(&decoded)) {
+        // A protocol error is answered, never dropped: the broker waits for it.
+        spdlog::warn("undecodable tier job: {}", err->reason);
+        refused.job = peek_job(body);
+        refused.status = err->status;
+        refused.reason = err->reason;
+        send(Command::tier_done, proto::encode(refused));
+        return;
+    }
+    auto& job = std::get<proto::TierJob>(decoded);
+    refused.job = job.job;
+    if (!tier_jobs_.push(std::move(job))) {
+        refused.status = Status::busy;
+        refused.reason = "worker has " + std::to_string(kMaxQueuedTierJobs) + " tier jobs waiting; retry";
+        send(Command::tier_done, proto::encode(refused));
+    }
+}
+
 // Copies what the connections count into the registry (called by each snapshot).
 void Worker::collect_connection_figures() const {
     uint64_t redis_errors = 0, writes = 0, write_errors = 0;
@@ -360,6 +429,7 @@ void Worker::collect_connection_figures() const {
     };
     for (const auto& lane : executors_) add_cache(*lane);
     if (query_lane_) add_cache(*query_lane_);
+    if (tier_lane_) add_cache(*tier_lane_);
     counters_.redis_errors.set(redis_errors);
     counters_.cache_writes.set(writes);
     counters_.cache_write_errors.set(write_errors);
@@ -391,6 +461,7 @@ void Worker::flush_mailbox() {
             case Outgoing::Kind::heartbeat: send_heartbeat(); break;
         }
     }
+    for (auto& out : tier_mailbox_.take()) send(Command::tier_done, out.body);
 }
 
 bool Worker::broker_silent(int64_t now) const {
@@ -404,6 +475,15 @@ void Worker::finish_in_hand() {
     jobs_.clear();
     jobs_.close();
     queries_.close();
+    // Tier jobs not started are answered: nothing of them was written.
+    for (auto& job : tier_jobs_.clear()) {
+        proto::TierDone done;
+        done.job = job.job;
+        done.status = Status::storage_error;
+        done.reason = "worker shutting down";
+        send(Command::tier_done, proto::encode(done));
+    }
+    tier_jobs_.close();
     int64_t deadline = steady_now_ns() + (int64_t{cfg_.batch_timeout_ms} + 5000) * kMs;
     auto busy = [&] {
         for (const auto& lane : executors_)
@@ -412,8 +492,10 @@ void Worker::finish_in_hand() {
     };
     Incoming in;
     while (busy() && steady_now_ns() < deadline) {
-        zmq::pollitem_t items[] = {{sock_->handle(), 0, ZMQ_POLLIN, 0}, {nullptr, mailbox_.fd(), ZMQ_POLLIN, 0}};
-        zmq::poll(items, 2, 100ms);
+        zmq::pollitem_t items[] = {{sock_->handle(), 0, ZMQ_POLLIN, 0},
+                                   {nullptr, mailbox_.fd(), ZMQ_POLLIN, 0},
+                                   {nullptr, tier_mailbox_.fd(), ZMQ_POLLIN, 0}};
+        zmq::poll(items, 3, 100ms);
         while (recv_message(*sock_, false, in)) last_heard_ns_ = steady_now_ns();  // the broker still hears us
         send_unsent();
         flush_mailbox();
@@ -421,6 +503,7 @@ void Worker::finish_in_hand() {
     }
     for (auto& lane : executors_) lane->thread.join();
     query_lane_->thread.join();
+    tier_lane_->thread.join();  // its job in hand finishes (statements are bounded too)
     flush_mailbox();
     send_unsent();  // what is still unsent goes out within the socket's linger
 }
@@ -433,6 +516,13 @@ void Worker::run(const std::atomic<bool>& stop) {
     }
     query_lane_ = make_lane("q");
     query_lane_->thread = std::thread([this] { query_loop(*query_lane_); });
+    tier_lane_ = make_lane("t");
+    TierConfig tc;
+    tc.writer = info_.id + ":tier";  // distinct from the lane's pipeline tokens (":t:")
+    tc.preprocess.max_content_bytes = cfg_.max_content_bytes;
+    tc.preprocess.tokenizer = tokenizer_.get();
+    tier_lane_->tier = std::make_unique<Tier>(tc, *tier_lane_->store, *tier_lane_->cache, &counters_);
+    tier_lane_->thread = std::thread([this] { tier_loop(*tier_lane_); });
     connect();
     spdlog::info("worker {} connected to {} with credit {} and {} executors", info_.id, cfg_.broker, cfg_.credit,
                  cfg_.executors);
@@ -440,10 +530,12 @@ void Worker::run(const std::atomic<bool>& stop) {
     int backoff_ms = 100;
     Incoming in;
     while (!stop.load(std::memory_order_relaxed)) {
-        zmq::pollitem_t items[] = {{sock_->handle(), 0, ZMQ_POLLIN, 0}, {nullptr, mailbox_.fd(), ZMQ_POLLIN, 0}};
+        zmq::pollitem_t items[] = {{sock_->handle(), 0, ZMQ_POLLIN, 0},
+                                   {nullptr, mailbox_.fd(), ZMQ_POLLIN, 0},
+                                   {nullptr, tier_mailbox_.fd(), ZMQ_POLLIN, 0}};
         int64_t wait_ms = std::clamp<int64_t>((next_heartbeat_ns_ - steady_now_ns()) / kMs, 0, 100);
         try {
-            zmq::poll(items, 2, std::chrono::milliseconds(wait_ms));
+            zmq::poll(items, 3, std::chrono::milliseconds(wait_ms));
         } catch (const zmq::error_t& e) {
             if (e.num() != EINTR) throw;
         }
@@ -463,6 +555,7 @@ void Worker::run(const std::atomic<bool>& stop) {
             for (int slept = 0; slept < backoff_ms && !stop.load(); slept += 50) {
                 std::this_thread::sleep_for(50ms);
                 mailbox_.take();  // answers for the old connection: the broker forgot those batches
+                tier_mailbox_.take();  // and those tier jobs
             }
             backoff_ms = std::min(backoff_ms * 2, cfg_.reconnect_max_ms);
             connect();

@@ -2,7 +2,8 @@
 // socket (registration, credit, heartbeats both ways, reconnection, receiving
 // batches and queries, sending every answer) and never touches storage;
 // executor threads run batches through a Pipeline each, with their own
-// PostgreSQL and Redis connections; one more thread answers queries.
+// PostgreSQL and Redis connections; one more thread answers queries, and one
+// executes the LLM tier's writes (`tier` jobs), so neither waits behind batches.
 #pragma once
 
 #include <atomic>
@@ -25,6 +26,7 @@
 #include "worker/pipeline.hpp"
 #include "worker/queues.hpp"
 #include "worker/store.hpp"
+#include "worker/tier.hpp"
 
 namespace llmq::worker {
 
@@ -71,6 +73,8 @@ public:
     // Queries wait for the query thread in a queue of at most this many; past
     // it a query is answered busy at once.
     static constexpr size_t kMaxQueuedQueries = 1000;
+    // Tier jobs likewise wait for the tier thread; past it, answered busy.
+    static constexpr size_t kMaxQueuedTierJobs = 1000;
 
     // `tokenizer` (load_tokenizer's) counts token_count exactly and is shared by
     // every executor; null counts with estimate_tokens, whatever cfg.tokenizer says.
@@ -96,6 +100,7 @@ private:
         std::unique_ptr<Store> store;
         std::unique_ptr<Cache> cache;
         std::unique_ptr<Pipeline> pipeline;
+        std::unique_ptr<Tier> tier;  // the tier thread's
         std::atomic<uint64_t> busy_batch{0};  // 0 = idle
         std::atomic<int64_t> busy_since_ns{0};
         std::thread thread;
@@ -104,6 +109,7 @@ private:
     std::unique_ptr<Lane> make_lane(const std::string& name);
     void executor_loop(Lane& lane);
     void query_loop(Lane& lane);
+    void tier_loop(Lane& lane);
     void idle(Lane& lane);
     void set_healthy(bool healthy, const std::string& why);
 
@@ -113,6 +119,7 @@ private:
     void send(proto::Command cmd, const std::string& body);
     void send_unsent();
     void handle(Incoming& in);
+    void accept_tier_job(std::string_view body);
     void flush_mailbox();
     void send_heartbeat();
     bool broker_silent(int64_t now) const;
@@ -134,9 +141,13 @@ private:
 
     WorkQueue<proto::Batch> jobs_;
     WorkQueue<proto::Query> queries_;
+    WorkQueue<proto::TierJob> tier_jobs_;
     Mailbox mailbox_;
+    // The tier thread's answers (encoded TierDone), sent as `tier_done`.
+    Mailbox tier_mailbox_;
     std::vector<std::unique_ptr<Lane>> executors_;
     std::unique_ptr<Lane> query_lane_;
+    std::unique_ptr<Lane> tier_lane_;
 
     // Health: false while PostgreSQL is unusable; one idle executor probes it.
     std::atomic<bool> healthy_{true};

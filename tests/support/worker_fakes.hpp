@@ -134,6 +134,41 @@ public:
         return {};
     }
 
+    // The LLM tier: reads from `rows`; its writes are not faked (tests of them
+    // use PostgreSQL: tests/e2e/tier_store_test.cpp).
+    worker::StoreStatus apply_tier(const std::vector<proto::TierClaim>&, uint32_t,
+                                   const std::vector<worker::TierSettleInput>& settles, worker::TierWriteResult& out,
+                                   const std::function<void(worker::TierWriteResult&)>&) override {
+        out = {};
+        out.settled.resize(settles.size());
+        return fail(down, "FakeStore does not fake the LLM tier's writes");
+    }
+    worker::StoreStatus turns(const std::vector<worker::TurnsWanted>& wants, uint32_t limit,
+                              std::vector<std::vector<proto::Turn>>& out) override {
+        out.assign(wants.size(), {});
+        if (down) return fail(true, "down");
+        for (size_t i = 0; i < wants.size(); ++i) {
+            for (const auto& [id, m] : rows)
+                if (m.conversation_id == wants[i].conversation && id < wants[i].before)
+                    out[i].push_back({m.id, m.role, m.content, m.token_count});
+            if (out[i].size() > limit) out[i].erase(out[i].begin(), out[i].end() - limit);
+        }
+        return {};
+    }
+    worker::StoreStatus open_rows(const MessageId& after, uint32_t limit, std::vector<proto::OpenRow>& out) override {
+        out.clear();
+        if (down) return fail(true, "down");
+        for (auto it = rows.upper_bound(after); it != rows.end() && out.size() < limit; ++it) {
+            const StoredMessage& m = it->second;
+            if (m.role != "user" || (m.status != "pending" && m.status != "claimed")) continue;
+            proto::OpenRow o;
+            o.id = m.id, o.conversation_id = m.conversation_id, o.user_id = m.user_id, o.priority = m.priority;
+            o.token_count = m.token_count, o.claimed = m.status == "claimed";
+            out.push_back(std::move(o));
+        }
+        return {};
+    }
+
     void release() {
         {
             std::lock_guard lock(mu);
@@ -207,6 +242,39 @@ public:
         ++writes_.ok;
         return true;
     }
+    bool before_change(const std::vector<std::string_view>& convs, const std::string& token,
+                       std::vector<bool>& known) override {
+        send_marks(convs, token);
+        return await_marks(convs, token, known);
+    }
+    // Writes in place; this fake has no concurrent writers to order against.
+    bool after_change(const std::vector<std::string_view>& convs, const std::string& token,
+                      const std::vector<std::vector<const StoredMessage*>>& changed,
+                      const std::vector<std::vector<const StoredMessage*>>& added) override {
+        if (down) {
+            ++errors_;
+            ++writes_.failed;
+            for (auto c : convs) repairs.insert(std::string(c));
+            return false;
+        }
+        events.push_back("change");
+        for (size_t i = 0; i < convs.size(); ++i) {
+            std::string c(convs[i]);
+            auto h = histories.find(c);
+            for (const auto* m : changed[i]) {
+                by_id[m->id] = *m;
+                if (h != histories.end() && h->second.count(m->id)) h->second[m->id] = *m;
+            }
+            for (const auto* m : added[i]) {
+                by_id[m->id] = *m;
+                if (h != histories.end()) h->second[m->id] = *m;
+                else repairs.insert(c);
+            }
+            marks[c].erase(token);
+        }
+        ++writes_.ok;
+        return true;
+    }
     void abandon(const std::vector<std::string_view>& convs, const std::string& token) override {
         events.push_back("abandon");
         for (auto c : convs) marks[std::string(c)].erase(token);
@@ -241,6 +309,20 @@ public:
         if (out.size() > limit) {
             if (after) out.resize(limit);
             else out.erase(out.begin(), out.end() - limit);
+        }
+        return out;
+    }
+    std::vector<std::optional<std::vector<StoredMessage>>> histories_before(const std::vector<HistoryAsk>& asks,
+                                                                            uint32_t limit) override {
+        std::vector<std::optional<std::vector<StoredMessage>>> out(asks.size());
+        for (size_t i = 0; i < asks.size(); ++i) {
+            std::string c(asks[i].conversation);
+            if (down || repairs.count(c) || !marks[c].empty() || !histories.count(c)) continue;
+            std::vector<StoredMessage> turns;
+            for (const auto& [id, m] : histories[c])
+                if (id < asks[i].before) turns.push_back(m);
+            if (turns.size() > limit) turns.erase(turns.begin(), turns.end() - limit);
+            out[i] = std::move(turns);
         }
         return out;
     }

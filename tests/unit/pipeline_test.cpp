@@ -235,6 +235,25 @@ TEST_F(PipelineTest, RepairsTakeAtMostTheirTurnAndStopWhenTheStoreFails) {
     EXPECT_EQ(pipeline.run_repairs(100), 15u);
 }
 
+TEST_F(PipelineTest, SuccessfulOutcomesCarryTheStoredTokenCountForTheLlmTier) {
+    auto b = batch(3, 1);
+    b.msgs[1].content = std::string("\xff", 1);  // rejected: says no count
+    b.msgs[2].content = "a somewhat longer message with several more words in it";
+    auto first = pipeline.process(b);
+    ASSERT_EQ(first.done.results.size(), 3u);
+    EXPECT_EQ(first.done.results[1].status, Status::rejected);
+    EXPECT_EQ(first.done.results[1].token_count, -1);
+    for (size_t i : {size_t{0}, size_t{2}}) {
+        EXPECT_EQ(first.done.results[i].status, Status::ok);
+        EXPECT_EQ(first.done.results[i].token_count, store.rows.at(b.msgs[i].id).token_count) << i;
+        EXPECT_GT(first.done.results[i].token_count, 0) << i;
+    }
+    EXPECT_NE(first.done.results[0].token_count, first.done.results[2].token_count);
+    // A duplicate (redelivery) reports its count too.
+    auto again = pipeline.process(b);
+    EXPECT_EQ(again.done.results[2].token_count, first.done.results[2].token_count);
+}
+
 TEST_F(PipelineTest, QueriesAreAnsweredFromTheCacheAndElseFromTheStore) {
     auto b = batch(4, 1);
     pipeline.process(b);

@@ -163,9 +163,9 @@ TEST(RecordsStoredMessage, CachedArrayHoldsTheCachedFieldsAndRoundTrips) {
     expect_same(*from_map, in);
 }
 
-TEST(RecordsStoredMessage, CachedArrayKeepsTheLayoutEntriesInRedisWereWrittenIn) {
+TEST(RecordsStoredMessage, CachedArrayIsTheOldLayoutThenRoleAndOldEntriesAreNeverReadWrong) {
     // [conversation_id, user_id, content, priority, status, token_count,
-    // content_hash, created_at, persisted_at], as packed before the field list.
+    // content_hash, created_at, persisted_at], as packed before `role`.
     msgpack::sbuffer buf;
     msgpack::packer<msgpack::sbuffer> p(buf);
     p.pack_array(9);
@@ -175,17 +175,51 @@ TEST(RecordsStoredMessage, CachedArrayKeepsTheLayoutEntriesInRedisWereWrittenIn)
     const std::string old(buf.data(), buf.size());
     MessageId id{};
     id[0] = 7;
-    auto out = proto::decode_cached(old, id);
-    ASSERT_TRUE(out.has_value());
     StoredMessage want;
     want.id = id;
     want.conversation_id = "c", want.user_id = "u", want.content = "x", want.priority = Priority::high;
     want.status = "done", want.token_count = 12, want.content_hash = -42;
     want.created_at_us = 1'790'000'000'000'000, want.persisted_at_us = 1'790'000'000'500'000;
-    expect_same(*out, want);
-    std::string again;
-    proto::encode_cached(want, again);
-    EXPECT_EQ(again, old);
+    // An entry written before `role`: a miss (the reader asks PostgreSQL and
+    // the cache rebuilds the conversation), or read as the user's message it is.
+    if (auto out = proto::decode_cached(old, id)) expect_same(*out, want);
+    // Now: the same elements, then role (appended: the list puts it last).
+    std::string now;
+    proto::encode_cached(want, now);
+    ASSERT_GT(now.size(), old.size());
+    EXPECT_EQ(now.substr(1, old.size() - 1), old.substr(1)) << "the fields before role moved";
+    auto oh = msgpack::unpack(now.data(), now.size());
+    ASSERT_EQ(oh.get().type, msgpack::type::ARRAY);
+    const auto& a = oh.get().via.array;
+    ASSERT_EQ(a.size, 10u);
+    EXPECT_EQ(a.ptr[9].as<std::string>(), "user");
+    want.role = "assistant";
+    now.clear();
+    proto::encode_cached(want, now);
+    auto back = proto::decode_cached(now, id);
+    ASSERT_TRUE(back.has_value());
+    expect_same(*back, want);
+}
+
+TEST(RecordsStoredMessage, RoleIsLeftOutOfTheMapForUserMessagesOnly) {
+    // A user message's map is byte-identical to what peers from before `role`
+    // wrote and read; an assistant reply says its role.
+    StoredMessage user = sample_record<StoredMessage>();
+    user.role = "user";
+    const std::string body = proto::encode_stored(user);
+    auto oh = msgpack::unpack(body.data(), body.size());
+    std::vector<std::string> keys = list_keys<StoredMessage>();
+    ASSERT_EQ(keys.back(), "role");
+    keys.pop_back();
+    EXPECT_EQ(keys_of(oh.get()), keys);
+    StoredMessage reply = user;
+    reply.role = "assistant";
+    auto r = proto::decode_stored(proto::encode_stored(reply));
+    ASSERT_TRUE(r.has_value());
+    EXPECT_EQ(r->role, "assistant");
+    auto u = proto::decode_stored(proto::encode_stored(user));
+    ASSERT_TRUE(u.has_value());
+    EXPECT_EQ(u->role, "user");
 }
 
 TEST(RecordsMessage, PushAndBatchMapsHoldEveryFieldAndRoundTrip) {
@@ -243,22 +277,22 @@ StoredMessage known_row() {
 }
 
 TEST(RecordsPg, ColumnsMatchTheMigratedSchema) {
-    // The messages table of migration 1: a stored field needs a migration too.
+    // The messages table of migrations 1 and 3 (role): a stored field needs a migration too.
     EXPECT_EQ(worker::message_columns(),
               "id, conversation_id, user_id, content, priority, status, token_count, content_hash, created_at, "
-              "persisted_at");
+              "persisted_at, role");
     EXPECT_EQ(worker::kMessageColumns, column_count<StoredMessage>());
     EXPECT_EQ(worker::kMessageColumns, kFieldCount<StoredMessage>);
     EXPECT_EQ(worker::message_unnest_args(),
               "$1::uuid[], $2::text[], $3::text[], $4::text[], $5::smallint[], $6::text[], $7::int[], "
-              "$8::bigint[], $9::timestamptz[], $10::timestamptz[]");
+              "$8::bigint[], $9::timestamptz[], $10::timestamptz[], $11::text[]");
 }
 
 TEST(RecordsPg, SelectListHasOneExpressionPerColumn) {
     const std::string& list = worker::message_select_list();
     EXPECT_EQ(list,
               "id::text, conversation_id, user_id, content, priority, status, token_count, content_hash, "
-              "(extract(epoch from created_at) * 1000000)::bigint, (extract(epoch from persisted_at) * 1000000)::bigint");
+              "(extract(epoch from created_at) * 1000000)::bigint, (extract(epoch from persisted_at) * 1000000)::bigint, role");
     size_t commas = 0;
     for (char c : list) commas += c == ',' ? 1 : 0;
     EXPECT_EQ(commas + 1, worker::kMessageColumns);
@@ -269,7 +303,7 @@ TEST(RecordsPg, GoldenCopyLine) {
     worker::append_copy_line(line, known_row());
     EXPECT_EQ(line,
               "x0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b\tconv\\t1\tuser\\\\1 \"q\"\tline1\\nline2 你好\t1\tpending\t12\t-42\t"
-              "2026-11-26 03:49:19.123456+00\t2026-11-26 03:49:20.123456+00");
+              "2026-11-26 03:49:19.123456+00\t2026-11-26 03:49:20.123456+00\tuser");
 }
 
 TEST(RecordsPg, GoldenUnnestArrays) {
@@ -277,6 +311,7 @@ TEST(RecordsPg, GoldenUnnestArrays) {
     b.id = *uuid_from_string("0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5c");
     b.conversation_id = "c2", b.user_id = "u2", b.content = "", b.priority = Priority::low;
     b.status = "done", b.token_count = 0, b.content_hash = 7, b.created_at_us = 0, b.persisted_at_us = -1;
+    b.role = "assistant";
     const auto arrays = worker::unnest_arrays({&a, &b});
     ASSERT_EQ(arrays.size(), worker::kMessageColumns);
     EXPECT_EQ(arrays[0], "{0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b,0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5c}");
@@ -289,6 +324,7 @@ TEST(RecordsPg, GoldenUnnestArrays) {
     EXPECT_EQ(arrays[7], "{-42,7}");
     EXPECT_EQ(arrays[8], R"({"2026-11-26 03:49:19.123456+00","1970-01-01 00:00:00.000000+00"})");
     EXPECT_EQ(arrays[9], R"({"2026-11-26 03:49:20.123456+00","1969-12-31 23:59:59.999999+00"})");
+    EXPECT_EQ(arrays[10], R"({"user","assistant"})");
     const auto none = worker::unnest_arrays({});
     for (const auto& s : none) EXPECT_EQ(s, "{}");
 }
@@ -296,7 +332,7 @@ TEST(RecordsPg, GoldenUnnestArrays) {
 TEST(RecordsPg, RowTextReadsBackThroughTheList) {
     const std::array<std::string_view, worker::kMessageColumns> row = {
         "0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b", "conv\t1", "user\\1 \"q\"", "line1\nline2 你好", "1", "pending", "12",
-        "-42", "1795664959123456", "1795664960123456"};
+        "-42", "1795664959123456", "1795664960123456", "user"};
     expect_same(worker::message_from_text(row), known_row());
 }
 
