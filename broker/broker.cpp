@@ -74,6 +74,21 @@ void add_broker_options(CLI::App& app, BrokerConfig& c) {
     app.add_option("--max-attempts", c.max_attempts,
                    "Times a message whose storing fails is tried before the worker dead-letters it")
         ->capture_default_str()->check(CLI::Range(1, 1000));
+    app.add_option("--claim-max-attempts", c.claim_max_attempts,
+                   "Claims of one message (leases run out, fails) before it is dead")
+        ->capture_default_str()->check(CLI::Range(1, 1000));
+    app.add_option("--claim-capacity", c.claim_capacity,
+                   "Open messages the claim policy holds in memory (~256 bytes each); more wait in PostgreSQL")
+        ->capture_default_str()->check(CLI::Range(size_t{10'000}, size_t{100'000'000}));
+    app.add_option("--max-waiting-claims", c.max_waiting_claims,
+                   "Long-polling claims (--wait-ms) held at once; past it a claim is answered at once")
+        ->capture_default_str()->check(CLI::Range(size_t{0}, size_t{1'000'000}));
+    app.add_option("--claim-expected-completion", c.claim_expected_completion,
+                   "Completion tokens charged ahead at claim before any reply was seen (then learnt per user); "
+                   "0 = none")
+        ->capture_default_str()->check(CLI::Range(0u, 1'000'000u));
+    app.add_option("--users-file", c.users_file,
+                   "Per-user fairness weights and quotas (configs/users.toml); reloaded on SIGHUP");
     app.add_option("--endpoints-file", c.endpoints_file,
                    "Write the bound endpoints here once listening (useful with port *)");
 }
@@ -118,13 +133,14 @@ Broker::Broker(BrokerConfig cfg, zmq::context_t* ctx)
 
 Broker::~Broker() = default;
 
-void Broker::run(const std::atomic<bool>& stop) {
+void Broker::run(const std::atomic<bool>& stop, std::atomic<bool>* reload) {
     spdlog::info("broker listening: clients {} workers {} metrics {}", frontend_ep_, backend_ep_, metrics_ep_);
     zmq::pollitem_t items[] = {{backend_.handle(), 0, ZMQ_POLLIN, 0}, {frontend_.handle(), 0, ZMQ_POLLIN, 0}};
     auto frames = [](const Incoming& in) { return Frames{in.frames, in.sig(), in.cmd(), in.data()}; };
     Incoming in;
     for (;;) {
         if (stop.load(std::memory_order_relaxed)) core_->start_drain();
+        if (reload && reload->exchange(false)) core_->reload();
         if (core_->drained()) break;
         int64_t now = clock_->steady_ns();
         int64_t wake = std::min(core_->next_wakeup_ns(), next_stats_ns_);

@@ -40,6 +40,12 @@ struct BrokerConfig {
     int busy_retry_ms = 250;
     int stats_interval_ms = 1000;
     uint32_t max_attempts = 5;
+    // The LLM tier (docs/llm-tier.md)
+    uint32_t claim_max_attempts = 5;     // claims of one message before it is dead
+    size_t claim_capacity = 1'000'000;   // open messages the claim policy holds; more wait in PostgreSQL
+    size_t max_waiting_claims = 10'000;  // long-polling claims at once
+    uint32_t claim_expected_completion = 0;  // completion tokens predicted before any reply was seen
+    std::string users_file;              // per-user weights and quotas (configs/users.toml)
     std::string endpoints_file;  // written once bound: "frontend=…\nbackend=…\nmetrics=…\n"
 };
 
@@ -66,7 +72,9 @@ public:
 
     // Serves until `stop` becomes true, then drains (stops intake, waits for
     // in-flight batches up to drain_timeout_ms) and returns.
-    void run(const std::atomic<bool>& stop);
+    // `reload`, when given, is polled and cleared: set (by SIGHUP), the broker
+    // reloads its files (--users-file).
+    void run(const std::atomic<bool>& stop, std::atomic<bool>* reload = nullptr);
 
     // Resolved endpoints (e.g. tcp://127.0.0.1:41234 when bound to port *).
     const std::string& frontend_endpoint() const { return frontend_ep_; }

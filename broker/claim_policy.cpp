@@ -52,7 +52,7 @@ ClaimPolicy::UserRec* ClaimPolicy::user_rec(const std::string& name) {
     if (inserted) {
         it->second.name = &it->first;
         auto w = weights_.find(name);
-        it->second.weight = w == weights_.end() ? 1.0 : w->second;
+        it->second.weight = w == weights_.end() ? default_weight_ : w->second;
     }
     return &it->second;
 }
@@ -81,7 +81,7 @@ void ClaimPolicy::collect() {
             LLMQ_ASSERT(lu.in_flight == 0 && lu.ready.empty() && !lu.in_backlog);
             remembered = remembered || lu.has_counter;
         }
-        if (!remembered) users_.erase(users_.find(*u->name));
+        if (!remembered && u->hold_until_ns == 0) users_.erase(users_.find(*u->name));
     }
     maybe_gone_.clear();
 }
@@ -179,7 +179,7 @@ void ClaimPolicy::refresh(Conv* c) {
     c->reg_user = nu;
     c->reg_lane = nl;
     c->reg_head = head;
-    if (!lu.in_backlog) join_backlog(nu, nl);
+    if (!lu.in_backlog && nu->hold_until_ns == 0) join_backlog(nu, nl);
 }
 
 void ClaimPolicy::unfile(Conv* c) {
@@ -265,7 +265,7 @@ void ClaimPolicy::forget(UserRec* u, int lane) {
     maybe_gone_.push_back(u);
 }
 
-void ClaimPolicy::charge(UserRec* u, int lane, uint64_t tokens) {
+void ClaimPolicy::charge(UserRec* u, int lane, int64_t tokens) {
     if (tokens == 0) return;
     LaneUser& lu = u->lanes[lane];
     LLMQ_ASSERT(!lu.in_idle);
@@ -280,9 +280,28 @@ void ClaimPolicy::charge(UserRec* u, int lane, uint64_t tokens) {
     }
     Lane& l = lanes_[lane];
     l.backlog.erase(Rank{lu.counter, lu.seq, u});
-    lu.counter += inc;
+    lu.counter += inc;  // a refund (inc < 0) may leave it below the floor: served sooner, as owed
     l.backlog.emplace(lu.counter, lu.seq, u);
     raise_floor(lane);
+}
+
+// The completion tokens a claim of `u` is expected to cost: the user's running
+// average, else everyone's. Charged at claim with the prompt, so a user's
+// counter does not lag behind its claims while their replies are generated
+// (the lag is what the bound's Q_u measures); the difference to the real count
+// is settled at complete.
+uint32_t ClaimPolicy::predict_completion(const UserRec* u) const {
+    double avg = u->completion_avg >= 0 ? u->completion_avg
+                 : completions_seen_ ? completion_avg_
+                                     : static_cast<double>(cfg_.expected_completion);
+    return static_cast<uint32_t>(std::llround(std::max(avg, 0.0)));
+}
+
+void ClaimPolicy::learn_completion(UserRec* u, uint32_t tokens) {
+    constexpr double kAlpha = 0.2;
+    auto t = static_cast<double>(tokens);
+    u->completion_avg = u->completion_avg < 0 ? t : u->completion_avg + kAlpha * (t - u->completion_avg);
+    completion_avg_ = completions_seen_++ == 0 ? t : completion_avg_ + kAlpha * (t - completion_avg_);
 }
 
 // ---- claiming -----------------------------------------------------------------------
@@ -330,13 +349,14 @@ void ClaimPolicy::take(const MessageId& id, int64_t now_ns, int64_t lease_ns, st
     c->pending.pop_front();
     c->in_flight = true;
     refresh(c);
-    charge(u, lane, std::max<uint32_t>(it.prompt_tokens, 1));
+    it.predicted = predict_completion(u);
+    charge(u, lane, int64_t{std::max<uint32_t>(it.prompt_tokens, 1)} + it.predicted);
     it.state = State::claimed;
     it.attempts++;
     it.token = next_token();
     it.lease_until_ns = now_ns + lease_ns;
     leases_.emplace(it.lease_until_ns, id);
-    out.push_back(Claimed{id, it.token, it.lease_until_ns, it.attempts, it.priority});
+    out.push_back(Claimed{id, it.token, it.lease_until_ns, it.attempts, it.priority, u->name, it.prompt_tokens});
 }
 
 std::vector<Claimed> ClaimPolicy::claim(int64_t now_ns, size_t max_n, uint64_t max_tokens, int64_t lease_ns) {
@@ -410,7 +430,8 @@ ClaimResult ClaimPolicy::complete(const MessageId& id, ClaimToken token, uint32_
     Conv* c = it->conv;
     UserRec* u = it->user;
     int lane = idx(it->priority);
-    charge(u, lane, completion_tokens);
+    charge(u, lane, int64_t{completion_tokens} - int64_t{it->predicted});
+    learn_completion(u, completion_tokens);
     leases_.erase({it->lease_until_ns, id});
     c->in_flight = false;
     u->lanes[lane].in_flight--;
@@ -430,6 +451,17 @@ ClaimResult ClaimPolicy::fail(const MessageId& id, ClaimToken token, int64_t ret
     bool dead = give_back(id, *it, now_ns, now_ns + std::max<int64_t>(retry_after_ns, 0));
     collect();
     return dead ? ClaimResult::dead : ClaimResult::ok;
+}
+
+ClaimResult ClaimPolicy::unclaim(const MessageId& id, ClaimToken token, int64_t now_ns) {
+    tick(now_ns);
+    ClaimResult why = ClaimResult::ok;
+    Item* it = find_claimed(id, token, why);
+    if (it == nullptr) return why;
+    it->attempts--;  // counted by take(): this claim never reached a consumer
+    give_back(id, *it, now_ns, 0);
+    collect();
+    return ClaimResult::ok;
 }
 
 Extended ClaimPolicy::extend(const MessageId& id, ClaimToken token, int64_t lease_ns, int64_t now_ns) {
@@ -453,8 +485,17 @@ void ClaimPolicy::tick(int64_t now_ns) {
         Item& it = items_.at(id);
         it.prev_token = it.token;
         uint32_t attempts = it.attempts;
-        bool dead = give_back(id, it, now_ns, 0);
-        events_.push_back(LeaseEvent{id, attempts, dead});
+        ClaimToken token = it.prev_token;
+        bool dead = give_back(id, it, now_ns, 0);  // may erase `it`
+        events_.push_back(LeaseEvent{id, attempts, dead, token});
+    }
+    while (!holds_.empty() && holds_.begin()->first <= now_ns) {
+        UserRec* u = holds_.begin()->second;
+        holds_.erase(holds_.begin());
+        u->hold_until_ns = 0;
+        for (int lane = 0; lane < kPriorityCount; ++lane)
+            if (!u->lanes[lane].ready.empty()) join_backlog(u, lane);
+        maybe_gone_.push_back(u);
     }
     while (!delayed_.empty() && std::get<0>(*delayed_.begin()) <= now_ns) {
         Conv* c = std::get<2>(*delayed_.begin());
@@ -474,15 +515,25 @@ std::vector<LeaseEvent> ClaimPolicy::take_events() {
 // ---- weights and read-outs ----------------------------------------------------------
 
 void ClaimPolicy::set_weight(const std::string& user, double weight) {
-    if (!(weight > 0)) weight = 1.0;  // also NaN
-    weight = std::clamp(weight, kMinWeight, kMaxWeight);
-    if (weight == 1.0) {
-        weights_.erase(user);
-    } else {
-        weights_[user] = weight;
-    }
+    weight = clamp_weight(weight);
+    weights_[user] = weight;
     auto u = users_.find(user);
     if (u != users_.end()) u->second.weight = weight;
+}
+
+void ClaimPolicy::set_weights(double default_weight, const std::vector<std::pair<std::string, double>>& listed) {
+    default_weight_ = clamp_weight(default_weight);
+    weights_.clear();
+    for (const auto& [user, w] : listed) weights_[user] = clamp_weight(w);
+    for (auto& [name, u] : users_) {
+        auto w = weights_.find(name);
+        u.weight = w == weights_.end() ? default_weight_ : w->second;
+    }
+}
+
+double ClaimPolicy::clamp_weight(double w) {
+    if (!(w > 0)) w = 1.0;  // also NaN
+    return std::clamp(w, kMinWeight, kMaxWeight);
 }
 
 std::optional<double> ClaimPolicy::counter(Priority p, std::string_view user) const {
@@ -491,6 +542,34 @@ std::optional<double> ClaimPolicy::counter(Priority p, std::string_view user) co
     const LaneUser& lu = u->second.lanes[idx(p)];
     if (!lu.has_counter) return std::nullopt;
     return static_cast<double>(lu.counter) / kScale;
+}
+
+void ClaimPolicy::hold_user(const std::string& user, int64_t until_ns, int64_t now_ns) {
+    tick(now_ns);
+    auto f = users_.find(user);
+    if (f == users_.end() || until_ns <= now_ns) return;
+    UserRec* u = &f->second;
+    if (u->hold_until_ns != 0) holds_.erase({u->hold_until_ns, u});
+    u->hold_until_ns = until_ns;
+    holds_.emplace(until_ns, u);
+    // Out of the backlog, but not idle: its counter stays (its ready heads too).
+    for (int lane = 0; lane < kPriorityCount; ++lane) leave_backlog(u, lane);
+}
+
+const std::string& ClaimPolicy::user_of(const MessageId& id) const {
+    static const std::string none;
+    auto f = items_.find(id);
+    return f == items_.end() ? none : *f->second.user->name;
+}
+
+bool ClaimPolicy::held(std::string_view user) const {
+    auto u = users_.find(std::string(user));
+    return u != users_.end() && u->second.hold_until_ns != 0;
+}
+
+size_t ClaimPolicy::user_items(std::string_view user) const {
+    auto u = users_.find(std::string(user));
+    return u == users_.end() ? 0 : u->second.items;
 }
 
 double ClaimPolicy::floor(Priority p) const { return static_cast<double>(lanes_[idx(p)].floor) / kScale; }
@@ -519,7 +598,8 @@ std::vector<UserUsage> ClaimPolicy::usage() const {
 
 int64_t ClaimPolicy::next_deadline_ns() const {
     int64_t t = -1;
-    if (!leases_.empty()) t = leases_.begin()->first;
+    if (!holds_.empty()) t = holds_.begin()->first;
+    if (!leases_.empty()) t = t < 0 ? leases_.begin()->first : std::min(t, leases_.begin()->first);
     if (!delayed_.empty()) {
         int64_t d = std::get<0>(*delayed_.begin());
         t = t < 0 ? d : std::min(t, d);

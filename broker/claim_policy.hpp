@@ -55,6 +55,8 @@ struct Claimed {
     int64_t lease_until_ns = 0;
     uint32_t attempt = 0;  // 1 for the first claim
     Priority priority = Priority::normal;
+    const std::string* user = nullptr;  // valid until the next call on the policy
+    uint32_t prompt_tokens = 0;
 };
 
 enum class ClaimResult : uint8_t {
@@ -74,6 +76,7 @@ struct LeaseEvent {
     MessageId id{};
     uint32_t attempts = 0;
     bool dead = false;
+    ClaimToken token = 0;  // the claim whose lease ran out
 };
 
 struct ClaimPolicyConfig {
@@ -85,6 +88,9 @@ struct ClaimPolicyConfig {
     int64_t min_lease_ns = 1'000'000;
     int64_t max_lease_ns = 3'600'000'000'000;
     uint64_t token_seed = 0;  // the broker seeds it from std::random_device
+    // Completion tokens predicted for a claim before any reply was seen (then
+    // the running averages take over); 0 = none.
+    uint32_t expected_completion = 0;
 };
 
 struct Extended {
@@ -124,6 +130,11 @@ public:
     // conversation waiting with it; `dead` when it had its last attempt.
     [[nodiscard]] ClaimResult fail(const MessageId& id, ClaimToken token, int64_t retry_after_ns, int64_t now_ns);
     [[nodiscard]] Extended extend(const MessageId& id, ClaimToken token, int64_t lease_ns, int64_t now_ns);
+    // Takes a claim back as if it had not happened (its write failed, or its
+    // answer could not be given): claimable again at once, the attempt not
+    // counted. The prompt charge stays (a refund could let a user be served
+    // twice in a row for one failed write; the bound holds either way).
+    [[nodiscard]] ClaimResult unclaim(const MessageId& id, ClaimToken token, int64_t now_ns);
 
     // Applies expired leases and ended retry delays (every call above does too).
     void tick(int64_t now_ns);
@@ -132,6 +143,15 @@ public:
 
     // Weight > 0 (clamped to [0.001, 1000]); applies to later charges.
     void set_weight(const std::string& user, double weight);
+    // Holds the user out of every lane's backlog until until_ns (a quota: its
+    // token rate is spent); on release it rejoins, lifted to the floor like any
+    // returning user. A later hold replaces an earlier one. No-op for a user
+    // that holds nothing.
+    void hold_user(const std::string& user, int64_t until_ns, int64_t now_ns);
+    bool held(std::string_view user) const;
+    // Replaces every weight: `listed` users get theirs, all others default_weight
+    // (the users file's [default]); applies to later charges.
+    void set_weights(double default_weight, const std::vector<std::pair<std::string, double>>& listed);
 
     // Read-outs.
     size_t size() const { return items_.size(); }
@@ -139,6 +159,11 @@ public:
     size_t backlogged_users(Priority p) const { return lanes_[idx(p)].backlog.size(); }
     size_t tracked_users() const { return users_.size(); }
     size_t conversations() const { return convs_.size(); }
+    // Messages held for the user (pending, waiting for a turn, or claimed).
+    size_t user_items(std::string_view user) const;
+    bool holds(const MessageId& id) const { return items_.count(id) != 0; }
+    // The user of a held message ("" when not held).
+    const std::string& user_of(const MessageId& id) const;
     // The user's counter in weighted tokens, or nullopt when it is not tracked.
     std::optional<double> counter(Priority p, std::string_view user) const;
     double floor(Priority p) const;
@@ -159,6 +184,7 @@ private:
         Priority priority = Priority::normal;
         State state = State::pending;
         uint32_t prompt_tokens = 0;
+        uint32_t predicted = 0;  // completion tokens charged ahead at the last claim
         uint32_t attempts = 0;
         ClaimToken token = 0;
         ClaimToken prev_token = 0;  // the last lease that ran out: answered lease_expired
@@ -178,6 +204,8 @@ private:
         const std::string* name = nullptr;  // the key in users_
         double weight = 1.0;
         size_t items = 0;
+        int64_t hold_until_ns = 0;  // 0 = not held (hold_user)
+        double completion_avg = -1; // running average of its completion tokens; < 0 = none yet
         std::array<LaneUser, kPriorityCount> lanes;
     };
     struct Conv {
@@ -199,6 +227,7 @@ private:
     };
 
     static int idx(Priority p) { return static_cast<int>(p); }
+    static double clamp_weight(double w);
     UserRec* user_rec(const std::string& name);
     Conv* conv_rec(const std::string& name);
     void maybe_erase(Conv* c);
@@ -212,7 +241,9 @@ private:
     void raise_floor(int lane);
     void settle_idle(UserRec* u, int lane);
     void forget(UserRec* u, int lane);
-    void charge(UserRec* u, int lane, uint64_t tokens);
+    void charge(UserRec* u, int lane, int64_t tokens);
+    uint32_t predict_completion(const UserRec* u) const;
+    void learn_completion(UserRec* u, uint32_t tokens);
     int peek_lane() const;
     void commit_lane(int lane);
     const MessageId& lane_head(int lane) const;
@@ -225,13 +256,17 @@ private:
     std::unordered_map<std::string, Conv> convs_;
     std::unordered_map<std::string, UserRec> users_;
     std::unordered_map<std::string, double> weights_;  // configured users only
+    double default_weight_ = 1.0;
     std::array<Lane, kPriorityCount> lanes_;
     std::set<std::pair<int64_t, MessageId>> leases_;   // claimed items by lease end
     std::set<std::tuple<int64_t, uint64_t, Conv*>> delayed_;  // waiting for a retry (seq unique)
+    std::set<std::pair<int64_t, UserRec*>> holds_;            // held users by release time
     std::vector<LeaseEvent> events_;
     std::vector<UserRec*> maybe_gone_;  // users to erase at the end of the operation, if unused
     uint64_t seq_ = 0;
     uint64_t token_counter_ = 0;
+    double completion_avg_ = 0;  // everyone's running average of completion tokens
+    uint64_t completions_seen_ = 0;
 };
 
 }  // namespace llmq::broker

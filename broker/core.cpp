@@ -4,10 +4,12 @@
 
 #include <algorithm>
 #include <iterator>
+#include <random>
 #include <stdexcept>
 
 #include <spdlog/spdlog.h>
 
+#include "common/assert.hpp"
 #include "common/time.hpp"
 
 namespace llmq::broker {
@@ -54,6 +56,31 @@ BrokerCore::BrokerCore(const BrokerConfig& cfg, const Clock& clock)
     heartbeat_body_ = proto::encode(hb);
     started_ns_ = clock_.steady_ns();
     m_.registry.on_collect([this] { collect(); });
+
+    TierConfig tc;
+    tc.priority_weights = *weights;
+    tc.max_attempts = cfg_.claim_max_attempts;
+    tc.capacity = cfg_.claim_capacity;
+    tc.max_parked = cfg_.max_waiting_claims;
+    tc.expected_completion = cfg_.claim_expected_completion;
+    tc.job_timeout_ms = cfg_.query_timeout_ms;
+    tc.busy_retry_ms = cfg_.busy_retry_ms;
+    tc.users_file = cfg_.users_file;
+    TierIo io;
+    io.to_client = [this](const std::string& c, Command cmd, std::string body) { to_client(c, cmd, std::move(body)); };
+    io.to_worker = [this](const std::string& w, Command cmd, std::string body) { to_worker(w, cmd, std::move(body)); };
+    io.pick_worker = [this] {
+        WorkerEntry* w = workers_.pick_for_query();
+        return w ? w->routing_id : std::string();
+    };
+    std::random_device rd;  // claim tokens must not repeat across broker restarts
+    uint64_t seed = (uint64_t{rd()} << 32) ^ rd() ^ static_cast<uint64_t>(clock_.wall_us());
+    tier_ = std::make_unique<TierDesk>(tc, m_.registry, std::move(io), seed);
+}
+
+void BrokerCore::reload() {
+    spdlog::info("SIGHUP: reloading");
+    tier_->reload_quotas(clock_.steady_ns());
 }
 
 // ---- output ---------------------------------------------------------------------
@@ -129,9 +156,44 @@ void BrokerCore::on_frontend(const std::string& client, const Frames& in) {
                 return client_error(client, proto::peek_req(in.body), err->status, err->reason);
             return handle_stats(client, std::get<proto::StatsRequest>(decoded).req);
         }
+        case Command::claim:
+        case Command::complete:
+        case Command::fail:
+        case Command::extend:
+        case Command::usage: return handle_tier_command(client, cmd, in.body, now);
         default:
             client_error(client, proto::peek_req(in.body), Status::unknown_command,
                          "command '" + std::string(in.cmd) + "' is not accepted from clients");
+    }
+}
+
+template <class T, class Decode, class Handle>
+void BrokerCore::decode_then(const std::string& client, std::string_view body, Decode decode, Handle handle) {
+    auto decoded = decode(body);
+    if (auto* err = std::get_if<proto::DecodeError>(&decoded))
+        return client_error(client, proto::peek_req(body), err->status, err->reason);
+    handle(std::get<T>(decoded));
+}
+
+void BrokerCore::handle_tier_command(const std::string& client, Command cmd, std::string_view body, int64_t now) {
+    const int64_t wall = clock_.wall_us();
+    TierDesk& t = *tier_;
+    switch (cmd) {
+        case Command::claim:
+            return decode_then<proto::Claim>(client, body, proto::decode_claim,
+                                             [&](proto::Claim& c) { t.claim(client, c, now, wall); });
+        case Command::complete:
+            return decode_then<proto::Complete>(client, body, proto::decode_complete,
+                                                [&](proto::Complete& c) { t.complete(client, std::move(c), now); });
+        case Command::fail:
+            return decode_then<proto::Fail>(client, body, proto::decode_fail,
+                                            [&](proto::Fail& f) { t.fail(client, std::move(f), now, wall); });
+        case Command::extend:
+            return decode_then<proto::Extend>(client, body, proto::decode_extend,
+                                              [&](proto::Extend& e) { t.extend(client, e, now, wall); });
+        default:
+            return decode_then<proto::UsageRequest>(client, body, proto::decode_usage_request,
+                                                    [&](proto::UsageRequest& u) { t.usage(client, u); });
     }
 }
 
@@ -168,13 +230,20 @@ void BrokerCore::handle_push(const std::string& client, proto::Push& push, int64
         }
         int lane = static_cast<int>(m.priority);
         MessageId id = m.id;
-        Pending p{std::move(m), client, push.req, now, push.ack, 0};
-        if (!lanes_.try_push(std::move(p))) {
+        if (lanes_.depth(lane) >= lanes_.capacity(lane)) {
             ++*m_.busy[static_cast<size_t>(lane)];
             ack.retry_after_ms = static_cast<uint32_t>(cfg_.busy_retry_ms);
             ack.results.push_back({id, Status::busy, "lane full"});
             continue;
         }
+        if (auto refused = tier_->admit(m, now)) {  // per-user quotas
+            ack.retry_after_ms = std::max(ack.retry_after_ms, refused->retry_after_ms);
+            ack.results.push_back({id, Status::busy, std::move(refused->reason)});
+            continue;
+        }
+        Pending p{std::move(m), client, push.req, now, push.ack, 0};
+        bool pushed = lanes_.try_push(std::move(p));
+        LLMQ_ASSERT(pushed);  // room was checked above
         ++*m_.received[static_cast<size_t>(lane)];
         if (push.ack == proto::AckMode::queued) ack.results.push_back({id, Status::queued, {}});
     }
@@ -246,6 +315,15 @@ void BrokerCore::handle_worker_frame(const std::string& worker, Command cmd, std
                 return;  // the query times out and the client is told
             }
             return handle_reply(std::get<proto::Reply>(decoded));
+        }
+        case Command::tier_done: {
+            auto decoded = proto::decode_tier_done(body);
+            if (auto* err = std::get_if<proto::DecodeError>(&decoded)) {
+                ++m_.bad_frames;
+                spdlog::warn("worker {} sent an undecodable tier_done: {}", w->info.id, err->reason);
+                return;  // its job times out: claims are taken back, clients told to retry
+            }
+            return tier_->tier_done(worker, std::move(std::get<proto::TierDone>(decoded)), now, clock_.wall_us());
         }
         case Command::disconnect: return drop_worker(worker, "said goodbye");
         default:
@@ -382,6 +460,7 @@ BrokerCore::Finished BrokerCore::finish(std::vector<Pending>& items, std::vector
             retry.push_back(std::move(item));
             continue;
         }
+        tier_->ingested(item.msg, r.token_count, r.status == Status::ok, now);
         if (r.status == Status::ok) {
             ++counts.persisted;
             auto lane = static_cast<size_t>(item.msg.priority);
@@ -437,11 +516,12 @@ void BrokerCore::tick() {
     heartbeat_and_reap(now);
     dispatch(now);
     expire_queries(now);
+    tier_->tick(now, clock_.wall_us());
 }
 
 int64_t BrokerCore::next_wakeup_ns() const {
     int64_t now = clock_.steady_ns();
-    int64_t next = next_heartbeat_ns_;
+    int64_t next = std::min(next_heartbeat_ns_, tier_->next_wakeup_ns(now));
     if (cfg_.batch_linger_ms > 0 && lanes_.total() > 0) {
         // Only a linger still running: once it is over, what is left waits for
         // credit, which comes with an event (ready, done, heartbeat), not with
@@ -473,6 +553,7 @@ void BrokerCore::drop_expired(std::vector<Pending>& batch) {
     batch.resize(keep);
     if (expired.empty()) return;
     m_.expired += expired.size();
+    for (const auto& p : expired) tier_->ingested(p.msg, -1, false, clock_.steady_ns());
     send_acks(expired, nullptr, Status::expired, "expired before dispatch");
 }
 
@@ -535,6 +616,7 @@ void BrokerCore::drop_worker(const std::string& routing_id, const std::string& w
     }
     spdlog::warn("worker {} removed ({}): {} messages back at the head of their lanes; {} workers left", name, why,
                  requeued, workers_.size());
+    tier_->worker_lost(routing_id, clock_.steady_ns(), clock_.wall_us());
 }
 
 void BrokerCore::heartbeat_and_reap(int64_t now) {

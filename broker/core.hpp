@@ -4,6 +4,7 @@
 #include <array>
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <string>
 #include <string_view>
 #include <unordered_map>
@@ -13,6 +14,7 @@
 #include "broker/lanes.hpp"
 #include "broker/metrics.hpp"
 #include "broker/scheduler.hpp"
+#include "broker/tier.hpp"
 #include "broker/worker_registry.hpp"
 #include "common/protocol.hpp"
 
@@ -90,6 +92,11 @@ public:
     // batch); never before now.
     int64_t next_wakeup_ns() const;
 
+    // SIGHUP: reload the files the core reads (the users file).
+    void reload();
+    // The LLM tier's desk (claims, completes; tests read its policy).
+    const TierDesk& tier() const { return *tier_; }
+
     // Stop taking messages (they are answered `unavailable`); in-flight ones finish.
     void start_drain();
     bool draining() const { return draining_; }
@@ -120,6 +127,9 @@ private:
 
     void handle_push(const std::string& client, proto::Push& push, int64_t now);
     void handle_query(const std::string& client, proto::Query& q, int64_t now);
+    void handle_tier_command(const std::string& client, proto::Command cmd, std::string_view body, int64_t now);
+    template <class T, class Decode, class Handle>
+    void decode_then(const std::string& client, std::string_view body, Decode decode, Handle handle);
     void handle_stats(const std::string& client, uint64_t req);
     void handle_worker_frame(const std::string& worker, proto::Command cmd, std::string_view body, int64_t now);
     WorkerEntry* known_worker(const std::string& worker, proto::Command cmd, int64_t now);
@@ -168,6 +178,7 @@ private:
     // Figures: the broker's own, and its workers' from their heartbeats.
     mutable BrokerMetrics m_;
     metrics::Gathered gathered_{"worker"};
+    std::unique_ptr<TierDesk> tier_;  // after m_: it declares its families in m_.registry
 };
 
 }  // namespace llmq::broker

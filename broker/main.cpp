@@ -20,8 +20,9 @@ int main(int argc, char** argv) {
         llmq::setup_logging(common, "llmq-broker");
         llmq::log_effective_config(app);
         std::atomic<bool>& stop = llmq::stop_on_signals();
+        std::atomic<bool>& reload = llmq::reload_on_sighup();
         llmq::broker::Broker broker(cfg);
-        broker.run(stop);
+        broker.run(stop, &reload);
     } catch (const std::exception& e) {
         spdlog::critical("{}", e.what());
         return 1;

@@ -151,7 +151,10 @@ namespace {
 ApiError outcome_error(const MessageResult& r) {
     int status = http_status_of(r.outcome);
     switch (r.outcome) {
-        case Outcome::busy: return {status, "busy", "the message's priority lane is full; retry later"};
+        case Outcome::busy:  // a full lane, or the user's quota (the broker's reason says which)
+            return {status, "busy",
+                    r.reason.rfind("quota", 0) == 0 ? r.reason + "; retry later"
+                                                    : "the message's priority lane is full; retry later"};
         case Outcome::unavailable: return {status, "broker_unavailable", r.reason};
         case Outcome::timeout: return {status, "ack_timeout", r.reason};
         case Outcome::rejected: {

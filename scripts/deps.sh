@@ -14,7 +14,7 @@ PACKAGES=(
   build-essential cmake pkg-config
   libzmq3-dev cppzmq-dev libmsgpack-cxx-dev libboost-dev
   libpqxx-dev libhiredis-dev
-  libcli11-dev libspdlog-dev
+  libcli11-dev libspdlog-dev libtomlplusplus-dev
   libgtest-dev libbenchmark-dev
   nlohmann-json3-dev libutf8proc-dev libxxhash-dev libcpp-httplib-dev
   libpcre2-dev

@@ -65,6 +65,24 @@ double jain(const std::vector<double>& x) {
     return s2 == 0 ? 1.0 : s * s / (static_cast<double>(x.size()) * s2);
 }
 
+TEST(ClaimPolicy, AHeldUserIsSkippedUntilReleasedAndThenLiftedToTheFloor) {
+    ClaimPolicy cp;
+    for (uint64_t n = 1; n <= 6; ++n) add_solo(cp, n, "a", 10);
+    for (uint64_t n = 11; n <= 16; ++n) add_solo(cp, n, "b", 10);
+    cp.hold_user("a", 100 * kMs, 0);
+    EXPECT_TRUE(cp.held("a"));
+    EXPECT_EQ(cp.backlogged_users(Priority::normal), 1u);
+    auto got = nums(cp.claim(1 * kMs, 3, kNoLimit, 0));
+    EXPECT_EQ(got, (std::vector<uint64_t>{11, 12, 13})) << "only b while a is held";
+    EXPECT_EQ(cp.next_deadline_ns(), 100 * kMs) << "the release is a deadline";
+    // At release a rejoins at the floor (b's counter, 30): it banks nothing for
+    // the hold, so the two alternate from there, b first by join order.
+    got = nums(cp.claim(100 * kMs, 4, kNoLimit, 0));
+    EXPECT_FALSE(cp.held("a"));
+    EXPECT_EQ(got, (std::vector<uint64_t>{14, 1, 15, 2}));
+    EXPECT_EQ(*cp.counter(Priority::normal, "a"), *cp.counter(Priority::normal, "b"));
+}
+
 // ---- adding ---------------------------------------------------------------------------
 
 TEST(ClaimPolicy, EmptyPolicyClaimsNothing) {
