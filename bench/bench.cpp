@@ -10,12 +10,19 @@
 //
 // Latency is send (or due) -> final ack; a message answered busy (300) is resent
 // after retry_after_ms and its latency keeps counting from the first send.
+//
+// Consumer mode (--consumers N, bench/consumer.hpp): N simulated LLM consumers
+// claim, "generate" and complete, next to the producers or alone (--messages 0
+// consumes an existing backlog). For bench/RESULTS.md, 8 consumers draining
+// what 50 connections push:
+//   llmq-bench --connections 50 --messages 200000 --consumers 8 --claim-max 100 --json
 #include <sys/epoll.h>
 #include <sys/resource.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <cerrno>
 #include <cinttypes>
 #include <cmath>
@@ -34,6 +41,7 @@
 #include <nlohmann/json.hpp>
 #include <zmq.hpp>
 
+#include "bench/consumer.hpp"
 #include "common/protocol.hpp"
 #include "common/time.hpp"
 #include "common/transport.hpp"
@@ -149,23 +157,8 @@ struct Retry {
     bool operator>(const Retry& o) const { return due_ns > o.due_ns; }
 };
 
-struct Latencies {
-    std::vector<uint32_t> us;
-    void add(int64_t ns) { us.push_back(static_cast<uint32_t>(std::min<int64_t>(ns / 1000, UINT32_MAX))); }
-};
-
-double pct(const std::vector<uint32_t>& sorted, double q) {
-    if (sorted.empty()) return 0;
-    size_t i = static_cast<size_t>(std::ceil(q * static_cast<double>(sorted.size()))) ;
-    if (i > 0) --i;
-    return sorted[std::min(i, sorted.size() - 1)] / 1000.0;
-}
-
-nlohmann::json lat_json(std::vector<uint32_t>& v) {
-    std::sort(v.begin(), v.end());
-    return {{"count", v.size()},       {"p50_ms", pct(v, 0.50)},   {"p90_ms", pct(v, 0.90)},
-            {"p99_ms", pct(v, 0.99)},  {"p999_ms", pct(v, 0.999)}, {"max_ms", v.empty() ? 0.0 : v.back() / 1000.0}};
-}
+using bench::Latencies;
+using bench::latency_json;
 
 // Raises the soft RLIMIT_NOFILE to the hard limit. Each connection costs about
 // two descriptors (the TCP socket and the zmq socket's mailbox).
@@ -258,8 +251,10 @@ public:
         inflight_.reserve(open_loop_ ? 1 << 16 : conns_.size() * o.window * 2);
     }
 
-    int run() {
-        if (!handshake()) return 1;
+    // Pushes until done; false when the connections could not be established.
+    // report() then prints the results.
+    bool run() {
+        if (!handshake()) return false;
         start_ns_ = steady_now_ns();
         end_gen_ns_ = o_.duration_s > 0 ? start_ns_ + static_cast<int64_t>(o_.duration_s * 1e9) : INT64_MAX;
         limit_ = o_.duration_s > 0 ? UINT64_MAX : o_.messages;
@@ -289,7 +284,19 @@ public:
             long timeout_ms = std::max<long>(0, static_cast<long>((wake - now + 999'999) / 1'000'000));
             for (uint32_t i : ready_.wait(static_cast<int>(timeout_ms))) drain(i);
         }
-        return report();
+        return true;
+    }
+
+    // Prints the results, with the consumers' (consumer_json) when given; the
+    // exit code: 1 when any message ended in an error or was left unanswered.
+    int report(const nlohmann::json* consumers) {
+        nlohmann::json j = results();
+        if (consumers) j["consumers"] = *consumers;
+        if (o_.json) std::printf("%s\n", j.dump().c_str());
+        else print_text(j);
+        if (consumers && !o_.json) bench::print_consumer_text(*consumers);
+        std::fflush(stdout);
+        return (errors_ || inflight_.size() || acked_ == 0) ? 1 : 0;
     }
 
 private:
@@ -504,7 +511,7 @@ private:
         }
     }
 
-    int report() {
+    nlohmann::json results() {
         int64_t end_ns = last_ack_ns_ ? last_ack_ns_ : steady_now_ns();
         double secs = first_send_ns_ ? static_cast<double>(end_ns - first_send_ns_) / 1e9 : 0;
         double gen_secs = static_cast<double>((gen_end_ns_ ? gen_end_ns_ : end_ns) - start_ns_) / 1e9;
@@ -534,41 +541,35 @@ private:
         j["connect_seconds"] = connect_s_;
         j["offered_msgs_per_s"] = gen_secs > 0 ? static_cast<double>(generated_) / gen_secs : 0;
         j["throughput_msgs_per_s"] = secs > 0 ? static_cast<double>(acked_) / secs : 0;
-        j["latency"] = lat_json(all);
+        j["latency"] = latency_json(all);
         for (int p = 0; p < kPriorityCount; ++p)
-            j["latency_by_priority"][std::string(priority_name(static_cast<Priority>(p)))] = lat_json(lat_[p].us);
-        if (o_.json) {
-            std::printf("%s\n", j.dump().c_str());
-        } else {
-            std::printf("llmq-bench: %s loop, %d connections, %s, frames of <= %zu, --ack %s, seed %" PRIu64 "\n",
-                        open_loop_ ? "open" : "closed", o_.connections,
-                        open_loop_ ? ("rate " + std::to_string(static_cast<uint64_t>(o_.rate)) + " msg/s").c_str()
-                                   : ("window " + std::to_string(o_.window) + "/connection").c_str(),
-                        o_.frame_messages, o_.ack.c_str(), o_.seed);
-            std::printf("%d connections established in %.2f s\n", o_.connections, connect_s_);
-            std::printf("sent %" PRIu64 " messages in %" PRIu64 " frames (mean content %.0f B), offered %.0f msg/s\n",
-                        sent_, frames_, wl_.mean_content_bytes(), j["offered_msgs_per_s"].get<double>());
-            std::printf("acked %" PRIu64 " in %.2f s: %.0f msg/s; busy retries %" PRIu64 ", errors %" PRIu64
-                        ", unanswered %" PRIu64 "\n",
-                        acked_, secs, j["throughput_msgs_per_s"].get<double>(), busy_retries_, errors_, unanswered);
-            for (auto& [k, v] : error_reasons_) std::printf("  error %s: %" PRIu64 "\n", k.c_str(), v);
-            if (bad_replies_ || unexpected_)
-                std::printf("bad replies %" PRIu64 ", unexpected results %" PRIu64 "\n", bad_replies_, unexpected_);
-            std::printf("%-10s %9s %9s %9s %9s %9s %9s   (ms, send -> ack)\n", "latency", "count", "p50", "p90", "p99",
-                        "p99.9", "max");
-            auto row = [](const char* name, const nlohmann::json& l) {
-                std::printf("%-10s %9" PRIu64 " %9.2f %9.2f %9.2f %9.2f %9.2f\n", name, l["count"].get<uint64_t>(),
-                            l["p50_ms"].get<double>(), l["p90_ms"].get<double>(), l["p99_ms"].get<double>(),
-                            l["p999_ms"].get<double>(), l["max_ms"].get<double>());
-            };
-            row("all", j["latency"]);
-            for (int p = 0; p < kPriorityCount; ++p) {
-                std::string name(priority_name(static_cast<Priority>(p)));
-                row(name.c_str(), j["latency_by_priority"][name]);
-            }
+            j["latency_by_priority"][std::string(priority_name(static_cast<Priority>(p)))] = latency_json(lat_[p].us);
+        return j;
+    }
+
+    void print_text(const nlohmann::json& j) const {
+        const uint64_t unanswered = j["unanswered"].get<uint64_t>();
+        const double secs = j["seconds"].get<double>();
+        std::printf("llmq-bench: %s loop, %d connections, %s, frames of <= %zu, --ack %s, seed %" PRIu64 "\n",
+                    open_loop_ ? "open" : "closed", o_.connections,
+                    open_loop_ ? ("rate " + std::to_string(static_cast<uint64_t>(o_.rate)) + " msg/s").c_str()
+                               : ("window " + std::to_string(o_.window) + "/connection").c_str(),
+                    o_.frame_messages, o_.ack.c_str(), o_.seed);
+        std::printf("%d connections established in %.2f s\n", o_.connections, connect_s_);
+        std::printf("sent %" PRIu64 " messages in %" PRIu64 " frames (mean content %.0f B), offered %.0f msg/s\n",
+                    sent_, frames_, wl_.mean_content_bytes(), j["offered_msgs_per_s"].get<double>());
+        std::printf("acked %" PRIu64 " in %.2f s: %.0f msg/s; busy retries %" PRIu64 ", errors %" PRIu64
+                    ", unanswered %" PRIu64 "\n",
+                    acked_, secs, j["throughput_msgs_per_s"].get<double>(), busy_retries_, errors_, unanswered);
+        for (auto& [k, v] : error_reasons_) std::printf("  error %s: %" PRIu64 "\n", k.c_str(), v);
+        if (bad_replies_ || unexpected_)
+            std::printf("bad replies %" PRIu64 ", unexpected results %" PRIu64 "\n", bad_replies_, unexpected_);
+        bench::print_latency_header("send -> ack");
+        bench::print_latency_row("all", j["latency"]);
+        for (int p = 0; p < kPriorityCount; ++p) {
+            std::string name(priority_name(static_cast<Priority>(p)));
+            bench::print_latency_row(name.c_str(), j["latency_by_priority"][name]);
         }
-        std::fflush(stdout);
-        return (errors_ || unanswered || acked_ == 0) ? 1 : 0;
     }
 
     Options o_;
@@ -595,22 +596,19 @@ private:
 
 }  // namespace
 
-int main(int argc, char** argv) {
-    llmq::ignore_sigpipe();
-    CLI::App app{
-        "llmq-bench: end-to-end load generator for llmq. Opens N DEALER connections to the broker's\n"
-        "frontend, pushes a realistic mix of messages over the wire protocol and reports acked msg/s and\n"
-        "send -> ack latency (p50/p90/p99/p99.9/max), overall and per priority. Exit code 1 when any\n"
-        "message ended in an error or was left unanswered."};
-    Options o;
+namespace {
+
+void add_push_options(CLI::App& app, Options& o) {
     app.add_option("--broker", o.broker, "The broker's frontend endpoint")->capture_default_str();
     app.add_option("--connections", o.connections,
                    "Client connections, each its own DEALER socket (one zmq context, one thread); the open-file "
                    "limit is raised to the hard limit at start")
         ->capture_default_str()
         ->check(CLI::Range(1, 10000));
-    auto* msgs = app.add_option("--messages", o.messages, "Messages to send in total")->capture_default_str()
-                     ->check(CLI::Range(uint64_t{1}, uint64_t{1'000'000'000}));
+    auto* msgs = app.add_option("--messages", o.messages,
+                                "Messages to send in total (0 = push nothing: --consumers drain an existing backlog)")
+                     ->capture_default_str()
+                     ->check(CLI::Range(uint64_t{0}, uint64_t{1'000'000'000}));
     app.add_option("--duration-s", o.duration_s, "Send for this long instead of a fixed --messages count")
         ->excludes(msgs)
         ->check(CLI::PositiveNumber);
@@ -651,15 +649,76 @@ int main(int argc, char** argv) {
         ->capture_default_str()
         ->check(CLI::NonNegativeNumber);
     app.add_flag("--json", o.json, "Print the results as one JSON object instead of text");
+}
+
+// The consumers alone, on an existing backlog.
+int report_consumers_only(const Options& o, const nlohmann::json& consumers) {
+    if (o.json) {
+        const nlohmann::json j{{"mode", "consume"}, {"broker", o.broker}, {"consumers", consumers}};
+        std::printf("%s\n", j.dump().c_str());
+    } else {
+        std::printf("llmq-bench: consumer mode, no producers, broker %s\n", o.broker.c_str());
+        bench::print_consumer_text(consumers);
+    }
+    std::fflush(stdout);
+    return 0;
+}
+
+// Producers (this thread) and consumers (their own threads) side by side; the
+// consumers' idle exit starts counting once the producers are done.
+int run_all(const Options& o, const bench::ConsumerOptions& co) {
+    const bool pushing = o.messages > 0 || o.duration_s > 0;
+    std::atomic<bool> producing{pushing};
+    std::unique_ptr<bench::Consumers> consumers;
+    if (co.consumers > 0) {
+        consumers = std::make_unique<bench::Consumers>(co, o.broker, producing);
+        consumers->start();
+    }
+    std::unique_ptr<Bench> producers;
+    bool pushed = false;
+    if (pushing) {
+        producers = std::make_unique<Bench>(o);
+        pushed = producers->run();
+    }
+    producing = false;
+    if (!consumers) return pushed ? producers->report(nullptr) : 1;
+    bench::ConsumerTotals totals = consumers->join();
+    const nlohmann::json cj = bench::consumer_json(totals, co);
+    const int consumer_rc = bench::consumer_exit_code(totals);
+    int rc = 0;
+    if (!pushing) rc = report_consumers_only(o, cj);
+    else if (pushed) rc = producers->report(&cj);
+    else rc = 1;
+    return std::max(rc, consumer_rc);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    llmq::ignore_sigpipe();
+    CLI::App app{
+        "llmq-bench: end-to-end load generator for llmq. Opens N DEALER connections to the broker's\n"
+        "frontend, pushes a realistic mix of messages over the wire protocol and reports acked msg/s and\n"
+        "send -> ack latency (p50/p90/p99/p99.9/max), overall and per priority. With --consumers N, also\n"
+        "runs N simulated LLM consumers (claim, generate, complete) and reports claims/s, completes/s and\n"
+        "their latencies. Exit code 1 when any message ended in an error or was left unanswered, or a\n"
+        "consumer's complete was refused or failed."};
+    Options o;
+    bench::ConsumerOptions co;
+    add_push_options(app, o);
+    bench::add_consumer_options(app, co);
     app.footer(
         "Mix: --conversations 1000, --users 100, priorities urgent/high/normal/low 5/15/60/20%, content 20 B to "
         "8 KiB\n(65% <= 160 B, 25% <= 480 B, 8% <= 2 KB, 2% up to 8 KiB; English, Chinese, emoji). Busy (300) "
         "answers are resent\nafter retry_after_ms and counted as busy retries; any other non-2xx answer is an error.");
     CLI11_PARSE(app, argc, argv);
+    if (o.messages == 0 && o.duration_s <= 0 && co.consumers == 0) {
+        std::fprintf(stderr, "llmq-bench: --messages 0 pushes nothing; give --consumers N to consume a backlog\n");
+        return 2;
+    }
     if (!raise_fd_limit(o.connections, o.json)) return 2;
     try {
-        Bench b(o);
-        return b.run();
+        return run_all(o, co);
     } catch (const std::exception& e) {
         std::fprintf(stderr, "llmq-bench: %s\n", e.what());
         return 1;

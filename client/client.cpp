@@ -3,6 +3,8 @@
 
 #include <random>
 
+#include "common/uuid.hpp"
+
 namespace llmq::client {
 
 using proto::Command;
@@ -31,6 +33,18 @@ void Client::reconnect() {
 
 void Client::send_push(const proto::Push& p) { send_message(*sock_, nullptr, Command::push, proto::encode(p)); }
 
+uint64_t Client::send_claim(proto::Claim& c) {
+    c.req = next_req();
+    send_message(*sock_, nullptr, Command::claim, proto::encode(c));
+    return c.req;
+}
+
+uint64_t Client::send_complete(proto::Complete& c) {
+    c.req = next_req();
+    send_message(*sock_, nullptr, Command::complete, proto::encode(c));
+    return c.req;
+}
+
 std::optional<Response> Client::receive(std::chrono::milliseconds timeout) {
     if (!recv_message(*sock_, false, in_)) {
         zmq::pollitem_t item{sock_->handle(), 0, ZMQ_POLLIN, 0};
@@ -54,6 +68,9 @@ std::optional<Response> Client::receive(std::chrono::milliseconds timeout) {
         case Command::reply: return convert(proto::decode_reply(in_.data()));
         case Command::stats: return convert(proto::decode_stats(in_.data()));
         case Command::error: return convert(proto::decode_error(in_.data()));
+        case Command::claimed: return convert(proto::decode_claimed(in_.data()));
+        case Command::settled: return convert(proto::decode_settled(in_.data()));
+        case Command::usage_report: return convert(proto::decode_usage_report(in_.data()));
         default: return bad("unexpected command '" + std::string(in_.cmd()) + "' from the broker");
     }
 }
@@ -111,6 +128,43 @@ std::variant<proto::Reply, proto::Error, ClientError> Client::dead_letters(uint3
     q.kind = proto::QueryKind::dead_letters;
     q.limit = limit;
     return request<proto::Reply>(Command::dead_letters, proto::encode(q), q.req, timeout);
+}
+
+std::variant<proto::Claimed, proto::Error, ClientError> Client::claim(const proto::Claim& c,
+                                                                      std::chrono::milliseconds timeout) {
+    proto::Claim q = c;
+    q.req = next_req();
+    // The broker may hold a long poll for wait_ms before it answers at all.
+    return request<proto::Claimed>(Command::claim, proto::encode(q), q.req,
+                                   timeout + std::chrono::milliseconds(q.wait_ms));
+}
+
+std::variant<proto::Settled, proto::Error, ClientError> Client::complete(const proto::Complete& c,
+                                                                         std::chrono::milliseconds timeout) {
+    proto::Complete q = c;
+    q.req = next_req();
+    if (uuid_is_nil(q.reply_id)) q.reply_id = uuid_v7();  // so that the resend below is idempotent
+    return request<proto::Settled>(Command::complete, proto::encode(q), q.req, timeout);
+}
+
+std::variant<proto::Settled, proto::Error, ClientError> Client::fail(const proto::Fail& f,
+                                                                     std::chrono::milliseconds timeout) {
+    proto::Fail q = f;
+    q.req = next_req();
+    return request<proto::Settled>(Command::fail, proto::encode(q), q.req, timeout);
+}
+
+std::variant<proto::Settled, proto::Error, ClientError> Client::extend(const proto::Extend& e,
+                                                                       std::chrono::milliseconds timeout) {
+    proto::Extend q = e;
+    q.req = next_req();
+    return request<proto::Settled>(Command::extend, proto::encode(q), q.req, timeout);
+}
+
+std::variant<proto::UsageReport, proto::Error, ClientError> Client::usage(const std::string& user,
+                                                                          std::chrono::milliseconds timeout) {
+    proto::UsageRequest q{next_req(), user};
+    return request<proto::UsageReport>(Command::usage, proto::encode(q), q.req, timeout);
 }
 
 }  // namespace llmq::client

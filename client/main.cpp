@@ -1,5 +1,5 @@
 // llmq: the command-line client — push messages, read history, get one message, show stats, watch `top`,
-// count tokens.
+// count tokens, and act as the LLM tier (claim, complete, fail, extend, usage).
 #include <unistd.h>
 
 #include <algorithm>
@@ -19,6 +19,7 @@
 #include "client/jsonl.hpp"
 #include "client/options.hpp"
 #include "client/push.hpp"
+#include "client/tier.hpp"
 #include "client/tokens.hpp"
 #include "client/top.hpp"
 #include "common/config.hpp"
@@ -39,13 +40,7 @@ using client::PushArgs;
 
 // One line per message: newlines and tabs in the content are shown escaped.
 void print_text(const StoredMessage& m) {
-    std::string content;
-    content.reserve(m.content.size());
-    for (char c : m.content) {
-        if (c == '\n') content += "\\n";
-        else if (c == '\t') content += "\\t";
-        else content.push_back(c);
-    }
+    const std::string content = client::one_line(m.content);
     std::printf("%s  %s  %-8s %-6s %4d tok  %s\n", format_rfc3339(m.created_at_us).c_str(),
                 uuid_to_string(m.id).c_str(), m.user_id.c_str(), std::string(priority_name(m.priority)).c_str(),
                 m.token_count, content.c_str());
@@ -474,6 +469,155 @@ int run_tokens(const client::TokensArgs& a) {
     return kExitOk;
 }
 
+// ---- the LLM tier: llmq claim, complete, fail, extend, usage ------------------------------
+
+int tier_exit(client::Verdict v) {
+    switch (v) {
+        case client::Verdict::ok: return kExitOk;
+        case client::Verdict::refused: return kExitRejected;
+        case client::Verdict::retry: break;
+    }
+    return kExitUnreachable;
+}
+
+// Prints a status the broker answered with instead of success; returns the exit
+// code: 1 for a refusal (4xx), 3 for "try again later" (3xx, and 5xx: its storage).
+int report_status(std::string_view cmd, proto::Status status, const std::string& reason, uint32_t retry_after_ms = 0) {
+    std::fprintf(stderr, "llmq %.*s: %d %s%s%s", static_cast<int>(cmd.size()), cmd.data(), static_cast<int>(status),
+                 std::string(proto::status_name(status)).c_str(), reason.empty() ? "" : ": ", reason.c_str());
+    if (retry_after_ms) std::fprintf(stderr, " (retry after %u ms)", retry_after_ms);
+    std::fprintf(stderr, "\n");
+    return tier_exit(client::verdict(status));
+}
+
+// As unwrap(), with the tier's exit codes (an Error with a 5xx status is exit 3).
+template <class T, class V>
+int tier_unwrap(std::string_view cmd, V& result, T*& out) {
+    if (auto* ok = std::get_if<T>(&result)) {
+        out = ok;
+        return -1;
+    }
+    if (auto* e = std::get_if<proto::Error>(&result)) return report_status(cmd, e->status, e->reason);
+    std::fprintf(stderr, "llmq %.*s: %s\n", static_cast<int>(cmd.size()), cmd.data(),
+                 std::get<client::ClientError>(result).reason.c_str());
+    return kExitUnreachable;
+}
+
+int run_claim(const GlobalArgs& g, const client::ClaimArgs& a) {
+    proto::Claim q;
+    q.max = a.max;
+    q.max_tokens = a.max_tokens;
+    q.lease_ms = a.lease_ms;
+    q.wait_ms = a.wait_ms;
+    q.history = a.history;
+    client::Client c(g.broker);
+    auto r = c.claim(q, std::chrono::milliseconds(g.timeout_ms));
+    proto::Claimed* got = nullptr;
+    if (int rc = tier_unwrap("claim", r, got); rc >= 0) return rc;
+    if (got->status != proto::Status::ok) return report_status("claim", got->status, got->reason, got->retry_after_ms);
+    for (const auto& m : got->messages) {
+        if (a.json) std::printf("%s\n", client::claimed_message_json(m).dump().c_str());
+        else std::fputs(client::claimed_message_text(m).c_str(), stdout);
+    }
+    if (!a.json && got->messages.empty())
+        std::fprintf(stderr, "nothing claimable%s\n",
+                     a.wait_ms ? (" within " + std::to_string(a.wait_ms) + " ms").c_str() : "");
+    else if (!a.json)
+        std::fprintf(stderr, "%zu claimed; answer each with: llmq complete ID --token TOKEN --reply TEXT (or fail, "
+                             "or extend) before its lease ends\n",
+                     got->messages.size());
+    return kExitOk;
+}
+
+// The answer to complete, fail or extend: one line on success, else the status.
+template <class Send>
+int run_settle(const GlobalArgs& g, proto::Command cmd, const MessageId& id, Send send) {
+    const std::string_view name = proto::command_name(cmd);
+    client::Client c(g.broker);
+    auto r = send(c, std::chrono::milliseconds(g.timeout_ms));
+    proto::Settled* s = nullptr;
+    if (int rc = tier_unwrap(name, r, s); rc >= 0) return rc;
+    if (s->status != proto::Status::ok) return report_status(name, s->status, s->reason);
+    std::printf("%s\n", client::settled_text(cmd, id, *s).c_str());
+    return kExitOk;
+}
+
+// The whole of FILE, or of stdin for "-"; nullopt (reported) when unreadable.
+std::optional<std::string> read_reply_file(const std::string& path) {
+    std::ifstream file_in;
+    if (path != "-") {
+        file_in.open(path, std::ios::binary);
+        if (!file_in) {
+            std::fprintf(stderr, "llmq complete: cannot open %s: %s\n", path.c_str(), std::strerror(errno));
+            return std::nullopt;
+        }
+    }
+    std::istream& in = path == "-" ? std::cin : file_in;
+    std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    if (in.bad()) {
+        std::fprintf(stderr, "llmq complete: cannot read %s\n", path.c_str());
+        return std::nullopt;
+    }
+    return text;
+}
+
+int run_complete(const GlobalArgs& g, const client::CompleteArgs& a) {
+    if (a.reply.empty() == a.reply_file.empty()) {
+        std::fprintf(stderr, "llmq complete: give the answer as --reply TEXT or --reply-file FILE (- for stdin)\n");
+        return kExitUsage;
+    }
+    proto::Complete q;
+    q.id = *uuid_from_string(a.id);  // the options' checks proved these parse
+    q.claim_token = *client::parse_claim_token(a.token);
+    if (a.reply_file.empty()) {
+        q.reply = a.reply;
+    } else if (auto text = read_reply_file(a.reply_file)) {
+        q.reply = std::move(*text);
+    } else {
+        return kExitUsage;
+    }
+    // The reply's id makes a resend idempotent: the same reply is stored once.
+    q.reply_id = a.reply_id.empty() ? uuid_v7() : *uuid_from_string(a.reply_id);
+    q.prompt_tokens = a.prompt_tokens;
+    q.completion_tokens = a.completion_tokens;
+    int rc = run_settle(g, proto::Command::complete, q.id,
+                        [&q](client::Client& c, std::chrono::milliseconds t) { return c.complete(q, t); });
+    if (rc == kExitUnreachable)
+        std::fprintf(stderr, "llmq complete: to retry, add --reply-id %s (the reply is then stored once)\n",
+                     uuid_to_string(q.reply_id).c_str());
+    return rc;
+}
+
+int run_fail(const GlobalArgs& g, const client::FailArgs& a) {
+    proto::Fail q;
+    q.id = *uuid_from_string(a.id);
+    q.claim_token = *client::parse_claim_token(a.token);
+    q.reason = a.reason;
+    q.retry_after_ms = a.retry_after_ms;
+    q.final = a.final;
+    return run_settle(g, proto::Command::fail, q.id,
+                      [&q](client::Client& c, std::chrono::milliseconds t) { return c.fail(q, t); });
+}
+
+int run_extend(const GlobalArgs& g, const client::ExtendArgs& a) {
+    proto::Extend q;
+    q.id = *uuid_from_string(a.id);
+    q.claim_token = *client::parse_claim_token(a.token);
+    q.lease_ms = a.lease_ms;
+    return run_settle(g, proto::Command::extend, q.id,
+                      [&q](client::Client& c, std::chrono::milliseconds t) { return c.extend(q, t); });
+}
+
+int run_usage(const GlobalArgs& g, const client::UsageArgs& a) {
+    client::Client c(g.broker);
+    auto r = c.usage(a.user, std::chrono::milliseconds(g.timeout_ms));
+    proto::UsageReport* u = nullptr;
+    if (int rc = tier_unwrap("usage", r, u); rc >= 0) return rc;
+    if (a.json) std::printf("%s\n", client::usage_json(*u).dump().c_str());
+    else std::fputs(client::usage_text(*u).c_str(), stdout);
+    return kExitOk;
+}
+
 // Runs the subcommand that was given.
 int run_command(const client::CliCommands& cmd, client::CliArgs& a) {
     const GlobalArgs& g = a.global;
@@ -484,6 +628,11 @@ int run_command(const client::CliCommands& cmd, client::CliArgs& a) {
     if (cmd.stats->parsed()) return run_stats(g, a.stats_json);
     if (cmd.dead_letters->parsed()) return run_dead_letters(g, a.dead_letters.limit, a.dead_letters.json);
     if (cmd.tokens->parsed()) return run_tokens(a.tokens);
+    if (cmd.claim->parsed()) return run_claim(g, a.claim);
+    if (cmd.complete->parsed()) return run_complete(g, a.complete);
+    if (cmd.fail->parsed()) return run_fail(g, a.fail);
+    if (cmd.extend->parsed()) return run_extend(g, a.extend);
+    if (cmd.usage->parsed()) return run_usage(g, a.usage);
     if (cmd.top->parsed()) {
         a.top.broker = g.broker;
         // A request should not hold the screen much longer than one refresh.
@@ -498,8 +647,11 @@ int run_command(const client::CliCommands& cmd, client::CliArgs& a) {
 
 int main(int argc, char** argv) {
     llmq::ignore_sigpipe();
-    CLI::App app{"llmq: push messages to an llmq broker and read them back; count tokens locally.\n"
-                 "Exit codes: 0 all persisted / ok, 1 some rejected or not found, 2 usage, 3 broker unreachable or timed out.\n"
+    CLI::App app{"llmq: push messages to an llmq broker and read them back; count tokens locally; claim messages\n"
+                 "and answer them as the LLM tier (claim, complete, fail, extend, usage).\n"
+                 "Exit codes: 0 all persisted / ok (claim: also when nothing was claimable), 1 some rejected,\n"
+                 "not found or refused (complete/fail/extend: stale token, expired lease, unknown id), 2 usage,\n"
+                 "3 broker unreachable or timed out (claim…usage: also busy or its storage down; try again).\n"
                  "Options come from flags, --config FILE (TOML) or LLMQ_<OPTION> environment variables."};
     app.require_subcommand(1);
     app.fallthrough();  // global options (--broker, …) may also follow the subcommand

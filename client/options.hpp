@@ -9,6 +9,7 @@
 
 #include <CLI/CLI.hpp>
 
+#include "client/tier.hpp"
 #include "client/top.hpp"
 #include "common/message.hpp"
 #include "common/protocol.hpp"
@@ -52,6 +53,36 @@ struct TokensArgs {
     bool raw = false;
 };
 
+// The LLM tier (docs/llm-tier.md). Defaults are the wire's (proto::Claim…).
+// Claim tokens stay text until run time: the CLI11 check proved they parse.
+struct ClaimArgs {
+    uint32_t max = proto::Claim{}.max, lease_ms = proto::Claim{}.lease_ms, wait_ms = proto::Claim{}.wait_ms,
+             history = proto::Claim{}.history;
+    uint64_t max_tokens = proto::Claim{}.max_tokens;
+    bool json = false;
+};
+
+struct CompleteArgs {
+    std::string id, token, reply, reply_file, reply_id;
+    int32_t prompt_tokens = -1, completion_tokens = -1;  // -1 = let the broker/worker count
+};
+
+struct FailArgs {
+    std::string id, token, reason;
+    uint32_t retry_after_ms = 0;
+    bool final = false;
+};
+
+struct ExtendArgs {
+    std::string id, token;
+    uint32_t lease_ms = proto::Extend{}.lease_ms;  // --lease-ms is required; this is never shown
+};
+
+struct UsageArgs {
+    std::string user;
+    bool json = false;
+};
+
 struct CliArgs {
     GlobalArgs global;
     PushArgs push;
@@ -61,11 +92,17 @@ struct CliArgs {
     DeadLetterArgs dead_letters;
     TopOptions top;
     TokensArgs tokens;
+    ClaimArgs claim;
+    CompleteArgs complete;
+    FailArgs fail;
+    ExtendArgs extend;
+    UsageArgs usage;
 };
 
 // The subcommands, to see which one was given.
 struct CliCommands {
     CLI::App *push, *history, *get, *stats, *dead_letters, *top, *tokens;
+    CLI::App *claim, *complete, *fail, *extend, *usage;
 };
 
 inline void add_push_options(CLI::App& push, PushArgs& a) {
@@ -125,11 +162,115 @@ inline void add_tokens_options(CLI::App& tokens, TokensArgs& t) {
     tokens.add_flag("--raw", t.raw, "Count the text as given, not normalized as the worker stores it");
 }
 
+// "" when `v` is a message id (UUID), else why not (for CLI11's check()).
+inline std::string check_message_id(const std::string& v) {
+    return uuid_from_string(v) ? std::string() : "not a message id (UUID): " + v;
+}
+
+inline void add_claim_options(CLI::App& claim, ClaimArgs& a) {
+    claim.add_option("--max", a.max, "Messages to claim at most in this request")
+        ->capture_default_str()->check(CLI::Range(1u, proto::kMaxClaimMessages));
+    claim.add_option("--max-tokens", a.max_tokens,
+                     "Prompt tokens of all claimed messages at most (0 = no cap; the first message is given even "
+                     "if it is larger)")
+        ->capture_default_str()->check(CLI::NonNegativeNumber);  // CLI11 would wrap -1 into a uint64
+    claim.add_option("--lease-ms", a.lease_ms,
+                     "Lease: complete, fail or extend each message within this long, else it is claimable again")
+        ->capture_default_str()->check(CLI::Range(1u, proto::kMaxLeaseMs));
+    claim.add_option("--wait-ms", a.wait_ms,
+                     "Long poll: when nothing is claimable, wait up to this long for work (0 = answer at once)")
+        ->capture_default_str()->check(CLI::Range(0u, proto::kMaxClaimWaitMs));
+    claim.add_option("--history", a.history, "Earlier turns of each message's conversation to include, oldest first")
+        ->capture_default_str()->check(CLI::Range(0u, proto::kMaxClaimHistory));
+    claim.add_flag("--json", a.json, "Print one JSON object per claimed message, one per line");
+}
+
+// --token, on complete, fail and extend.
+inline void add_token_option(CLI::App& cmd, std::string& token) {
+    cmd.add_option("--token", token, "The claim token `llmq claim` printed for this message (decimal)")
+        ->required()->check([](const std::string& v) { return check_claim_token(v); });
+}
+
+inline void add_complete_options(CLI::App& complete, CompleteArgs& a) {
+    complete.add_option("ID", a.id, "Id of the claimed message (UUID)")->required()->check(check_message_id);
+    add_token_option(complete, a.token);
+    auto* reply = complete.add_option("--reply", a.reply, "The model's answer (stored as the assistant's turn)");
+    complete.add_option("--reply-file", a.reply_file, "Read the answer from this file (- for stdin)")
+        ->excludes(reply);
+    complete.add_option("--reply-id", a.reply_id,
+                        "Id of the reply (UUID); default a new UUIDv7. Give the same one when retrying, so the "
+                        "reply is stored once")
+        ->check(check_message_id);
+    complete.add_option("--prompt-tokens", a.prompt_tokens,
+                        "Prompt tokens the model used (default: the message's token_count, charged at claim)")
+        ->check(CLI::Range(0, INT32_MAX));
+    complete.add_option("--completion-tokens", a.completion_tokens,
+                        "Completion tokens the model produced (default: counted from the reply by the worker)")
+        ->check(CLI::Range(0, INT32_MAX));
+}
+
+// The wire takes any uint32 for fail's retry_after_ms; more than a day is more
+// likely a typo than a plan.
+inline constexpr uint32_t kMaxFailRetryAfterMs = 86'400'000;
+
+inline void add_fail_options(CLI::App& fail, FailArgs& a) {
+    fail.add_option("ID", a.id, "Id of the claimed message (UUID)")->required()->check(check_message_id);
+    add_token_option(fail, a.token);
+    fail.add_option("--reason", a.reason, "Why it failed (recorded; 1-1024 bytes)")
+        ->required()->check([](const std::string& v) {
+            return !v.empty() && v.size() <= proto::kMaxReasonBytes
+                       ? std::string()
+                       : "a reason of 1 to " + std::to_string(proto::kMaxReasonBytes) + " bytes is required";
+        });
+    fail.add_option("--retry-after-ms", a.retry_after_ms,
+                    "Claimable again after this long (its conversation waits with it)")
+        ->capture_default_str()->check(CLI::Range(0u, kMaxFailRetryAfterMs));
+    fail.add_flag("--final", a.final, "Fail it for good (status failed, never retried)");
+}
+
+inline void add_extend_options(CLI::App& extend, ExtendArgs& a) {
+    extend.add_option("ID", a.id, "Id of the claimed message (UUID)")->required()->check(check_message_id);
+    add_token_option(extend, a.token);
+    extend.add_option("--lease-ms", a.lease_ms, "The new lease, counted from now")
+        ->required()->check(CLI::Range(1u, proto::kMaxLeaseMs));
+}
+
+inline void add_usage_options(CLI::App& usage, UsageArgs& a) {
+    usage.add_option("--user", a.user, "Only this user (default: every user the broker tracks)")
+        ->check(CLI::Validator(
+            [](const std::string& v) {
+                return !v.empty() && v.size() <= kMaxIdBytes ? std::string() : "a user id has 1 to 128 bytes";
+            },
+            "USER"));
+    usage.add_flag("--json", a.json, "Print JSON");
+}
+
+// The LLM tier's subcommands.
+inline void add_tier_commands(CLI::App& app, CliArgs& a, CliCommands& cmd) {
+    cmd.claim = app.add_subcommand(
+        "claim", "LLM tier: claim pending messages to answer, each with a claim token and a lease (exit 0 also "
+                 "when none was claimable)");
+    add_claim_options(*cmd.claim, a.claim);
+    cmd.complete = app.add_subcommand(
+        "complete", "LLM tier: store the reply to a claimed message (--reply TEXT or --reply-file F) and mark it done");
+    add_complete_options(*cmd.complete, a.complete);
+    cmd.fail = app.add_subcommand(
+        "fail", "LLM tier: give a claimed message back, to be retried after --retry-after-ms, or for good (--final)");
+    add_fail_options(*cmd.fail, a.fail);
+    cmd.extend = app.add_subcommand("extend", "LLM tier: extend the lease on a claimed message");
+    add_extend_options(*cmd.extend, a.extend);
+    cmd.usage = app.add_subcommand(
+        "usage", "LLM tier: per-user served tokens by priority, pending and claimed messages, weights and limits");
+    add_usage_options(*cmd.usage, a.usage);
+}
+
 // Declares the global options and every subcommand with its options on `app`
 // (the common ones, --config, --log-level…, come from add_common_options).
 inline CliCommands add_llmq_options(CLI::App& app, CliArgs& a) {
     app.add_option("--broker", a.global.broker, "Broker frontend endpoint")->capture_default_str();
-    app.add_option("--timeout-ms", a.global.timeout_ms, "How long history/get/stats wait for an answer")
+    app.add_option("--timeout-ms", a.global.timeout_ms,
+                   "How long history/get/stats/dead-letters and claim/complete/fail/extend/usage wait for an answer "
+                   "(claim: plus --wait-ms)")
         ->capture_default_str()->check(CLI::Range(1, 3'600'000));
     CliCommands cmd{};
     cmd.push = app.add_subcommand(
@@ -167,6 +308,7 @@ inline CliCommands add_llmq_options(CLI::App& app, CliArgs& a) {
         "tokens", "Count tokens locally (no broker) as the worker stores them: TEXT, or --file with one JSON string "
                   "per line");
     add_tokens_options(*cmd.tokens, a.tokens);
+    add_tier_commands(app, a, cmd);
     return cmd;
 }
 
