@@ -142,8 +142,10 @@ public:
                 complete_all(got);
                 continue;
             }
-            if (shared_.producing.load()) idle_since = now;
+            // Told to retry (the broker is still loading, or busy) is not idle.
+            if (shared_.producing.load() || told_to_retry_) idle_since = now;
             else if (now - idle_since >= int64_t{o_.idle_exit_ms} * kMs) break;
+            told_to_retry_ = false;
             if (pause_ms) std::this_thread::sleep_for(std::chrono::milliseconds(pause_ms));
         }
     }
@@ -155,6 +157,7 @@ private:
         int64_t t0 = 0;
     };
     using Pending = std::unordered_map<uint64_t, Outstanding>;
+    bool told_to_retry_ = false;  // the last claim was answered 3xx
 
     // One claim request. False: stop (a 4xx will not get better). `pause_ms`:
     // how long to wait before asking again.
@@ -203,6 +206,7 @@ private:
     bool claim_refused(proto::Status s, uint32_t retry_after_ms, int64_t& pause_ms) {
         if (proto::is_retry(s)) {
             ++t_.claim_retries;
+            told_to_retry_ = true;
             pause_ms = retry_after_ms ? retry_after_ms : 100;
             return true;
         }

@@ -97,6 +97,10 @@ void add_worker_options(CLI::App& app, WorkerConfig& c) {
                    "Threads storing batches, each with its own PostgreSQL and Redis connections: one batch is "
                    "preprocessed while another is in COPY/COMMIT")
         ->capture_default_str()->check(CLI::Range(1, 16));
+    app.add_option("--tier-threads", c.tier_threads,
+                   "Threads writing the LLM tier's claims and completes, each with its own PostgreSQL and Redis "
+                   "connections")
+        ->capture_default_str()->check(CLI::Range(1, 16));
     app.add_option("--batch-timeout-ms", c.batch_timeout_ms,
                    "Longest a batch may take to be stored (also each statement's statement_timeout); past it "
                    "the batch is handed back to the broker, to be retried, without counting an attempt")
@@ -173,7 +177,8 @@ Worker::~Worker() {
     for (auto& lane : executors_)
         if (lane->thread.joinable()) lane->thread.join();
     if (query_lane_ && query_lane_->thread.joinable()) query_lane_->thread.join();
-    if (tier_lane_ && tier_lane_->thread.joinable()) tier_lane_->thread.join();
+    for (auto& lane : tier_lanes_)
+        if (lane->thread.joinable()) lane->thread.join();
 }
 
 std::unique_ptr<Worker::Lane> Worker::make_lane(const std::string& name) {
@@ -429,7 +434,7 @@ void Worker::collect_connection_figures() const {
     };
     for (const auto& lane : executors_) add_cache(*lane);
     if (query_lane_) add_cache(*query_lane_);
-    if (tier_lane_) add_cache(*tier_lane_);
+    for (const auto& lane : tier_lanes_) add_cache(*lane);
     counters_.redis_errors.set(redis_errors);
     counters_.cache_writes.set(writes);
     counters_.cache_write_errors.set(write_errors);
@@ -503,7 +508,7 @@ void Worker::finish_in_hand() {
     }
     for (auto& lane : executors_) lane->thread.join();
     query_lane_->thread.join();
-    tier_lane_->thread.join();  // its job in hand finishes (statements are bounded too)
+    for (auto& lane : tier_lanes_) lane->thread.join();  // each job in hand finishes (statements are bounded too)
     flush_mailbox();
     send_unsent();  // what is still unsent goes out within the socket's linger
 }
@@ -516,13 +521,20 @@ void Worker::run(const std::atomic<bool>& stop) {
     }
     query_lane_ = make_lane("q");
     query_lane_->thread = std::thread([this] { query_loop(*query_lane_); });
-    tier_lane_ = make_lane("t");
-    TierConfig tc;
-    tc.writer = info_.id + ":tier";  // distinct from the lane's pipeline tokens (":t:")
-    tc.preprocess.max_content_bytes = cfg_.max_content_bytes;
-    tc.preprocess.tokenizer = tokenizer_.get();
-    tier_lane_->tier = std::make_unique<Tier>(tc, *tier_lane_->store, *tier_lane_->cache, &counters_);
-    tier_lane_->thread = std::thread([this] { tier_loop(*tier_lane_); });
+    // Tier threads take jobs from one queue: a claim need not wait for another
+    // job's commit. Jobs of one message are ordered by the broker (a complete
+    // is sent after its claim was answered); writes behind carry the claim
+    // token, so one that lands after a newer claim changes nothing.
+    for (uint32_t i = 0; i < cfg_.tier_threads; ++i) {
+        tier_lanes_.push_back(make_lane("t" + std::to_string(i)));
+        Lane& lane = *tier_lanes_.back();
+        TierConfig tc;
+        tc.writer = info_.id + ":tier" + std::to_string(i);  // distinct from the pipelines' tokens (":t:")
+        tc.preprocess.max_content_bytes = cfg_.max_content_bytes;
+        tc.preprocess.tokenizer = tokenizer_.get();
+        lane.tier = std::make_unique<Tier>(tc, *lane.store, *lane.cache, &counters_);
+        lane.thread = std::thread([this, &lane] { tier_loop(lane); });
+    }
     connect();
     spdlog::info("worker {} connected to {} with credit {} and {} executors", info_.id, cfg_.broker, cfg_.credit,
                  cfg_.executors);

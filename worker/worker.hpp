@@ -39,6 +39,7 @@ struct WorkerConfig {
     std::string id;  // default: host:pid:random
     uint32_t credit = 2;
     uint32_t executors = 2;
+    uint32_t tier_threads = 2;  // LLM-tier write threads
     int batch_timeout_ms = 30000;
     size_t max_content_bytes = kDefaultMaxContentBytes;
     std::string tokenizer = std::string(to_string(kDefaultTokenizer));  // or cl100k_base, estimate
@@ -147,7 +148,7 @@ private:
     Mailbox tier_mailbox_;
     std::vector<std::unique_ptr<Lane>> executors_;
     std::unique_ptr<Lane> query_lane_;
-    std::unique_ptr<Lane> tier_lane_;
+    std::vector<std::unique_ptr<Lane>> tier_lanes_;
 
     // Health: false while PostgreSQL is unusable; one idle executor probes it.
     std::atomic<bool> healthy_{true};
