@@ -804,31 +804,39 @@ size_t RedisCache::encode_write(const std::vector<std::string_view>& conversatio
     return replies + 1;
 }
 
-bool RedisCache::after_commit(const std::vector<std::string_view>& conversations, const std::string& token,
-                              const std::vector<bool>& complete,
-                              const std::vector<std::vector<const StoredMessage*>>& rows) {
-    settle();  // at most one write in flight
-    auto give_up = [&] {
-        writes_failed_.fetch_add(1, std::memory_order_relaxed);
-        for (auto c : conversations) defer(c, token);
-        marks_.erase(token);
-        return false;
-    };
-    if (conversations.empty()) return marks_.erase(token), true;
-    if (!ensure_connected()) return give_up();
-    size_t replies = encode_write(conversations, token, complete, rows);
+// A write that could not be sent: its conversations keep their marks and are
+// rebuilt from the store.
+bool RedisCache::give_up_write(const std::vector<std::string_view>& conversations, const std::string& token) {
+    writes_failed_.fetch_add(1, std::memory_order_relaxed);
+    for (auto c : conversations) defer(c, token);
     marks_.erase(token);
-    // hiredis copies the buffer into its own; written out with a deadline.
+    return false;
+}
+
+// Sends what encode_write/encode_change put in wbuf_ (hiredis copies it; written
+// out with a deadline); its `replies` are read at the next settle().
+bool RedisCache::send_encoded(const std::vector<std::string_view>& conversations, const std::string& token,
+                              size_t replies) {
+    marks_.erase(token);
     bool queued = redisAppendFormattedCommand(wctx_, wbuf_.data(), wbuf_.size()) == REDIS_OK;
     if (!queued) failure_ = wctx_->errstr;
     if (!queued || !write_out(wctx_, deadline())) {
         on_error("write");
-        return give_up();
+        return give_up_write(conversations, token);
     }
-    // The replies are read later (settle): on its own connection, the write
-    // runs in Redis while the worker stores its next batch.
     in_flight_ = InFlight{{conversations.begin(), conversations.end()}, token, replies};
     return true;
+}
+
+bool RedisCache::after_commit(const std::vector<std::string_view>& conversations, const std::string& token,
+                              const std::vector<bool>& complete,
+                              const std::vector<std::vector<const StoredMessage*>>& rows) {
+    settle();  // at most one write in flight
+    if (conversations.empty()) return marks_.erase(token), true;
+    if (!ensure_connected()) return give_up_write(conversations, token);
+    // The replies are read later (settle): on its own connection, the write
+    // runs in Redis while the worker stores its next batch.
+    return send_encoded(conversations, token, encode_write(conversations, token, complete, rows));
 }
 
 // One EVALSHA for the whole change (kChangeScript): rows are replaced by id
@@ -881,26 +889,11 @@ bool RedisCache::after_change(const std::vector<std::string_view>& conversations
                               const std::vector<std::vector<const StoredMessage*>>& changed,
                               const std::vector<std::vector<const StoredMessage*>>& added) {
     settle();  // at most one write in flight
-    auto give_up = [&] {
-        writes_failed_.fetch_add(1, std::memory_order_relaxed);
-        for (auto c : conversations) defer(c, token);
-        marks_.erase(token);
-        return false;
-    };
     if (conversations.empty()) return marks_.erase(token), true;
-    if (!ensure_connected()) return give_up();
-    size_t replies = encode_change(conversations, token, changed, added);
-    marks_.erase(token);
-    bool queued = redisAppendFormattedCommand(wctx_, wbuf_.data(), wbuf_.size()) == REDIS_OK;
-    if (!queued) failure_ = wctx_->errstr;
-    if (!queued || !write_out(wctx_, deadline())) {
-        on_error("write");
-        return give_up();
-    }
+    if (!ensure_connected()) return give_up_write(conversations, token);
     // Answered at the next settle(), as a batch's write: the conversations it
     // returns keep their mark and are rebuilt.
-    in_flight_ = InFlight{{conversations.begin(), conversations.end()}, token, replies};
-    return true;
+    return send_encoded(conversations, token, encode_change(conversations, token, changed, added));
 }
 
 void RedisCache::settle() {

@@ -192,6 +192,8 @@ private:
     // Runs steps of the history flush for a short while; true once it is done.
     bool flush_histories();
     bool flush_step();
+    bool give_up_write(const std::vector<std::string_view>& conversations, const std::string& token);
+    bool send_encoded(const std::vector<std::string_view>& conversations, const std::string& token, size_t replies);
     // Encodes a batch write into wbuf_; returns how many replies it will get.
     size_t encode_write(const std::vector<std::string_view>& conversations, const std::string& token,
                         const std::vector<bool>& complete, const std::vector<std::vector<const StoredMessage*>>& rows);
