@@ -11,6 +11,7 @@
 #include <initializer_list>
 #include <iostream>
 #include <memory>
+#include <thread>
 
 #include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
@@ -511,9 +512,19 @@ int run_claim(const GlobalArgs& g, const client::ClaimArgs& a) {
     q.wait_ms = a.wait_ms;
     q.history = a.history;
     client::Client c(g.broker);
-    auto r = c.claim(q, std::chrono::milliseconds(g.timeout_ms));
+    // A broker told to retry (it is loading the open messages after its first
+    // claim, or a worker is briefly missing) is asked again within --timeout-ms:
+    // a claim changes nothing until it is answered with messages.
+    const auto give_up_at = std::chrono::steady_clock::now() + std::chrono::milliseconds(g.timeout_ms);
+    decltype(c.claim(q, {})) r;
     proto::Claimed* got = nullptr;
-    if (int rc = tier_unwrap("claim", r, got); rc >= 0) return rc;
+    for (;;) {
+        r = c.claim(q, std::chrono::milliseconds(g.timeout_ms));
+        if (int rc = tier_unwrap("claim", r, got); rc >= 0) return rc;
+        const auto pause = std::chrono::milliseconds(std::max<uint32_t>(got->retry_after_ms, 50));
+        if (!proto::is_retry(got->status) || std::chrono::steady_clock::now() + pause >= give_up_at) break;
+        std::this_thread::sleep_for(pause);
+    }
     if (got->status != proto::Status::ok) return report_status("claim", got->status, got->reason, got->retry_after_ms);
     for (const auto& m : got->messages) {
         if (a.json) std::printf("%s\n", client::claimed_message_json(m).dump().c_str());
