@@ -112,7 +112,10 @@ TierDesk::TierDesk(const TierConfig& cfg, metrics::Registry& registry, TierIo io
           pc.expected_completion = cfg.expected_completion;
           return pc;
       }()),
-      m_(std::make_unique<Metrics>(registry)) {
+      m_(std::make_unique<Metrics>(registry)),
+      // Job ids differ across broker runs, so a worker's late answer to a job of
+      // an earlier run cannot be taken for one of this run.
+      next_job_((token_seed >> 20) | 1) {
     if (!cfg_.users_file.empty()) {
         auto loaded = load_quota_file(cfg_.users_file);
         if (auto* err = std::get_if<QuotaFileError>(&loaded)) throw std::runtime_error(err->message);
