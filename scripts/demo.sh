@@ -2,7 +2,8 @@
 # A local llmq cluster taking real traffic: installs what is missing, builds,
 # starts a private PostgreSQL and Redis (under .run/), a broker and two workers,
 # pushes a generated workload, shows the summary, one conversation's history and
-# the row count, then starts llmq-gateway in front of the broker and pushes one
+# the row count, claims three messages as the LLM tier and answers one, then
+# starts llmq-gateway in front of the broker and pushes one
 # message over HTTP with curl, and stops everything it started (also on Ctrl-C
 # and on errors).
 #
@@ -95,6 +96,18 @@ psql -q "$PG_URL" -c "SELECT priority, count(*) AS rows, sum(token_count) AS tok
 
 section "llmq stats"
 "$BUILD_DIR/llmq" --broker "$FRONTEND" stats
+
+section "The LLM tier: claim 3 messages (fairly by user, one turn per conversation), answer the first"
+echo "+ llmq claim --max 3 --lease-ms 60000 --history 2 --json"
+"$BUILD_DIR/llmq" --broker "$FRONTEND" --timeout-ms 30000 claim --max 3 --lease-ms 60000 --history 2 --json \
+  >"$DEMO_DIR/claimed.jsonl"
+cut -c1-300 "$DEMO_DIR/claimed.jsonl"
+read -r claimed_id claimed_token claimed_user < <(python3 -c 'import json, sys
+m = json.loads(sys.stdin.readline()); print(m["id"], m["claim_token"], m["user_id"])' <"$DEMO_DIR/claimed.jsonl")
+echo "+ llmq complete $claimed_id --token $claimed_token --reply 'A reply from the demo LLM'"
+"$BUILD_DIR/llmq" --broker "$FRONTEND" complete "$claimed_id" --token "$claimed_token" --reply "A reply from the demo LLM"
+echo "+ llmq usage --user $claimed_user"
+"$BUILD_DIR/llmq" --broker "$FRONTEND" usage --user "$claimed_user"
 
 section "llmq-gateway: HTTP/JSON (and gRPC) in front of the broker (log in $DEMO_DIR/gateway.log)"
 rm -f "$DEMO_DIR/gateway.endpoints"
