@@ -228,10 +228,12 @@ void TierDesk::try_claim(const Waiter& who, const proto::Claim& c, int64_t recei
     Job j;
     j.who = who;
     j.received_ns = received_ns;
+    std::vector<std::pair<std::string, uint32_t>> charges;  // copied: d.user lives only until the next policy call
     for (const auto& d : decisions) {
         job.claims.push_back({d.id, d.token, wall_of(d.lease_until_ns, now, wall_us), d.attempt});
-        if (quotas_on_) charge_claim_rate(*d.user, std::max<uint32_t>(d.prompt_tokens, 1), now);
+        if (quotas_on_) charges.emplace_back(*d.user, std::max<uint32_t>(d.prompt_tokens, 1));
     }
+    for (const auto& [user, tokens] : charges) charge_claim_rate(user, tokens, now);
     j.decisions = std::move(decisions);
     send_job(JobKind::claim, worker, job, std::move(j), now);
 }
