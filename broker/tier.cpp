@@ -219,6 +219,7 @@ void TierDesk::try_claim(const Waiter& who, const proto::Claim& c, int64_t recei
     if (decisions.empty()) {
         if (c.wait_ms > 0 && now < received_ns + int64_t{c.wait_ms} * kMs && parked_.size() < cfg_.max_parked) {
             parked_.push_back({who, c, received_ns, received_ns + int64_t{c.wait_ms} * kMs});
+            parked_deadlines_.insert(parked_.back().deadline_ns);
             return;
         }
         return answer_empty(who, received_ns, now);
@@ -251,17 +252,18 @@ void TierDesk::claim_done(Job& job, proto::TierDone& d, int64_t now) {
     if (d.status != Status::ok) return job_failed(job, d.reason, now);
     // Rows that are no longer open (done or dead in PostgreSQL; e.g. a client
     // resent a message that was already answered) leave the policy.
+    std::unordered_map<MessageId, const Claimed*, MessageIdHash> decided;
+    decided.reserve(job.decisions.size());
+    for (const auto& dec : job.decisions) decided.emplace(dec.id, &dec);
     for (const auto& id : d.gone)
-        for (const auto& dec : job.decisions)
-            if (dec.id == id) (void)policy_.complete(id, dec.token, 0, now);
+        if (auto f = decided.find(id); f != decided.end()) (void)policy_.complete(id, f->second->token, 0, now);
     proto::Claimed out;
     for (auto& m : d.claimed) {
-        for (const auto& dec : job.decisions)
-            if (dec.id == m.id) {
-                m.claim_token = dec.token;  // ours decide, whatever the worker echoed
-                m.attempt = dec.attempt;
-                charge_usage(m.user_id, static_cast<uint64_t>(std::max(m.token_count, 1)), 0);
-            }
+        auto f = decided.find(m.id);
+        if (f == decided.end()) continue;  // not ours to hand out
+        m.claim_token = f->second->token;  // ours decide, whatever the worker echoed
+        m.attempt = f->second->attempt;
+        charge_usage(m.user_id, static_cast<uint64_t>(std::max(m.token_count, 1)), 0);
         out.messages.push_back(std::move(m));
     }
     answer_claim(job.who, std::move(out), job.received_ns, now, "claimed");
@@ -269,15 +271,23 @@ void TierDesk::claim_done(Job& job, proto::TierDone& d, int64_t now) {
 
 void TierDesk::serve_parked(int64_t now, int64_t wall_us) {
     // Oldest first; a claim that finds nothing goes back to the end (in order).
+    // Nothing claimable and no deadline due: nothing to do (this runs at every
+    // wake-up, so it must not walk every waiting claim).
+    bool claimable = false;
+    for (int i = 0; i < kPriorityCount && !initial_load_; ++i)
+        claimable = claimable || policy_.backlogged_users(static_cast<Priority>(i)) > 0;
+    if (!claimable && now < *parked_deadlines_.begin()) return;
     size_t n = parked_.size();
     for (size_t i = 0; i < n && !parked_.empty(); ++i) {
         Parked p = std::move(parked_.front());
         parked_.pop_front();
+        parked_deadlines_.erase(parked_deadlines_.find(p.deadline_ns));
         if (now >= p.deadline_ns) {
             answer_empty(p.who, p.received_ns, now);
             continue;
         }
-        if (initial_load_ || policy_.size() == policy_.claimed()) {  // nothing claimable: keep waiting
+        if (!claimable) {  // keep waiting
+            parked_deadlines_.insert(p.deadline_ns);
             parked_.push_back(std::move(p));
             continue;
         }
@@ -686,7 +696,7 @@ void TierDesk::tick(int64_t now, int64_t wall_us) {
 int64_t TierDesk::next_wakeup_ns(int64_t now) const {
     int64_t next = INT64_MAX;
     if (int64_t d = policy_.next_deadline_ns(); d >= 0) next = d;
-    for (const auto& p : parked_) next = std::min(next, p.deadline_ns);
+    if (!parked_deadlines_.empty()) next = std::min(next, *parked_deadlines_.begin());
     for (const auto& [id, j] : jobs_) next = std::min(next, j.deadline_ns);
     if (!settle_buf_.empty()) next = now;
     if (cursor_ && !page_in_flight_ && policy_.size() < cfg_.capacity)

@@ -8,6 +8,7 @@
 #include <functional>
 #include <memory>
 #include <optional>
+#include <set>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -155,7 +156,8 @@ private:
     bool initial_load_ = false;  // claims wait until the first load is over
     int64_t next_page_ns_ = 0;
 
-    std::deque<Parked> parked_;
+    std::deque<Parked> parked_;             // oldest first: served in order
+    std::multiset<int64_t> parked_deadlines_;  // theirs, soonest first
     std::vector<SettleWork> settle_buf_;
     std::unordered_map<uint64_t, Job> jobs_;
     uint64_t next_job_ = 1;
