@@ -187,7 +187,7 @@ void Broker::publish_stats() {
     next_stats_ns_ = clock_->steady_ns() + int64_t{cfg_.stats_interval_ms} * kMs;
     static const std::string topic = "llmq.stats";
     std::string body = proto::encode(core_->snapshot());
-    metrics_.send(zmq::buffer(topic), zmq::send_flags::sndmore);
+    retry_eintr([&] { return metrics_.send(zmq::buffer(topic), zmq::send_flags::sndmore); });
     send_message(metrics_, nullptr, Command::stats, body, true);
 }
 

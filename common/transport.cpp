@@ -5,7 +5,7 @@ namespace llmq {
 
 bool recv_message(zmq::socket_t& sock, bool router, Incoming& in) {
     zmq::message_t part;
-    if (!sock.recv(part, zmq::recv_flags::dontwait)) return false;
+    if (!retry_eintr([&] { return sock.recv(part, zmq::recv_flags::dontwait); })) return false;
     in.routing_id.clear();
     in.frames = 0;
     in.signature.rebuild(0);
@@ -27,7 +27,7 @@ bool recv_message(zmq::socket_t& sock, bool router, Incoming& in) {
         first = false;
         if (!more) break;
         part.rebuild();
-        (void)sock.recv(part);  // the rest of a multipart message is already here
+        (void)retry_eintr([&] { return sock.recv(part); });  // the rest is already here
     }
     return true;
 }
@@ -42,13 +42,13 @@ bool send_message(zmq::socket_t& sock, const std::string* routing_id, proto::Com
         auto name = proto::command_name(cmd);
         auto sig = zmq::buffer(proto::kSignature.data(), proto::kSignature.size());
         if (routing_id) {
-            if (!sock.send(zmq::buffer(*routing_id), first)) return false;
-            sock.send(sig, zmq::send_flags::sndmore);
-        } else if (!sock.send(sig, first)) {
+            if (!retry_eintr([&] { return sock.send(zmq::buffer(*routing_id), first); })) return false;
+            retry_eintr([&] { return sock.send(sig, zmq::send_flags::sndmore); });
+        } else if (!retry_eintr([&] { return sock.send(sig, first); })) {
             return false;
         }
-        sock.send(zmq::buffer(name.data(), name.size()), zmq::send_flags::sndmore);
-        sock.send(zmq::buffer(body.data(), body.size()), zmq::send_flags::none);
+        retry_eintr([&] { return sock.send(zmq::buffer(name.data(), name.size()), zmq::send_flags::sndmore); });
+        retry_eintr([&] { return sock.send(zmq::buffer(body.data(), body.size()), zmq::send_flags::none); });
     } catch (const zmq::error_t& e) {
         if (e.num() == EHOSTUNREACH || e.num() == EAGAIN) return false;
         throw;

@@ -11,6 +11,21 @@
 
 namespace llmq {
 
+// A signal (SIGTERM, SIGHUP) landing inside a ZeroMQ call makes it fail with
+// EINTR before it did anything; the handlers only set a flag, so try again and
+// let the caller's loop read the flag. (A broker stopped by SIGTERM mid-send
+// once exited 1 instead of draining.)
+template <class F>
+auto retry_eintr(F&& f) {
+    for (;;) {
+        try {
+            return f();
+        } catch (const zmq::error_t& e) {
+            if (e.num() != EINTR) throw;
+        }
+    }
+}
+
 struct Incoming {
     std::string routing_id;  // set when received on a ROUTER
     size_t frames = 0;       // protocol frames (routing id not counted)
