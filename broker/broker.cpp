@@ -40,6 +40,22 @@ void add_broker_options(CLI::App& app, BrokerConfig& c) {
     app.add_option("--metrics", c.metrics, "Endpoint of the metrics stream (PUB)")->capture_default_str();
     app.add_option("--lane-capacity", c.lane_capacity, "Messages each priority lane holds before answering busy")
         ->capture_default_str()->check(CLI::Range(size_t{1}, size_t{100'000'000}));
+    app.add_option("--lane-max-bytes", c.lane_max_bytes,
+                   "Bytes each priority lane's messages may hold (content, ids and ~200 bytes of bookkeeping "
+                   "each) before answering busy; at least --max-content-bytes + 512")
+        ->capture_default_str()->check(CLI::Range(uint64_t{1} << 20, uint64_t{1} << 40));
+    app.add_option("--max-content-bytes", c.max_content_bytes,
+                   "Largest message content the broker takes; larger is answered 413 too_large (keep it at the "
+                   "workers' value)")
+        ->capture_default_str()->check(CLI::Range(size_t{1}, size_t{64} << 20));
+    app.add_option("--client-max-inflight-bytes", c.client_max_inflight_bytes,
+                   "Bytes of one client's messages the broker holds (queued or at a worker) before that client's "
+                   "pushes are answered busy; at least --max-content-bytes + 512")
+        ->capture_default_str()->check(CLI::Range(uint64_t{1} << 20, uint64_t{1} << 40));
+    app.add_option("--max-inflight-clients", c.max_inflight_clients,
+                   "Clients with messages held that the broker tracks at once; a new client past it is answered "
+                   "busy until one is done")
+        ->capture_default_str()->check(CLI::Range(size_t{1}, size_t{10'000'000}));
     app.add_option("--batch-size", c.batch_size, "Most messages in one batch sent to a worker")
         ->capture_default_str()->check(CLI::Range(size_t{1}, size_t{100'000}));
     app.add_option("--batch-max-tokens", c.batch_max_tokens,

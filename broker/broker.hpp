@@ -26,6 +26,11 @@ struct BrokerConfig {
     std::string backend = "tcp://*:5556";
     std::string metrics = "tcp://*:5557";
     size_t lane_capacity = 100'000;
+    // Memory bounded in bytes (held_bytes: content, ids and the per-message record).
+    uint64_t lane_max_bytes = 256ull << 20;             // per lane: 1 GiB queued over the four at most
+    size_t max_content_bytes = kDefaultMaxContentBytes;  // larger content is answered too_large (413) at intake
+    uint64_t client_max_inflight_bytes = 64ull << 20;   // one client's messages held (queued or at a worker)
+    size_t max_inflight_clients = 100'000;               // clients with messages held, tracked at once
     size_t batch_size = 1000;
     // Most estimated tokens in a batch (estimate_batch_tokens: content bytes / 3); 0 = no cap.
     uint64_t batch_max_tokens = 200'000;

@@ -41,10 +41,24 @@ int64_t SystemClock::steady_ns() const { return steady_now_ns(); }
 int64_t SystemClock::wall_us() const { return wall_now_us(); }
 
 BrokerCore::BrokerCore(const BrokerConfig& cfg, const Clock& clock)
-    : cfg_(cfg), clock_(clock), lanes_(cfg.lane_capacity), scheduler_(SchedulerConfig{}) {
+    : cfg_(cfg),
+      clock_(clock),
+      lanes_(cfg.lane_capacity, cfg.lane_max_bytes),
+      budget_(cfg.client_max_inflight_bytes, cfg.max_inflight_clients),
+      scheduler_(SchedulerConfig{}) {
     auto weights = parse_weights(cfg_.weights);
     if (!weights)
         throw std::runtime_error("--weights must be four positive integers like 8:4:2:1, got '" + cfg_.weights + "'");
+    // The largest message the intake admits must fit an empty lane and an idle
+    // client's budget, or it would be answered busy for ever.
+    const uint64_t largest = max_held_bytes(cfg_.max_content_bytes);
+    if (cfg_.lane_max_bytes < largest || cfg_.client_max_inflight_bytes < largest)
+        throw std::runtime_error("--lane-max-bytes (" + std::to_string(cfg_.lane_max_bytes) +
+                                 ") and --client-max-inflight-bytes (" + std::to_string(cfg_.client_max_inflight_bytes) +
+                                 ") must each be at least " + std::to_string(largest) +
+                                 ", what the largest message --max-content-bytes " +
+                                 std::to_string(cfg_.max_content_bytes) + " allows costs held");
+    if (cfg_.max_inflight_clients == 0) throw std::runtime_error("--max-inflight-clients must be at least 1");
     SchedulerConfig sc;
     sc.policy = cfg_.policy == "strict" ? Policy::strict : Policy::weighted;
     sc.weights = *weights;
@@ -219,6 +233,15 @@ void BrokerCore::handle_push(const std::string& client, proto::Push& push, int64
     ack.req = push.req;
     int64_t now_us = clock_.wall_us();
     for (auto& m : push.msgs) {
+        // Refused before anything else: resending it cannot help.
+        if (m.content.size() > cfg_.max_content_bytes) {
+            ++m_.too_large;
+            ack.results.push_back({m.id, Status::too_large,
+                                   "content_too_large: content is " + std::to_string(m.content.size()) +
+                                       " bytes, more than the broker's --max-content-bytes " +
+                                       std::to_string(cfg_.max_content_bytes)});
+            continue;
+        }
         if (draining_) {
             ack.results.push_back({m.id, Status::unavailable, "broker is shutting down; resend later"});
             continue;
@@ -230,10 +253,30 @@ void BrokerCore::handle_push(const std::string& client, proto::Push& push, int64
         }
         int lane = static_cast<int>(m.priority);
         MessageId id = m.id;
-        if (lanes_.depth(lane) >= lanes_.capacity(lane)) {
+        const uint64_t bytes = held_bytes(m);
+        const auto busy_retry = static_cast<uint32_t>(cfg_.busy_retry_ms);
+        if (auto full = lanes_.room_for(lane, bytes); full != LaneRefusal::none) {
             ++*m_.busy[static_cast<size_t>(lane)];
-            ack.retry_after_ms = static_cast<uint32_t>(cfg_.busy_retry_ms);
-            ack.results.push_back({id, Status::busy, "lane full"});
+            ack.retry_after_ms = std::max(ack.retry_after_ms, busy_retry);
+            ack.results.push_back({id, Status::busy,
+                                   full == LaneRefusal::messages
+                                       ? std::string("lane full")
+                                       : "lane full: its messages hold " + std::to_string(lanes_.bytes(lane)) +
+                                             " bytes (--lane-max-bytes " + std::to_string(lanes_.max_bytes(lane)) +
+                                             ")"});
+            continue;
+        }
+        if (auto over = budget_.room_for(client, bytes); over != ClientBudget::Refusal::none) {
+            ++m_.client_busy;
+            ack.retry_after_ms = std::max(ack.retry_after_ms, busy_retry);
+            ack.results.push_back(
+                {id, Status::busy,
+                 over == ClientBudget::Refusal::bytes
+                     ? "client budget: the broker holds " + std::to_string(budget_.held(client)) +
+                           " bytes of this connection's messages (--client-max-inflight-bytes " +
+                           std::to_string(budget_.max_bytes()) + "); retry as they are answered"
+                     : "client budget: the broker holds messages of " + std::to_string(budget_.clients()) +
+                           " other connections (--max-inflight-clients)"});
             continue;
         }
         if (auto refused = tier_->admit(m, now)) {  // per-user quotas
@@ -244,6 +287,7 @@ void BrokerCore::handle_push(const std::string& client, proto::Push& push, int64
         Pending p{std::move(m), client, push.req, now, push.ack, 0};
         bool pushed = lanes_.try_push(std::move(p));
         LLMQ_ASSERT(pushed);  // room was checked above
+        budget_.charge(client, bytes);
         ++*m_.received[static_cast<size_t>(lane)];
         if (push.ack == proto::AckMode::queued) ack.results.push_back({id, Status::queued, {}});
     }
@@ -460,6 +504,7 @@ BrokerCore::Finished BrokerCore::finish(std::vector<Pending>& items, std::vector
             retry.push_back(std::move(item));
             continue;
         }
+        release(item);
         tier_->ingested(item.msg, r.token_count, r.status == Status::ok, now);
         if (r.status == Status::ok) {
             ++counts.persisted;
@@ -553,7 +598,10 @@ void BrokerCore::drop_expired(std::vector<Pending>& batch) {
     batch.resize(keep);
     if (expired.empty()) return;
     m_.expired += expired.size();
-    for (const auto& p : expired) tier_->ingested(p.msg, -1, false, clock_.steady_ns());
+    for (const auto& p : expired) {
+        release(p);
+        tier_->ingested(p.msg, -1, false, clock_.steady_ns());
+    }
     send_acks(expired, nullptr, Status::expired, "expired before dispatch");
 }
 
@@ -567,9 +615,11 @@ void BrokerCore::dispatch(int64_t now) {
         if (batch_buf_.empty()) continue;
         std::vector<const Message*> msgs;
         std::vector<uint32_t> attempts;
+        uint64_t bytes = 0;
         msgs.reserve(batch_buf_.size());
         attempts.reserve(batch_buf_.size());
         for (auto& p : batch_buf_) {
+            bytes += held_bytes(p.msg);
             msgs.push_back(&p.msg);
             attempts.push_back(p.attempts + 1);  // raised only by a persist_failed answer (finish)
             ++*m_.dispatched[static_cast<size_t>(p.msg.priority)];
@@ -579,7 +629,7 @@ void BrokerCore::dispatch(int64_t now) {
         m_.batch_size.record(batch_buf_.size());
         w->inflight.insert(id);
         workers_.mark_dispatched(*w);
-        inflight_.emplace(id, InflightBatch{w->routing_id, std::move(batch_buf_)});
+        inflight_.emplace(id, InflightBatch{w->routing_id, std::move(batch_buf_), bytes});
         batch_buf_ = {};
     }
 }
@@ -672,8 +722,15 @@ void BrokerCore::collect() const {
         m_.capacity.with({prio}).set(static_cast<double>(lanes_.capacity(i)));
         const int64_t age_ns = lanes_.empty(i) ? 0 : now - lanes_.head_received_ns(i);
         m_.oldest_age_seconds.with({prio}).set(static_cast<double>(age_ns / kMs) / 1000.0);
+        m_.queue_bytes.with({prio}).set(static_cast<double>(lanes_.bytes(i)));
+        m_.queue_max_bytes.with({prio}).set(static_cast<double>(lanes_.max_bytes(i)));
     }
     m_.inflight_batches.set(static_cast<double>(inflight_.size()));
+    uint64_t inflight_bytes = 0;
+    for (const auto& [id, b] : inflight_) inflight_bytes += b.bytes;
+    m_.inflight_bytes.set(static_cast<double>(inflight_bytes));
+    m_.held_bytes.set(static_cast<double>(budget_.total()));
+    m_.held_clients.set(static_cast<double>(budget_.clients()));
     m_.client_connections.set(static_cast<double>(clients_.size()));
     m_.workers_connected.set(static_cast<double>(workers_.size()));
     size_t healthy = 0;

@@ -117,6 +117,7 @@ private:
     struct InflightBatch {
         std::string worker;
         std::vector<Pending> items;
+        uint64_t bytes = 0;  // held_bytes over items
     };
     struct PendingQuery {
         std::string client;
@@ -151,6 +152,8 @@ private:
     void drop_worker(const std::string& routing_id, const std::string& why,
                      const char* query_error = "worker lost; retry");
     void requeue(std::vector<Pending>& items);
+    // A held message reached its final outcome: its bytes leave its client's budget.
+    void release(const Pending& p) { budget_.release(p.client, held_bytes(p.msg)); }
     void to_client(const std::string& client, proto::Command cmd, std::string body);
     void to_worker(const std::string& worker, proto::Command cmd, std::string body);
     void client_error(const std::string& client, uint64_t req, proto::Status st, std::string reason);
@@ -163,6 +166,7 @@ private:
     std::vector<Outgoing> outbox_;
 
     Lanes lanes_;
+    ClientBudget budget_;  // every message held, queued or in inflight_, is charged here
     Scheduler scheduler_;
     WorkerRegistry workers_;
     std::unordered_map<uint64_t, InflightBatch> inflight_;

@@ -38,7 +38,7 @@ BrokerMetrics::BrokerMetrics()
       persisted(lanes_of(registry.counter(
           per_lane("llmq_messages_persisted_total", "Messages stored in PostgreSQL (final 200 outcomes)")))),
       busy(lanes_of(registry.counter(
-          per_lane("llmq_messages_busy_total", "Messages answered busy (300) because their lane was full")))),
+          per_lane("llmq_messages_busy_total", "Messages answered busy (300) because their lane was full (--lane-capacity or --lane-max-bytes)")))),
       rejected_by_reason(registry.counter(
           {.name = "llmq_messages_rejected_total",
            .help = "Final non-200 outcomes from workers by reason (a 422 rejection code, else the status name)",
@@ -50,6 +50,9 @@ BrokerMetrics::BrokerMetrics()
       capacity(registry.gauge(per_lane("llmq_queue_capacity", "Lane capacity (--lane-capacity)"))),
       oldest_age_seconds(registry.gauge(
           per_lane("llmq_queue_oldest_age_seconds", "Age of the message at the head of a lane, 0 when empty"))),
+      queue_bytes(registry.gauge(per_lane(
+          "llmq_queue_bytes", "Bytes a lane's messages hold: content, ids and the per-message record"))),
+      queue_max_bytes(registry.gauge(per_lane("llmq_queue_max_bytes", "Lane bound in bytes (--lane-max-bytes)"))),
       latency_us(latency_lanes(registry.histogram(
           {.name = "llmq_message_latency_seconds",
            .help = "Time from a message's receipt by the broker to its persisted ack",
@@ -59,6 +62,18 @@ BrokerMetrics::BrokerMetrics()
       batch_size(registry.histogram({.name = "llmq_batch_size", .help = "Messages per batch dispatched to a worker"})
                      .only()),
       inflight_batches(registry.gauge("llmq_inflight_batches", "Batches held by workers now")),
+      inflight_bytes(registry.gauge("llmq_inflight_bytes", "Bytes of the messages in the batches held by workers")),
+      held_bytes(registry.gauge("llmq_held_bytes",
+                                "Bytes of every message the broker holds, queued or at a worker, until its final "
+                                "outcome (the sum of the clients' budgets)")),
+      held_clients(registry.gauge("llmq_held_clients",
+                                  "Clients with messages the broker holds (--max-inflight-clients at most)")),
+      too_large(registry.counter("llmq_messages_too_large_total",
+                                 "Messages answered 413 at intake: content over the broker's --max-content-bytes")),
+      client_busy(registry.counter(
+          "llmq_client_budget_busy_total",
+          "Messages answered busy (300) because their client held --client-max-inflight-bytes already, or "
+          "--max-inflight-clients other clients held messages")),
       redeliveries(registry.counter(
           "llmq_redeliveries_total",
           "Messages put back at the head of their lane (worker lost, storage retry, inconsistent done)")),

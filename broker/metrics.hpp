@@ -29,10 +29,19 @@ struct BrokerMetrics {
     metrics::GaugeFamily& depth;
     metrics::GaugeFamily& capacity;
     metrics::GaugeFamily& oldest_age_seconds;
+    metrics::GaugeFamily& queue_bytes;      // held_bytes of the lane's messages
+    metrics::GaugeFamily& queue_max_bytes;  // --lane-max-bytes
     std::array<metrics::HistogramCell*, kPriorityCount> latency_us;
     metrics::HistogramCell& batch_size;
     // Delivery and peers.
     metrics::Gauge& inflight_batches;
+    metrics::Gauge& inflight_bytes;  // held_bytes of the messages in those batches
+    // Memory bounded in bytes: everything held (queued + in flight), the clients
+    // it belongs to, and the refusals of the intake's byte limits.
+    metrics::Gauge& held_bytes;
+    metrics::Gauge& held_clients;
+    metrics::Counter& too_large;
+    metrics::Counter& client_busy;
     metrics::Counter& redeliveries;
     metrics::Gauge& client_connections;
     metrics::Counter& bad_frames;
