@@ -43,15 +43,19 @@ using namespace std::chrono_literals;
 inline int64_t ms_between(int64_t from_ns, int64_t to_ns) { return (to_ns - from_ns) / 1'000'000; }
 inline int64_t ms_since(int64_t from_ns) { return ms_between(from_ns, steady_now_ns()); }
 
-// VmRSS of a process in kB (-1 when it cannot be read).
-inline long rss_kb(pid_t pid) {
+// A "Vm…:" line of /proc/PID/status in kB, e.g. "VmRSS" (resident now) or
+// "VmHWM" (the resident peak since the process started); -1 when it cannot be read.
+inline long proc_status_kb(pid_t pid, const std::string& field) {
     std::ifstream f("/proc/" + std::to_string(pid) + "/status");
     std::string line;
+    const std::string key = field + ":";
     while (std::getline(f, line)) {
-        if (line.rfind("VmRSS:", 0) == 0) return std::stol(line.substr(6));
+        if (line.rfind(key, 0) == 0) return std::stol(line.substr(key.size()));
     }
     return -1;
 }
+// VmRSS of a process in kB (-1 when it cannot be read).
+inline long rss_kb(pid_t pid) { return proc_status_kb(pid, "VmRSS"); }
 
 
 // ---------------------------------------------------------------------------
