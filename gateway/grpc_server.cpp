@@ -109,9 +109,11 @@ Answer answer_of(const MessageResult& r) {
         case Outcome::persisted: return {grpc::StatusCode::OK, pb::STATUS_PERSISTED, "", "", 0};
         case Outcome::queued: return {grpc::StatusCode::OK, pb::STATUS_QUEUED, "", "", 0};
         case Outcome::busy:
+            // A full lane (in messages or bytes), the gateway's budget at the broker, or the user's quota.
             return {grpc::StatusCode::RESOURCE_EXHAUSTED, pb::STATUS_BUSY, "busy",
-                    "the message's priority lane is full; retry after " + std::to_string(r.retry_after_ms) +
-                        " ms with the same id",
+                    (r.reason.empty() || r.reason == "lane full" ? std::string("the message's priority lane is full")
+                                                                 : r.reason) +
+                        "; retry after " + std::to_string(r.retry_after_ms) + " ms with the same id",
                     std::max<uint32_t>(r.retry_after_ms, 1)};
         case Outcome::unavailable:
             return {grpc::StatusCode::UNAVAILABLE, pb::STATUS_UNAVAILABLE, "broker_unavailable", r.reason, 0};

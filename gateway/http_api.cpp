@@ -147,14 +147,20 @@ int http_status_of(Outcome o) {
     return 500;
 }
 
+int http_status_of(const MessageResult& r) {
+    if (r.outcome == Outcome::rejected && r.reason.rfind("content_too_large:", 0) == 0) return 413;
+    return http_status_of(r.outcome);
+}
+
 namespace {
 ApiError outcome_error(const MessageResult& r) {
-    int status = http_status_of(r.outcome);
+    int status = http_status_of(r);
     switch (r.outcome) {
-        case Outcome::busy:  // a full lane, or the user's quota (the broker's reason says which)
+        case Outcome::busy:  // a full lane (in messages or bytes), the gateway's budget at the broker, or the
+                             // user's quota: the broker's reason says which
             return {status, "busy",
-                    r.reason.rfind("quota", 0) == 0 ? r.reason + "; retry later"
-                                                    : "the message's priority lane is full; retry later"};
+                    r.reason.empty() || r.reason == "lane full" ? "the message's priority lane is full; retry later"
+                                                                : r.reason + "; retry later"};
         case Outcome::unavailable: return {status, "broker_unavailable", r.reason};
         case Outcome::timeout: return {status, "ack_timeout", r.reason};
         case Outcome::rejected: {
@@ -170,7 +176,7 @@ ApiError outcome_error(const MessageResult& r) {
 std::string retry_after_seconds(uint32_t ms) { return std::to_string(std::max<uint32_t>(1, (ms + 999) / 1000)); }
 
 json result_json(const MessageResult& r) {
-    int status = http_status_of(r.outcome);
+    int status = http_status_of(r);
     json j{{"id", uuid_to_string(r.id)}, {"status", status}};
     if (status / 100 == 2) {
         j["outcome"] = outcome_name(r.outcome);
@@ -184,7 +190,7 @@ json result_json(const MessageResult& r) {
 }  // namespace
 
 HttpResponse push_response(const MessageResult& r) {
-    int status = http_status_of(r.outcome);
+    int status = http_status_of(r);
     if (status / 100 != 2) {
         HttpResponse resp = error_response(outcome_error(r));
         if (r.outcome == Outcome::busy) resp.headers.emplace_back("Retry-After", retry_after_seconds(r.retry_after_ms));

@@ -68,6 +68,9 @@ std::variant<std::vector<BatchItem>, ApiError> parse_batch(std::string_view body
 // The HTTP status for a message's outcome (201 persisted, 202 queued, 429 busy,
 // 503 unavailable, 504 timeout, 400 rejected, 500 failed).
 int http_status_of(Outcome o);
+// The same for one message: a rejection whose code is content_too_large (the
+// broker's 413 at intake, or a worker's 422) is 413, as the gateway's own check.
+int http_status_of(const MessageResult& r);
 // The answer to one pushed message: 201/202 with {"id","status"} and Location, else an error.
 HttpResponse push_response(const MessageResult& r);
 // A stored message as JSON (the same fields as `llmq get --json`).

@@ -18,6 +18,7 @@ struct FakeBackend : Backend {
     Outcome outcome = Outcome::persisted;
     std::function<Outcome(const Message&)> outcome_of;
     uint32_t retry_after_ms = 0;
+    std::string reason;  // of every outcome but persisted/queued; empty: a 422 content_empty
     QueryResult query;
     std::vector<Message> pushed;
     proto::AckMode mode = proto::AckMode::persisted;
@@ -29,8 +30,10 @@ struct FakeBackend : Backend {
         std::vector<MessageResult> results;
         for (auto& msg : msgs) {
             Outcome o = outcome_of ? outcome_of(msg) : outcome;
-            results.push_back({msg.id, o, o == Outcome::rejected ? "content_empty: empty after normalization" : "",
-                               retry_after_ms});
+            std::string why = !reason.empty() ? reason
+                              : o == Outcome::rejected ? "content_empty: empty after normalization"
+                                                       : "";
+            results.push_back({msg.id, o, why, retry_after_ms});
             pushed.push_back(msg);
         }
         done(std::move(results));
@@ -122,6 +125,24 @@ TEST_F(GatewayHttpApi, OutcomesMapToStatusCodes) {
     EXPECT_EQ(error_code(rejected), "content_empty");
     backend_.outcome = Outcome::failed;
     EXPECT_EQ(call("POST", "/api/v1/messages", kBody).status, 500);
+}
+
+TEST_F(GatewayHttpApi, TheBrokersTooLargeIs413AndItsBusyReasonsArePassedOn) {
+    backend_.outcome = Outcome::rejected;  // the broker's 413 at intake, as the dispatcher reports it
+    backend_.reason = "content_too_large: content is 900 bytes, more than the broker's --max-content-bytes 800";
+    HttpResponse big = call("POST", "/api/v1/messages", kBody);
+    EXPECT_EQ(big.status, 413);
+    EXPECT_EQ(error_code(big), "content_too_large");
+    EXPECT_NE(error_message(big).find("--max-content-bytes 800"), std::string::npos) << error_message(big);
+    backend_.outcome = Outcome::busy;
+    backend_.retry_after_ms = 250;
+    backend_.reason = "client budget: the broker holds 67108000 bytes of this connection's messages";
+    HttpResponse busy = call("POST", "/api/v1/messages", kBody);
+    EXPECT_EQ(busy.status, 429);
+    EXPECT_EQ(error_code(busy), "busy");
+    EXPECT_NE(error_message(busy).find("client budget"), std::string::npos) << error_message(busy);
+    backend_.reason = "lane full";
+    EXPECT_NE(error_message(call("POST", "/api/v1/messages", kBody)).find("priority lane is full"), std::string::npos);
 }
 
 TEST_F(GatewayHttpApi, BadBodiesAre400NamingTheField) {
