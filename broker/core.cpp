@@ -56,8 +56,9 @@ BrokerCore::BrokerCore(const BrokerConfig& cfg, const Clock& clock)
         throw std::runtime_error("--lane-max-bytes (" + std::to_string(cfg_.lane_max_bytes) +
                                  ") and --client-max-inflight-bytes (" + std::to_string(cfg_.client_max_inflight_bytes) +
                                  ") must each be at least " + std::to_string(largest) +
-                                 ", what the largest message --max-content-bytes " +
-                                 std::to_string(cfg_.max_content_bytes) + " allows costs held");
+                                 " bytes: what the largest message --max-content-bytes " +
+                                 std::to_string(cfg_.max_content_bytes) +
+                                 " admits holds (with its ids and bookkeeping); else it would be busy for ever");
     if (cfg_.max_inflight_clients == 0) throw std::runtime_error("--max-inflight-clients must be at least 1");
     SchedulerConfig sc;
     sc.policy = cfg_.policy == "strict" ? Policy::strict : Policy::weighted;
