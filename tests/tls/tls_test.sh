@@ -90,16 +90,18 @@ wait_log() {
 
 # --- certificates ---------------------------------------------------------
 CERTS=$WORK/certs
+echo "setting up (${SECONDS}s)"
 bash "$HERE/make-certs.sh" "$CERTS"
 # The server's key must be PostgreSQL's own (mode 0600).
 install -m 0600 "$CERTS/server.key" "$WORK/pg-server.key"
 [[ $(id -u) -eq 0 ]] && chown postgres "$WORK/pg-server.key"
 
 # --- PostgreSQL: TLS only, client certificate required --------------------
+echo "certificates made (${SECONDS}s)"
 PG_PORT=$(free_port)
 mkdir -p "$PGDATA"
 [[ $(id -u) -eq 0 ]] && chown postgres "$PGDATA"
-as_pg "$PG_BIN/initdb" -D "$PGDATA" -U postgres --auth=trust >"$WORK/initdb.log" 2>&1 || fail "initdb failed"
+as_pg "$PG_BIN/initdb" -D "$PGDATA" -U postgres --auth=trust --no-sync >"$WORK/initdb.log" 2>&1 || fail "initdb failed"
 cat >>"$PGDATA/postgresql.conf" <<EOF
 port = $PG_PORT
 listen_addresses = '127.0.0.1'
@@ -130,6 +132,7 @@ if psql "postgresql://postgres@127.0.0.1:$PG_PORT/llmq?sslmode=disable" -c "SELE
 fi
 
 # --- Redis: a TLS port only, client certificates required -----------------
+echo "PostgreSQL up (${SECONDS}s)"
 REDIS_PORT=$(free_port)
 redis-server --port 0 --tls-port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no \
   --tls-cert-file "$CERTS/server.crt" --tls-key-file "$CERTS/server.key" --tls-ca-cert-file "$CERTS/ca.crt" \
@@ -146,6 +149,7 @@ done
 [[ $(rcli ping 2>/dev/null) == PONG ]] || fail "redis-server did not start over TLS"
 
 # --- broker ---------------------------------------------------------------
+echo "servers up (${SECONDS}s)"
 "$BUILD/llmq-broker" --frontend 'tcp://127.0.0.1:*' --backend 'tcp://127.0.0.1:*' --metrics 'tcp://127.0.0.1:*' \
   --endpoints-file "$WORK/endpoints" >"$WORK/broker.log" 2>&1 &
 PIDS+=($!)
@@ -191,14 +195,14 @@ out=$("$BUILD/llmq" --broker "$FRONTEND" history conv-tls 2>&1) || fail "history
 grep -q 'message 3 over TLS' <<<"$out" || fail "history lacks the pushed messages: $out"
 grep -qE 'redis .* failed' "$WORK/good.log" && fail "the TLS worker logged a Redis failure"
 stop_worker
-echo "ok: TLS to PostgreSQL and Redis: 3 messages stored and cached"
+echo "ok (${SECONDS}s): TLS to PostgreSQL and Redis: 3 messages stored and cached"
 
 # --- 2. PostgreSQL's CA unknown to the worker --------------------------------
 worker pg-wrong-ca --postgres "$PG_WRONG_CA" --redis "rediss://127.0.0.1:$REDIS_PORT/0" "${REDIS_TLS[@]}"
 wait_log "$WORK/pg-wrong-ca.log" 15 'PostgreSQL not ready .*certificate verify failed'
 stop_worker
 grep -q 'registered' "$WORK/pg-wrong-ca.log" && fail "a worker that cannot verify PostgreSQL registered"
-echo "ok: PostgreSQL with a certificate from another CA: refused"
+echo "ok (${SECONDS}s): PostgreSQL with a certificate from another CA: refused"
 
 # --- 3. Redis's CA unknown, then a name the certificate does not carry -------
 worker redis-wrong-ca --postgres "$PG_URL" --redis "rediss://127.0.0.1:$REDIS_PORT/0" \
@@ -208,7 +212,7 @@ wait_log "$WORK/redis-wrong-ca.log" 10 'redis connect failed: TLS: the certifica
 stop_worker
 [[ $(rows conv-wrong-ca) == 1 ]] || fail "the message was not stored in PostgreSQL"
 [[ $(rcli exists tls:h:conv-wrong-ca) == 0 ]] || fail "a worker that cannot verify Redis wrote to it"
-echo "ok: Redis with a certificate from another CA: refused"
+echo "ok (${SECONDS}s): Redis with a certificate from another CA: refused"
 
 worker redis-wrong-name --postgres "$PG_URL" --redis "rediss://127.0.0.1:$REDIS_PORT/0" "${REDIS_TLS[@]}" \
   --redis-tls-server-name redis.example.org
@@ -216,7 +220,7 @@ push conv-wrong-name "stored, never cached" || fail "push through the worker wit
 wait_log "$WORK/redis-wrong-name.log" 10 "does not name 'redis\.example\.org'"
 stop_worker
 [[ $(rcli exists tls:h:conv-wrong-name) == 0 ]] || fail "a worker that cannot verify Redis's name wrote to it"
-echo "ok: Redis certificate not naming the host asked: refused"
+echo "ok (${SECONDS}s): Redis certificate not naming the host asked: refused"
 
 # --- 4. Plaintext to the TLS port; a CA file that is not there -------------
 worker redis-plain --postgres "$PG_URL" --redis "redis://127.0.0.1:$REDIS_PORT/0"
@@ -224,7 +228,7 @@ push conv-plain "stored, never cached" || fail "push through the worker without 
 wait_log "$WORK/redis-plain.log" 10 'redis setup failed: .*use a rediss:// URL'
 stop_worker
 [[ $(rcli exists tls:h:conv-plain) == 0 ]] || fail "a plaintext worker wrote to the TLS port"
-echo "ok: plaintext redis:// to the TLS port: refused, saying to use rediss://"
+echo "ok (${SECONDS}s): plaintext redis:// to the TLS port: refused, saying to use rediss://"
 
 rc=0
 "$BUILD/llmq-worker" --broker "$BACKEND" --postgres "$PG_URL" --redis "rediss://127.0.0.1:$REDIS_PORT/0" \
@@ -232,5 +236,5 @@ rc=0
 ((rc == 1)) || fail "a worker with a missing CA file exited $rc, not 1"
 grep -q -- "--redis-tls-ca: cannot read $WORK/no-such-ca.crt: No such file or directory" "$WORK/missing-ca.log" ||
   fail "no clear message for the missing CA file"
-echo "ok: missing CA file: the worker refuses to start"
+echo "ok (${SECONDS}s): missing CA file: the worker refuses to start"
 echo "PASS"
