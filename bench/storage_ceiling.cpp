@@ -155,9 +155,7 @@ struct ReplyDeleter {
 using Reply = std::unique_ptr<redisReply, ReplyDeleter>;
 
 RedisPtr connect_redis(const std::string& url) {
-    std::string host;
-    int port = 0, db = 0;
-    worker::parse_redis_url(url, host, port, db);
+    auto [host, port, db, tls] = worker::parse_redis_url(url);
     RedisPtr c(redisConnectWithTimeout(host.c_str(), port, timeval{5, 0}));
     if (!c || c->err)
         throw std::runtime_error("cannot connect to Redis at " + host + ":" + std::to_string(port) + ": " +
@@ -449,9 +447,9 @@ int main(int argc, char** argv) {
     add_options(app, o);
     if (int rc = parse_command_line(app, argc, argv); rc >= 0) return rc;
     try {
-        std::string host;
-        int port = 0, db = 0;
-        worker::parse_redis_url(o.redis, host, port, db);
+        // The ceiling is measured over plain TCP, as the worker's default.
+        if (worker::parse_redis_url(o.redis).tls)
+            throw std::invalid_argument("this benchmark speaks plain Redis only (redis://)");
     } catch (const std::invalid_argument& e) {
         std::fprintf(stderr, "llmq-storage-ceiling: --redis: %s\n", e.what());
         return 2;

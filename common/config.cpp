@@ -3,6 +3,7 @@
 
 #include <cctype>
 #include <iostream>
+#include <regex>
 #include <stdexcept>
 
 #include <spdlog/sinks/stdout_color_sinks.h>
@@ -126,7 +127,17 @@ void setup_logging(const CommonOptions& opts, const std::string& program) {
 void log_effective_config(const CLI::App& app) {
     if (!spdlog::should_log(spdlog::level::debug)) return;
     std::string cfg = app.config_to_str(true, false);
-    spdlog::debug("effective configuration:\n{}", cfg);
+    spdlog::debug("effective configuration:\n{}", redact_passwords(std::move(cfg)));
+}
+
+std::string redact_passwords(std::string text) {
+    // scheme://user:secret@host: the secret ends at the last '@' of the authority.
+    static const std::regex userinfo(R"(([A-Za-z][A-Za-z0-9+.-]*://[^:/@\s"']*:)[^/\s"']*@)");
+    // password=secret, password = 'sec ret' (libpq quotes values with spaces).
+    static const std::regex param(R"(((?:^|[\s?&"'])password\s*=\s*)('(?:[^'\\]|\\.)*'|[^\s&"']*))",
+                                  std::regex::icase);
+    text = std::regex_replace(text, userinfo, "$1***@");
+    return std::regex_replace(text, param, "$1***");
 }
 
 std::optional<std::pair<std::string, int>> parse_host_port(const std::string& text) {

@@ -65,8 +65,13 @@ void check_config_bounds(const Config& cfg, AddOptions add_options, const std::s
 // format; throws std::invalid_argument on unknown values.
 void setup_logging(const CommonOptions& opts, const std::string& program);
 
-// Logs the effective configuration at debug level.
+// Logs the effective configuration at debug level, passwords hidden.
 void log_effective_config(const CLI::App& app);
+
+// `text` with every password of a connection string replaced by "***": the
+// userinfo password of a URL (scheme://user:secret@host) and a password=
+// parameter (libpq's key=value form or a URL's query), so a DSN can be logged.
+std::string redact_passwords(std::string text);
 
 // "HOST:PORT" (HOST may be a bracketed IPv6 address, PORT 0..65535) as a host
 // and a port; nullopt when malformed. For --listen style options.

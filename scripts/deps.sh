@@ -18,7 +18,7 @@ PACKAGES=(
   libgtest-dev libbenchmark-dev
   nlohmann-json3-dev libutf8proc-dev libxxhash-dev libcpp-httplib-dev
   libpcre2-dev
-  libssl-dev
+  libssl-dev openssl
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   prometheus
   postgresql redis-server

@@ -49,10 +49,11 @@ int main(int argc, char** argv) {
         llmq::worker::RedisConfig rc;
         rc.url = cfg.redis;
         rc.prefix = cfg.redis_prefix;
+        rc.tls = {cfg.redis_tls_ca, cfg.redis_tls_cert, cfg.redis_tls_key, cfg.redis_tls_server_name};
         rc.history_size = cfg.history_cache_size;
         rc.history_ttl_s = cfg.history_ttl_s;
         rc.message_ttl_s = cfg.message_ttl_s;
-        llmq::worker::RedisCache{rc};  // a bad URL fails here, before any thread starts
+        llmq::worker::RedisCache{rc};  // a bad URL or TLS file fails here, before any thread starts
         // One repair queue for the process: a reader on one thread must miss a
         // conversation that another thread's cache write could not reach.
         auto repairs = std::make_shared<llmq::worker::RepairQueue>(rc.max_repairs);

@@ -6,9 +6,6 @@
 #include <spdlog/spdlog.h>
 
 #include <poll.h>
-#include <pthread.h>
-#include <signal.h>
-#include <sys/socket.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -230,7 +227,7 @@ std::string member_of(const StoredMessage& m) {
 }
 
 // Appends a command given as argument strings (binary safe) to the pipeline.
-void append(redisContext* c, const std::vector<std::string>& args) {
+void append(RedisLink* c, const std::vector<std::string>& args) {
     std::vector<const char*> argv;
     std::vector<size_t> lens;
     argv.reserve(args.size());
@@ -239,51 +236,8 @@ void append(redisContext* c, const std::vector<std::string>& args) {
         argv.push_back(a.data());
         lens.push_back(a.size());
     }
-    redisAppendCommandArgv(c, static_cast<int>(args.size()), argv.data(), lens.data());
+    c->append(static_cast<int>(args.size()), argv.data(), lens.data());
 }
-
-// Waits until `fd` is ready for `events` or `deadline` passes: 1 ready (or in
-// error: the next read or write says which), 0 timed out, -1 poll failed.
-int wait_ready(int fd, short events, std::chrono::steady_clock::time_point deadline) {
-    for (;;) {
-        auto left = std::chrono::ceil<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now()).count();
-        if (left <= 0) return 0;
-        pollfd p{fd, events, 0};
-        int n = ::poll(&p, 1, static_cast<int>(std::min<long long>(left, 60'000)));
-        if (n > 0) return 1;
-        if (n < 0 && errno != EINTR) return -1;
-    }
-}
-
-// A write to a socket whose peer is gone raises SIGPIPE, which kills the
-// process unless ignored (llmq programs ignore it; a library user may not). hiredis writes with
-// write(), not send(MSG_NOSIGNAL): block the signal in this thread while it
-// writes and discard one it raised, as libpq does.
-class SigpipeGuard {
-public:
-    SigpipeGuard() {
-        sigemptyset(&pipe_);
-        sigaddset(&pipe_, SIGPIPE);
-        blocked_ = pthread_sigmask(SIG_BLOCK, &pipe_, &old_) == 0;
-        sigset_t pending;
-        was_pending_ = sigpending(&pending) == 0 && sigismember(&pending, SIGPIPE) == 1;
-    }
-    ~SigpipeGuard() {
-        if (!blocked_) return;
-        sigset_t pending;
-        if (!was_pending_ && sigpending(&pending) == 0 && sigismember(&pending, SIGPIPE) == 1) {
-            timespec now{0, 0};
-            sigtimedwait(&pipe_, nullptr, &now);
-        }
-        pthread_sigmask(SIG_SETMASK, &old_, nullptr);
-    }
-    SigpipeGuard(const SigpipeGuard&) = delete;
-    SigpipeGuard& operator=(const SigpipeGuard&) = delete;
-
-private:
-    sigset_t pipe_{}, old_{};
-    bool blocked_ = false, was_pending_ = false;
-};
 
 // SCAN's MATCH is a glob: the prefix is matched literally.
 std::string glob_escape(std::string_view s) {
@@ -327,43 +281,14 @@ std::optional<StoredMessage> decode_member(const char* data, size_t len) {
 
 }  // namespace
 
-void parse_redis_url(const std::string& url, std::string& host, int& port, int& db) {
-    const std::string scheme = "redis://";
-    if (url.rfind(scheme, 0) != 0) throw std::invalid_argument("redis URL must start with redis:// (got '" + url + "')");
-    std::string rest = url.substr(scheme.size());
-    db = 0;
-    if (auto slash = rest.find('/'); slash != std::string::npos) {
-        std::string d = rest.substr(slash + 1);
-        rest = rest.substr(0, slash);
-        if (!d.empty()) {
-            try {
-                size_t used = 0;
-                db = std::stoi(d, &used);
-                if (used != d.size() || db < 0) throw std::invalid_argument("db");
-            } catch (const std::exception&) {
-                throw std::invalid_argument("redis URL database must be a number (got '" + d + "')");
-            }
-        }
-    }
-    port = 6379;
-    if (auto colon = rest.rfind(':'); colon != std::string::npos) {
-        std::string p = rest.substr(colon + 1);
-        rest = rest.substr(0, colon);
-        try {
-            size_t used = 0;
-            port = std::stoi(p, &used);
-            if (used != p.size() || port <= 0 || port > 65535) throw std::invalid_argument("port");
-        } catch (const std::exception&) {
-            throw std::invalid_argument("redis URL port must be 1..65535 (got '" + p + "')");
-        }
-    }
-    if (rest.empty()) throw std::invalid_argument("redis URL has no host (got '" + url + "')");
-    host = rest;
-}
-
 RedisCache::RedisCache(RedisConfig cfg, std::shared_ptr<RepairQueue> repairs)
     : cfg_(std::move(cfg)), repairs_(repairs ? std::move(repairs) : std::make_shared<RepairQueue>(cfg_.max_repairs)) {
-    parse_redis_url(cfg_.url, host_, port_, db_);
+    url_ = parse_redis_url(cfg_.url);
+    const RedisTls& t = cfg_.tls;
+    if (!url_.tls && !(t.ca_file.empty() && t.cert_file.empty() && t.key_file.empty() && t.server_name.empty()))
+        throw std::invalid_argument("--redis-tls-* options are set but the Redis URL '" + cfg_.url +
+                                    "' is plaintext: use rediss:// for TLS");
+    if (url_.tls) make_tls_context(t);  // a missing or bad file fails here, at once
     epoch_seed_ = (uint64_t{std::random_device{}()} << 32) ^ std::random_device{}();
 }
 
@@ -440,47 +365,45 @@ void RepairQueue::done(std::string_view conversation, uint64_t upto) {
     size_.store(repairs_.size(), std::memory_order_relaxed);
 }
 
-RedisCache::~RedisCache() {
-    if (ctx_) redisFree(ctx_);
-    if (wctx_) redisFree(wctx_);
-}
+RedisCache::~RedisCache() = default;
 
 void RedisCache::ReplyDeleter::operator()(redisReply* r) const {
     if (r) freeReplyObject(r);
 }
 
-bool RedisCache::wait_for(redisContext* c, short events, Clock::time_point until, const char* awaited) {
-    int ready = wait_ready(c->fd, events, until);
+bool RedisCache::wait_for(RedisLink* c, short events, Clock::time_point until, const char* awaited) {
+    int ready = wait_ready(c->fd(), events, until);
     if (ready > 0) return true;
     failure_ = ready == 0 ? "waited " + std::to_string(cfg_.timeout_ms) + " ms for " + awaited
                           : "poll: " + std::system_category().message(errno);
     return false;
 }
 
-bool RedisCache::write_out(redisContext* c, Clock::time_point until) {
+bool RedisCache::write_out(RedisLink* c, Clock::time_point until) {
     SigpipeGuard guard;
     for (;;) {
-        int done = 0;
-        if (redisBufferWrite(c, &done) != REDIS_OK) {
-            failure_ = c->errstr;
+        bool done = false;
+        short events = 0;
+        if (!c->write_some(done, events)) {
+            failure_ = c->error();
             return false;
         }
         if (done) return true;
-        if (!wait_for(c, POLLOUT, until, "Redis to take the data")) return false;
+        if (!wait_for(c, events, until, "Redis to take the data")) return false;
     }
 }
 
-RedisCache::Reply RedisCache::read_reply(redisContext* c, Clock::time_point until) {
+RedisCache::Reply RedisCache::read_reply(RedisLink* c, Clock::time_point until) {
     for (;;) {
         void* r = nullptr;
-        if (redisGetReplyFromReader(c, &r) != REDIS_OK) {
-            failure_ = c->errstr;
+        if (!c->next_reply(&r)) {
+            failure_ = c->error();
             return nullptr;
         }
         if (r) return Reply(static_cast<redisReply*>(r));
-        if (!wait_for(c, POLLIN, until, "an answer")) return nullptr;
-        if (redisBufferRead(c) != REDIS_OK) {
-            failure_ = c->errstr;
+        if (short events = c->read_events(); events != 0 && !wait_for(c, events, until, "an answer")) return nullptr;
+        if (!c->read_some()) {
+            failure_ = c->error();
             return nullptr;
         }
     }
@@ -491,9 +414,8 @@ void RedisCache::on_error(const char* what) {
     spdlog::warn("redis {} failed: {}; cache writes deferred and reads served by PostgreSQL until it is back", what,
                  failure_.empty() ? "unexpected reply" : failure_);
     failure_.clear();
-    if (ctx_) redisFree(ctx_);
-    if (wctx_) redisFree(wctx_);
-    ctx_ = wctx_ = nullptr;
+    ctx_.reset();
+    wctx_.reset();
     retry_at_ = Clock::now() + std::chrono::seconds(1);
     if (in_flight_) {  // its outcome is unknown now: rebuild its conversations
         writes_failed_.fetch_add(1, std::memory_order_relaxed);
@@ -503,36 +425,14 @@ void RedisCache::on_error(const char* what) {
     }
 }
 
-// Non-blocking connect: hiredis starts it (the host is resolved by getaddrinfo,
-// immediate for an address), then the socket turns writable once it is
-// established or has failed, which SO_ERROR tells.
-redisContext* RedisCache::connect_one(Clock::time_point until) {
-    redisContext* c = redisConnectNonBlock(host_.c_str(), port_);
-    if (!c) {
-        failure_ = "out of memory";
-        return nullptr;
-    }
-    if (c->err) {
-        failure_ = c->errstr;
-    } else if (wait_for(c, POLLOUT, until, "the connection")) {
-        int err = 0;
-        socklen_t len = sizeof err;
-        if (getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0) err = errno;
-        if (err == 0) return c;
-        failure_ = std::system_category().message(err);
-    }
-    redisFree(c);
-    return nullptr;
-}
-
 bool RedisCache::load_scripts(Clock::time_point until) {
-    const std::string db = std::to_string(db_);
-    append(wctx_, {"SELECT", db});
-    append(ctx_, {"SELECT", db});
+    const std::string db = std::to_string(url_.db);
+    append(wctx_.get(), {"SELECT", db});
+    append(ctx_.get(), {"SELECT", db});
     for (const char* script : {kMarkScript, kAppendScript, kRepairScript, kChangeScript})
-        append(ctx_, {"SCRIPT", "LOAD", script});
-    if (!write_out(wctx_, until) || !write_out(ctx_, until)) return false;
-    auto answered = [&](redisContext* c, int type) {
+        append(ctx_.get(), {"SCRIPT", "LOAD", script});
+    if (!write_out(wctx_.get(), until) || !write_out(ctx_.get(), until)) return false;
+    auto answered = [&](RedisLink* c, int type) {
         Reply r = read_reply(c, until);
         if (r && r->type != type) {
             failure_ = r->type == REDIS_REPLY_ERROR ? text_of(r.get()) : "unexpected reply";
@@ -540,9 +440,9 @@ bool RedisCache::load_scripts(Clock::time_point until) {
         }
         return r;
     };
-    if (!answered(wctx_, REDIS_REPLY_STATUS) || !answered(ctx_, REDIS_REPLY_STATUS)) return false;
+    if (!answered(wctx_.get(), REDIS_REPLY_STATUS) || !answered(ctx_.get(), REDIS_REPLY_STATUS)) return false;
     for (std::string* sha : {&mark_sha_, &append_sha_, &repair_sha_, &change_sha_}) {
-        Reply r = answered(ctx_, REDIS_REPLY_STRING);
+        Reply r = answered(ctx_.get(), REDIS_REPLY_STRING);
         if (!r) return false;
         sha->assign(r->str, r->len);
     }
@@ -553,16 +453,19 @@ bool RedisCache::ensure_connected() {
     if (ctx_ && wctx_) return true;
     if (Clock::now() < retry_at_) return false;
     const auto until = deadline();  // connecting and setting up share one bound
-    for (redisContext** c : {&ctx_, &wctx_})
-        if (!*c && !(*c = connect_one(until))) {
+    for (std::unique_ptr<RedisLink>* c : {&ctx_, &wctx_})
+        if (!*c && !(*c = RedisLink::open(url_, cfg_.tls, until, cfg_.timeout_ms, failure_))) {
             on_error("connect");
             return false;
         }
     if (!load_scripts(until)) {
+        // A TLS-only port drops (or resets) a plaintext client without a word.
+        if (!url_.tls && (failure_.find("closed") != std::string::npos || failure_.find("reset") != std::string::npos))
+            failure_ += " (if this Redis port speaks TLS only, use a rediss:// URL)";
         on_error("setup");
         return false;
     }
-    spdlog::info("connected to redis {}:{} db {}", host_, port_, db_);
+    spdlog::info("connected to redis {}:{} db {}{}", url_.host, url_.port, url_.db, url_.tls ? " over TLS" : "");
     return true;
 }
 
@@ -602,8 +505,8 @@ bool RedisCache::flush_step() {
     RepairQueue& q = *repairs_;  // its flush state: the caller holds flush_mu
     const auto until = deadline();
     const std::string pattern = glob_escape(cfg_.prefix) + (q.flush_phase == 0 ? "h:*" : "hm:*");
-    append(ctx_, {"SCAN", q.flush_cursor, "MATCH", pattern, "COUNT", std::to_string(kScanCount)});
-    Reply r = write_out(ctx_, until) ? read_reply(ctx_, until) : nullptr;
+    append(ctx_.get(), {"SCAN", q.flush_cursor, "MATCH", pattern, "COUNT", std::to_string(kScanCount)});
+    Reply r = write_out(ctx_.get(), until) ? read_reply(ctx_.get(), until) : nullptr;
     if (!r) {
         on_error("history flush");
         return false;
@@ -617,8 +520,8 @@ bool RedisCache::flush_step() {
     if (const redisReply* keys = r->element[1]; keys->elements > 0) {
         std::vector<std::string> args{"UNLINK"};
         for (size_t i = 0; i < keys->elements; ++i) args.emplace_back(text_of(keys->element[i]));
-        append(ctx_, args);
-        Reply u = write_out(ctx_, until) ? read_reply(ctx_, until) : nullptr;
+        append(ctx_.get(), args);
+        Reply u = write_out(ctx_.get(), until) ? read_reply(ctx_.get(), until) : nullptr;
         if (!u) {
             on_error("history flush");
             return false;
@@ -679,9 +582,9 @@ bool RedisCache::mark(const std::vector<std::string_view>& conversations, const 
     args.insert(args.end(), {"w:" + token, std::to_string(wall_now_us() / 1000 + cfg_.mark_ttl_ms),
                              std::to_string(cfg_.history_ttl_s), change ? "1" : "0",
                              std::to_string(z >> 2)});
-    append(ctx_, args);
+    append(ctx_.get(), args);
     // Out now, so Redis sets the marks while the caller works on its transaction.
-    if (!write_out(ctx_, deadline())) {
+    if (!write_out(ctx_.get(), deadline())) {
         on_error("mark");
         for (auto c : conversations) defer(c, token);
         return false;
@@ -700,7 +603,7 @@ bool RedisCache::await_marks(const std::vector<std::string_view>& conversations,
     }
     marks_sent_ = false;
     // ctx_ is gone if another call failed since send_marks (it was logged then).
-    Reply r = ctx_ ? read_reply(ctx_, deadline()) : nullptr;
+    Reply r = ctx_ ? read_reply(ctx_.get(), deadline()) : nullptr;
     if (!r || r->type != REDIS_REPLY_ARRAY || r->elements != 2 * conversations.size()) {
         if (!r && ctx_) on_error("mark");
         else if (r) errors_.fetch_add(1, std::memory_order_relaxed);
@@ -818,9 +721,9 @@ bool RedisCache::give_up_write(const std::vector<std::string_view>& conversation
 bool RedisCache::send_encoded(const std::vector<std::string_view>& conversations, const std::string& token,
                               size_t replies) {
     marks_.erase(token);
-    bool queued = redisAppendFormattedCommand(wctx_, wbuf_.data(), wbuf_.size()) == REDIS_OK;
-    if (!queued) failure_ = wctx_->errstr;
-    if (!queued || !write_out(wctx_, deadline())) {
+    bool queued = wctx_->append_formatted(wbuf_.data(), wbuf_.size());
+    if (!queued) failure_ = wctx_->error();
+    if (!queued || !write_out(wctx_.get(), deadline())) {
         on_error("write");
         return give_up_write(conversations, token);
     }
@@ -901,7 +804,7 @@ void RedisCache::settle() {
     const auto until = deadline();
     bool ok = true;
     for (size_t i = 0; i < in_flight_->replies; ++i) {
-        Reply r = read_reply(wctx_, until);
+        Reply r = read_reply(wctx_.get(), until);
         if (!r) {
             on_error("write");  // defers the write's conversations
             return;
@@ -938,10 +841,10 @@ void RedisCache::abandon(const std::vector<std::string_view>& conversations, con
     marks_.erase(token);
     if (ensure_connected()) {
         const auto until = deadline();
-        for (auto c : conversations) append(ctx_, {"HDEL", meta_key(c), "w:" + token});
-        bool ok = write_out(ctx_, until);
+        for (auto c : conversations) append(ctx_.get(), {"HDEL", meta_key(c), "w:" + token});
+        bool ok = write_out(ctx_.get(), until);
         for (size_t i = 0; ok && i < conversations.size(); ++i) {
-            Reply r = read_reply(ctx_, until);
+            Reply r = read_reply(ctx_.get(), until);
             if (r && r->type == REDIS_REPLY_ERROR) failure_ = text_of(r.get());
             ok = r && r->type != REDIS_REPLY_ERROR;
         }
@@ -977,9 +880,9 @@ bool RedisCache::repair(const std::string& conversation, const std::string& toke
                                   std::to_string(wall_now_us() / 1000), token, epoch, std::to_string(leaked.size())};
     args.insert(args.end(), leaked.begin(), leaked.end());
     for (const auto& m : recent) args.push_back(member_of(m));
-    append(ctx_, args);
+    append(ctx_.get(), args);
     const auto until = deadline();
-    Reply r = write_out(ctx_, until) ? read_reply(ctx_, until) : nullptr;
+    Reply r = write_out(ctx_.get(), until) ? read_reply(ctx_.get(), until) : nullptr;
     if (!r || r->type == REDIS_REPLY_ERROR) {
         if (!r) on_error("repair");
         else errors_.fetch_add(1, std::memory_order_relaxed);
@@ -1044,17 +947,17 @@ std::optional<std::vector<StoredMessage>> RedisCache::history(const std::string&
     }
     if (repairs_->contains(conversation) || !ensure_connected()) return std::nullopt;
     std::string key = history_key(conversation);
-    append(ctx_, {"HGETALL", meta_key(conversation)});
-    append(ctx_, {"EXISTS", key});
+    append(ctx_.get(), {"HGETALL", meta_key(conversation)});
+    append(ctx_.get(), {"EXISTS", key});
     std::string after_hex = after ? hex_id(*after) : std::string();
     if (after)
-        append(ctx_, {"ZRANGEBYLEX", key, "(" + after_hex + ";", "+", "LIMIT", "0", std::to_string(limit)});
+        append(ctx_.get(), {"ZRANGEBYLEX", key, "(" + after_hex + ";", "+", "LIMIT", "0", std::to_string(limit)});
     else
-        append(ctx_, {"ZREVRANGE", key, "0", std::to_string(limit - 1)});
+        append(ctx_.get(), {"ZREVRANGE", key, "0", std::to_string(limit - 1)});
     const auto until = deadline();
     Reply meta, exists, range;
-    if (write_out(ctx_, until) && (meta = read_reply(ctx_, until)) && (exists = read_reply(ctx_, until)))
-        range = read_reply(ctx_, until);
+    if (write_out(ctx_.get(), until) && (meta = read_reply(ctx_.get(), until)) && (exists = read_reply(ctx_.get(), until)))
+        range = read_reply(ctx_.get(), until);
     if (!meta || !exists || !range || meta->type != REDIS_REPLY_ARRAY || exists->type != REDIS_REPLY_INTEGER ||
         range->type != REDIS_REPLY_ARRAY) {
         on_error("read");
@@ -1138,19 +1041,19 @@ std::vector<std::optional<std::vector<StoredMessage>>> RedisCache::histories_bef
     constexpr size_t kPerAsk = 4;
     for (const auto& a : asks) {
         std::string key = history_key(a.conversation), hex = hex_id(a.before);
-        append(ctx_, {"HGETALL", meta_key(a.conversation)});
-        append(ctx_, {"EXISTS", key});
-        append(ctx_, {"ZREVRANGEBYLEX", key, "(" + hex + ":", "-", "LIMIT", "0", std::to_string(limit + 1)});
-        append(ctx_, {"ZRANGEBYLEX", key, "(" + hex + ";", "+"});
+        append(ctx_.get(), {"HGETALL", meta_key(a.conversation)});
+        append(ctx_.get(), {"EXISTS", key});
+        append(ctx_.get(), {"ZREVRANGEBYLEX", key, "(" + hex + ":", "-", "LIMIT", "0", std::to_string(limit + 1)});
+        append(ctx_.get(), {"ZRANGEBYLEX", key, "(" + hex + ";", "+"});
     }
     const auto until = deadline();
-    if (!write_out(ctx_, until)) {
+    if (!write_out(ctx_.get(), until)) {
         on_error("read");
         return out;
     }
     std::vector<Reply> replies;
     for (size_t i = 0; i < kPerAsk * asks.size(); ++i) {
-        Reply r = read_reply(ctx_, until);
+        Reply r = read_reply(ctx_.get(), until);
         if (!r || r->type != (i % kPerAsk == 1 ? REDIS_REPLY_INTEGER : REDIS_REPLY_ARRAY)) {
             on_error("read");
             return std::vector<std::optional<std::vector<StoredMessage>>>(asks.size());
@@ -1178,9 +1081,9 @@ std::optional<StoredMessage> RedisCache::get(const MessageId& id) {
     settle();  // this worker's last write is visible to its own readers
     if (flush_pending() || !ensure_connected()) return std::nullopt;
     std::string hex = hex_id(id);
-    append(ctx_, {"HGET", cfg_.prefix + "m:" + hex.substr(0, kBucketHex), hex});
+    append(ctx_.get(), {"HGET", cfg_.prefix + "m:" + hex.substr(0, kBucketHex), hex});
     const auto until = deadline();
-    Reply r = write_out(ctx_, until) ? read_reply(ctx_, until) : nullptr;
+    Reply r = write_out(ctx_.get(), until) ? read_reply(ctx_.get(), until) : nullptr;
     if (!r) {
         on_error("read");
         return std::nullopt;
@@ -1194,8 +1097,8 @@ std::optional<StoredMessage> RedisCache::get(const MessageId& id) {
     std::string epoch(value.substr(0, colon));
     auto m = proto::decode_cached(value.substr(colon + 1), id);
     if (!m || repairs_->contains(m->conversation_id)) return std::nullopt;
-    append(ctx_, {"HGETALL", meta_key(m->conversation_id)});
-    Reply meta = write_out(ctx_, until) ? read_reply(ctx_, until) : nullptr;
+    append(ctx_.get(), {"HGETALL", meta_key(m->conversation_id)});
+    Reply meta = write_out(ctx_.get(), until) ? read_reply(ctx_.get(), until) : nullptr;
     if (!meta || meta->type != REDIS_REPLY_ARRAY) {
         on_error("read");
         return std::nullopt;

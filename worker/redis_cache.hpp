@@ -41,14 +41,15 @@
 #include <vector>
 
 #include "worker/cache.hpp"
+#include "worker/redis_link.hpp"
 
-struct redisContext;
 struct redisReply;
 
 namespace llmq::worker {
 
 struct RedisConfig {
-    std::string url = "redis://127.0.0.1:6379/0";
+    std::string url = "redis://127.0.0.1:6379/0";  // rediss:// for TLS
+    RedisTls tls;                                  // its CA and client certificate
     std::string prefix = "llmq:";
     uint32_t history_size = 100;      // messages kept per conversation
     uint32_t history_ttl_s = 86400;   // idle conversations leave the cache
@@ -158,18 +159,17 @@ private:
     using Clock = std::chrono::steady_clock;
     Clock::time_point deadline() const { return Clock::now() + std::chrono::milliseconds(cfg_.timeout_ms); }
     bool ensure_connected();
-    redisContext* connect_one(Clock::time_point deadline);
     bool load_scripts(Clock::time_point deadline);
     // Non-blocking I/O bounded by `deadline`; on a failure `failure_` says why.
     // write_out sends what is queued in c's output buffer; read_reply returns
     // the next reply (the output must have been written out first).
-    bool write_out(redisContext* c, Clock::time_point deadline);
-    bool wait_for(redisContext* c, short events, Clock::time_point deadline, const char* awaited);
+    bool write_out(RedisLink* c, Clock::time_point deadline);
+    bool wait_for(RedisLink* c, short events, Clock::time_point deadline, const char* awaited);
     struct ReplyDeleter {
         void operator()(::redisReply* r) const;
     };
     using Reply = std::unique_ptr<::redisReply, ReplyDeleter>;
-    Reply read_reply(redisContext* c, Clock::time_point deadline);
+    Reply read_reply(RedisLink* c, Clock::time_point deadline);
     // Drops both connections (retried after 1 s), logging `what` and failure_.
     void on_error(const char* what);
     bool mark(const std::vector<std::string_view>& conversations, const std::string& token, bool change);
@@ -201,11 +201,9 @@ private:
     std::string meta_key(std::string_view conv) const { return cfg_.prefix + "hm:" + std::string(conv); }
 
     RedisConfig cfg_;
-    std::string host_;
-    int port_ = 6379;
-    int db_ = 0;
-    redisContext* ctx_ = nullptr;   // marks, reads, repairs: answered at once
-    redisContext* wctx_ = nullptr;  // batch writes: answered at the next settle()
+    RedisUrl url_;
+    std::unique_ptr<RedisLink> ctx_;   // marks, reads, repairs: answered at once
+    std::unique_ptr<RedisLink> wctx_;  // batch writes: answered at the next settle()
     std::chrono::steady_clock::time_point retry_at_{};
     std::string mark_sha_, append_sha_, repair_sha_, change_sha_;
     std::unordered_map<std::string, MarkState> marks_;
@@ -224,8 +222,5 @@ private:
     std::string wbuf_, payloads_;
     std::vector<size_t> payload_ends_;
 };
-
-// Parses redis://host[:port][/db]; throws std::invalid_argument with a reason.
-void parse_redis_url(const std::string& url, std::string& host, int& port, int& db);
 
 }  // namespace llmq::worker

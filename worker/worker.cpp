@@ -83,8 +83,19 @@ std::vector<Outgoing> Mailbox::take() {
 void add_worker_options(CLI::App& app, WorkerConfig& c) {
     app.add_option("--broker", c.broker, "Broker backend endpoint to connect to")->capture_default_str();
     app.add_option("--postgres", c.postgres, "PostgreSQL connection URL")->capture_default_str();
-    app.add_option("--redis", c.redis, "Redis URL: redis://host[:port][/db]")->capture_default_str();
+    app.add_option("--redis", c.redis, "Redis URL: redis://host[:port][/db], or rediss://… for TLS")
+        ->capture_default_str();
     app.add_option("--redis-prefix", c.redis_prefix, "Prefix of every Redis key llmq writes")->capture_default_str();
+    app.add_option("--redis-tls-ca", c.redis_tls_ca,
+                   "With rediss://: PEM file of the CA(s) the Redis server's certificate must chain to (default: "
+                   "the system's CAs); the certificate must also name the URL's host");
+    app.add_option("--redis-tls-cert", c.redis_tls_cert,
+                   "With rediss://: PEM certificate (chain) this worker presents, for Redis's tls-auth-clients; "
+                   "needs --redis-tls-key");
+    app.add_option("--redis-tls-key", c.redis_tls_key, "With rediss://: PEM private key of --redis-tls-cert");
+    app.add_option("--redis-tls-server-name", c.redis_tls_server_name,
+                   "With rediss://: the name (or IP address) the server's certificate must carry, and the SNI sent, "
+                   "when it is not the URL's host");
     app.add_option("--persist-method", c.persist_method,
                    "copy: COPY into the table, falling back to a staged INSERT … ON CONFLICT when a batch "
                    "holds a stored id; unnest: always INSERT … SELECT FROM unnest(…) ON CONFLICT")

@@ -35,6 +35,9 @@ struct WorkerConfig {
     std::string postgres = "postgresql://llmq@127.0.0.1:5432/llmq";
     std::string redis = "redis://127.0.0.1:6379/0";
     std::string redis_prefix = "llmq:";
+    // TLS to Redis (a rediss:// URL): the CA to verify it, a client certificate
+    // for mutual TLS, the name its certificate must carry (default: the URL's host).
+    std::string redis_tls_ca, redis_tls_cert, redis_tls_key, redis_tls_server_name;
     std::string persist_method = "copy";
     std::string id;  // default: host:pid:random
     uint32_t credit = 2;

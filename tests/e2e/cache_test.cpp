@@ -15,9 +15,7 @@ class CacheE2E : public Cluster {
 protected:
     // Runs one Redis command (arguments as given) and returns its integer or -1.
     long long redis(const std::vector<std::string>& args) {
-        std::string host;
-        int port = 0, db = 0;
-        worker::parse_redis_url(redis_url_, host, port, db);
+        auto [host, port, db, tls] = worker::parse_redis_url(redis_url_);
         redisContext* c = redisConnect(host.c_str(), port);
         EXPECT_TRUE(c && !c->err);
         freeReplyObject(redisCommand(c, "SELECT %d", db));
