@@ -69,6 +69,8 @@ struct Options {
     size_t connect_batch = 100;
     double drain_timeout_s = 60;
     bool json = false;
+    curve::ClientOptions curve;  // --curve-secret-file, --broker-key: CURVE to the broker
+    curve::ClientKeys keys;      // what they name
 };
 
 // ---------------------------------------------------------------------------
@@ -245,6 +247,7 @@ public:
             c.sock->set(zmq::sockopt::linger, 0);
             c.sock->set(zmq::sockopt::sndhwm, 0);
             c.sock->set(zmq::sockopt::rcvhwm, 0);
+            curve::apply_client(*c.sock, o.keys);
             items_[i] = {c.sock->handle(), 0, ZMQ_POLLIN, 0};
             ready_.add(static_cast<uint32_t>(i), *c.sock);
         }
@@ -523,6 +526,7 @@ private:
         j["broker"] = o_.broker;
         j["connections"] = o_.connections;
         j["ack"] = o_.ack;
+        j["curve"] = o_.keys.enabled();
         if (open_loop_) j["rate"] = o_.rate;
         else j["window"] = o_.window;
         j["frame_messages"] = o_.frame_messages;
@@ -555,6 +559,7 @@ private:
                     open_loop_ ? ("rate " + std::to_string(static_cast<uint64_t>(o_.rate)) + " msg/s").c_str()
                                : ("window " + std::to_string(o_.window) + "/connection").c_str(),
                     o_.frame_messages, o_.ack.c_str(), o_.seed);
+        if (o_.keys.enabled()) std::printf("CURVE: every connection encrypted and authenticated\n");
         std::printf("%d connections established in %.2f s\n", o_.connections, connect_s_);
         std::printf("sent %" PRIu64 " messages in %" PRIu64 " frames (mean content %.0f B), offered %.0f msg/s\n",
                     sent_, frames_, wl_.mean_content_bytes(), j["offered_msgs_per_s"].get<double>());
@@ -649,6 +654,7 @@ void add_push_options(CLI::App& app, Options& o) {
         ->capture_default_str()
         ->check(CLI::NonNegativeNumber);
     app.add_flag("--json", o.json, "Print the results as one JSON object instead of text");
+    curve::add_curve_client_options(app, o.curve);
 }
 
 // The consumers alone, on an existing backlog.
@@ -717,6 +723,12 @@ int main(int argc, char** argv) {
         return 2;
     }
     if (!raise_fd_limit(o.connections, o.json)) return 2;
+    try {
+        o.keys = co.keys = curve::load_client_keys(o.curve);
+    } catch (const std::invalid_argument& e) {
+        std::fprintf(stderr, "llmq-bench: %s\n", e.what());
+        return 2;
+    }
     try {
         return run_all(o, co);
     } catch (const std::exception& e) {

@@ -119,7 +119,7 @@ class Consumer {
 public:
     Consumer(const ConsumerOptions& o, const std::string& broker, zmq::context_t& ctx, Consumers::Shared& shared,
              ConsumerTotals& t)
-        : o_(o), client_(broker, &ctx), shared_(shared), t_(t), reply_(make_reply(o.completion_tokens)) {}
+        : o_(o), client_(broker, &ctx, o.keys), shared_(shared), t_(t), reply_(make_reply(o.completion_tokens)) {}
 
     void run() {
         int64_t idle_since = steady_now_ns();

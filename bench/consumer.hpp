@@ -18,6 +18,7 @@
 #include <nlohmann/json.hpp>
 #include <zmq.hpp>
 
+#include "common/curve.hpp"
 #include "common/protocol.hpp"
 
 namespace llmq::bench {
@@ -47,6 +48,7 @@ struct ConsumerOptions {
     int idle_exit_ms = 2000;
     int timeout_ms = 10'000;
     std::string claim_log;  // one line per claimed message, in the order claims were answered
+    curve::ClientKeys keys;  // CURVE to the broker (llmq-bench's --curve-secret-file, --broker-key)
 };
 // Declares --consumers, --claim-max, --lease-ms, … on llmq-bench.
 void add_consumer_options(CLI::App& app, ConsumerOptions& o);

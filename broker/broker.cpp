@@ -4,6 +4,8 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdio>
+#include <cstring>
 #include <fstream>
 #include <stdexcept>
 
@@ -107,6 +109,16 @@ void add_broker_options(CLI::App& app, BrokerConfig& c) {
                    "Per-user fairness weights and quotas (configs/users.toml); reloaded on SIGHUP");
     app.add_option("--endpoints-file", c.endpoints_file,
                    "Write the bound endpoints here once listening (useful with port *)");
+    app.add_option("--curve-secret-file", c.curve_secret_file,
+                   "The broker's CURVE secret key (NAME.secret from `llmq keygen`, mode 0600): every socket then "
+                   "encrypts and admits only the keys of the allow-lists (docs/security.md)");
+    app.add_option("--clients-allow", c.clients_allow,
+                   "With CURVE: public keys (one a line, # comments) that may use the frontend; reloaded on SIGHUP");
+    app.add_option("--workers-allow", c.workers_allow,
+                   "With CURVE: public keys that may register as workers on the backend; reloaded on SIGHUP");
+    app.add_option("--metrics-allow", c.metrics_allow,
+                   "With CURVE: public keys that may read the metrics stream (default: the keys of both lists); "
+                   "reloaded on SIGHUP");
 }
 
 void check_bounds(const BrokerConfig& cfg) { check_config_bounds(cfg, add_broker_options, "broker"); }
@@ -116,6 +128,7 @@ Broker::Broker(BrokerConfig cfg, zmq::context_t* ctx)
       clock_(std::make_unique<SystemClock>()),
       own_ctx_(ctx ? nullptr : std::make_unique<zmq::context_t>(1)),
       ctx_(ctx ? ctx : own_ctx_.get()),
+      auth_(std::make_unique<Authenticator>(cfg_)),
       frontend_(*ctx_, zmq::socket_type::router),
       backend_(*ctx_, zmq::socket_type::router),
       metrics_(*ctx_, zmq::socket_type::pub) {
@@ -133,6 +146,20 @@ Broker::Broker(BrokerConfig cfg, zmq::context_t* ctx)
         s->set(zmq::sockopt::backlog, 4096);
     }
     metrics_.set(zmq::sockopt::linger, 0);
+    if (auth_->enabled()) {
+        // Bound before any socket binds: libzmq admits every key when no ZAP
+        // handler answers (Debian's build has no ZMQ_ZAP_ENFORCE_DOMAIN).
+        auto& failures = core_->auth_failures();
+        zap_ = std::make_unique<ZapHandler>(*ctx_, *auth_, failures);
+        for (auto [s, domain] : {std::pair{&frontend_, kFrontendDomain}, std::pair{&backend_, kBackendDomain},
+                                 std::pair{&metrics_, kMetricsDomain}}) {
+            s->set(zmq::sockopt::curve_server, 1);
+            s->set(zmq::sockopt::curve_secretkey, auth_->keys().secret_key);
+            s->set(zmq::sockopt::zap_domain, domain);  // the ZAP handler decides by it
+            failures.with({domain});                    // shown at 0 from the start
+            watch_handshakes(*s, domain);
+        }
+    }
     frontend_ep_ = bind_socket(frontend_, cfg_.frontend, "frontend");
     backend_ep_ = bind_socket(backend_, cfg_.backend, "backend");
     metrics_ep_ = bind_socket(metrics_, cfg_.metrics, "metrics");
@@ -149,30 +176,95 @@ Broker::Broker(BrokerConfig cfg, zmq::context_t* ctx)
 
 Broker::~Broker() = default;
 
+void Broker::watch_handshakes(zmq::socket_t& s, std::string_view name) {
+    std::string ep = "inproc://llmq-broker-monitor-" + std::string(name) + "-" +
+                     std::to_string(reinterpret_cast<uintptr_t>(this));
+    if (zmq_socket_monitor(s.handle(), ep.c_str(),
+                           ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL | ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL) != 0)
+        throw std::runtime_error(std::string("zmq_socket_monitor: ") + zmq_strerror(zmq_errno()));
+    Monitor m{std::string(name), zmq::socket_t(*ctx_, zmq::socket_type::pair)};
+    m.pair.set(zmq::sockopt::linger, 0);
+    m.pair.connect(ep);
+    monitors_.push_back(std::move(m));
+}
+
+void Broker::serve_monitors() {
+    zmq::message_t event, endpoint;
+    for (auto& m : monitors_) {
+        while (retry_eintr([&] { return m.pair.recv(event, zmq::recv_flags::dontwait); })) {
+            if (event.more()) (void)retry_eintr([&] { return m.pair.recv(endpoint); });
+            uint16_t kind = 0;
+            uint32_t value = 0;
+            if (event.size() >= 6) {
+                std::memcpy(&kind, event.data(), sizeof kind);
+                std::memcpy(&value, static_cast<const char*>(event.data()) + 2, sizeof value);
+            }
+            // Handshakes that failed before any key was checked: ZAP never heard
+            // of them. A plaintext peer shows either as a mechanism mismatch or,
+            // when it saw our greeting first and hung up, as a connection closed
+            // mid-handshake (which a port probe is too).
+            const char* why = kind == ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL
+                                  ? "a peer that closed the connection during the handshake (a plaintext peer, or a "
+                                    "port probe)"
+                              : value == ZMQ_PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH
+                                  ? "a plaintext peer (or another mechanism than CURVE)"
+                              : value == ZMQ_PROTOCOL_ERROR_ZMTP_CRYPTOGRAPHIC
+                                  ? "a peer that does not hold the broker's public key (or sent garbage)"
+                                  : "a ZMTP protocol error in the handshake";
+            core_->auth_failures().with({m.socket}).inc();
+            char code[16];
+            std::snprintf(code, sizeof code, kind == ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL ? "errno %u" : "0x%08x",
+                          value);
+            monitor_log_.refused(m.socket + ": refused " + why + " (" + code + "; libzmq gives no peer address here)",
+                                 steady_now_ns());
+        }
+    }
+}
+
 void Broker::run(const std::atomic<bool>& stop, std::atomic<bool>* reload) {
-    spdlog::info("broker listening: clients {} workers {} metrics {}", frontend_ep_, backend_ep_, metrics_ep_);
-    zmq::pollitem_t items[] = {{backend_.handle(), 0, ZMQ_POLLIN, 0}, {frontend_.handle(), 0, ZMQ_POLLIN, 0}};
-    auto frames = [](const Incoming& in) { return Frames{in.frames, in.sig(), in.cmd(), in.data()}; };
+    spdlog::info("broker listening: clients {} workers {} metrics {}{}", frontend_ep_, backend_ep_, metrics_ep_,
+                 auth_->enabled() ? " (CURVE: " + auth_->summary() + ")" : std::string(" (plaintext)"));
+    std::vector<zmq::pollitem_t> items{{backend_.handle(), 0, ZMQ_POLLIN, 0}, {frontend_.handle(), 0, ZMQ_POLLIN, 0}};
+    if (zap_) items.push_back({zap_->socket().handle(), 0, ZMQ_POLLIN, 0});
+    for (auto& m : monitors_) items.push_back({m.pair.handle(), 0, ZMQ_POLLIN, 0});
     Incoming in;
+    // The authenticated key of a worker that registers, for the log (the ZAP
+    // handler made it the message's User-Id).
+    auto frames = [&](const Incoming& in, bool backend) {
+        Frames f{in.frames, in.sig(), in.cmd(), in.data()};
+        if (backend && zap_ && in.cmd() == proto::command_name(Command::ready))
+            if (const char* key = zmq_msg_gets(in.signature.handle(), "User-Id")) f.peer_key = key;
+        return f;
+    };
     for (;;) {
         if (stop.load(std::memory_order_relaxed)) core_->start_drain();
-        if (reload && reload->exchange(false)) core_->reload();
+        if (reload && reload->exchange(false)) {
+            core_->reload();
+            if (auto err = auth_->reload())
+                spdlog::error("SIGHUP: allow-lists not reloaded, the ones in use stay: {}", *err);
+            else if (auth_->enabled())
+                spdlog::info("SIGHUP: allow-lists reloaded: {}", auth_->summary());
+        }
         if (core_->drained()) break;
         int64_t now = clock_->steady_ns();
         int64_t wake = std::min(core_->next_wakeup_ns(), next_stats_ns_);
         long timeout_ms = std::max<int64_t>(0, (wake - now + kMs - 1) / kMs);
         try {
-            zmq::poll(items, 2, std::chrono::milliseconds(std::min<long>(timeout_ms, 100)));
+            zmq::poll(items.data(), items.size(), std::chrono::milliseconds(std::min<long>(timeout_ms, 100)));
         } catch (const zmq::error_t& e) {
             if (e.num() != EINTR) throw;
         }
+        if (zap_) {  // handshakes first: a peer waits on them
+            zap_->serve();
+            serve_monitors();
+        }
         // Each event's output is sent at once, so replies leave in the order they arose.
         for (int i = 0; i < kMaxMessagesPerWake && recv_message(backend_, true, in); ++i) {
-            core_->on_backend(in.routing_id, frames(in));
+            core_->on_backend(in.routing_id, frames(in, true));
             flush();
         }
         for (int i = 0; i < kMaxMessagesPerWake && recv_message(frontend_, true, in); ++i) {
-            core_->on_frontend(in.routing_id, frames(in));
+            core_->on_frontend(in.routing_id, frames(in, false));
             flush();
         }
         core_->tick();

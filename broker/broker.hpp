@@ -13,6 +13,7 @@
 #include <CLI/CLI.hpp>
 #include <zmq.hpp>
 
+#include "broker/auth.hpp"
 #include "broker/lanes.hpp"
 #include "broker/scheduler.hpp"
 #include "broker/worker_registry.hpp"
@@ -52,6 +53,12 @@ struct BrokerConfig {
     uint32_t claim_expected_completion = 0;  // completion tokens predicted before any reply was seen
     std::string users_file;              // per-user weights and quotas (configs/users.toml)
     std::string endpoints_file;  // written once bound: "frontend=…\nbackend=…\nmetrics=…\n"
+    // CURVE (docs/security.md): the broker's secret key turns it on for all three
+    // sockets; then both allow-lists are required. Reloaded on SIGHUP.
+    std::string curve_secret_file;
+    std::string clients_allow;  // public keys admitted on the frontend
+    std::string workers_allow;  // public keys admitted on the backend
+    std::string metrics_allow;  // public keys admitted on metrics; empty: those of either list
 };
 
 // Declares every broker option (name, description, default, bounds) on `app`.
@@ -89,13 +96,27 @@ public:
 private:
     void flush();
     void publish_stats();
+    void watch_handshakes(zmq::socket_t& s, std::string_view name);
+    void serve_monitors();
 
     BrokerConfig cfg_;
     std::unique_ptr<Clock> clock_;
     std::unique_ptr<BrokerCore> core_;
     std::unique_ptr<zmq::context_t> own_ctx_;
     zmq::context_t* ctx_;
+    // Declared before the sockets: with CURVE the ZAP handler is bound before
+    // they bind, and outlives them.
+    std::unique_ptr<Authenticator> auth_;
+    std::unique_ptr<ZapHandler> zap_;
     zmq::socket_t frontend_, backend_, metrics_;
+    // With CURVE: a monitor of each socket's failed handshakes (plaintext peers,
+    // a wrong broker key), which never reach the ZAP handler.
+    struct Monitor {
+        std::string socket;  // frontend, backend, metrics
+        zmq::socket_t pair;
+    };
+    std::vector<Monitor> monitors_;
+    RefusalLog monitor_log_;
     std::string frontend_ep_, backend_ep_, metrics_ep_;
     std::vector<Outgoing> out_;  // the core's outbox being sent
     int64_t next_stats_ns_ = 0;

@@ -322,7 +322,9 @@ void BrokerCore::on_backend(const std::string& worker, const Frames& in) {
     if (in.count != 3) return worker_error(worker, Status::bad_frame, frame_count_error(in.count));
     auto hdr = proto::parse_header(in.sig, in.cmd);
     if (auto* err = std::get_if<proto::DecodeError>(&hdr)) return worker_error(worker, err->status, err->reason);
+    peer_key_ = in.peer_key;
     handle_worker_frame(worker, std::get<Command>(hdr), in.body, now);
+    peer_key_ = {};
 }
 
 void BrokerCore::handle_worker_frame(const std::string& worker, Command cmd, std::string_view body, int64_t now) {
@@ -394,8 +396,9 @@ void BrokerCore::ready(const std::string& worker, const proto::Ready& r) {
     bool known = workers_.find(worker) != nullptr;
     auto& w = workers_.upsert(worker, r, clock_.steady_ns());
     if (!known)
-        spdlog::info("worker {} (host {}, pid {}) registered with credit {}; {} connected", w.info.id,
-                     w.info.host, w.info.pid, w.credit, workers_.size());
+        spdlog::info("worker {} (host {}, pid {}{}) registered with credit {}; {} connected", w.info.id,
+                     w.info.host, w.info.pid, peer_key_.empty() ? std::string() : ", key " + std::string(peer_key_),
+                     w.credit, workers_.size());
     // The answer to every `ready`: a heartbeat carrying our --heartbeat-ms and
     // --liveness, so the worker judges our silence by our own settings.
     to_worker(worker, Command::heartbeat, heartbeat_body_);

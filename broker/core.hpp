@@ -50,6 +50,7 @@ struct Outgoing {
 struct Frames {
     size_t count = 0;  // protocol frames received, routing id not counted (3 when well formed)
     std::string_view sig, cmd, body;
+    std::string_view peer_key;  // with CURVE, the sender's public key (Z85) when the adapter read it; for logs
 };
 
 // Lanes, dispatch by credit, acks after done, the worker registry, query routing,
@@ -112,6 +113,8 @@ public:
     proto::Stats snapshot() const;
     // The broker's own registry (a process embedding the core may add families).
     metrics::Registry& registry() { return m_.registry; }
+    // Handshakes refused under CURVE {socket}: counted by the adapter, which sees them.
+    metrics::CounterFamily& auth_failures() { return m_.auth_failures; }
 
 private:
     struct InflightBatch {
@@ -176,6 +179,7 @@ private:
     bool draining_ = false;
     int64_t started_ns_ = 0, next_heartbeat_ns_ = 0, drain_deadline_ns_ = 0;
     std::vector<Pending> batch_buf_;
+    std::string_view peer_key_;  // the key of the frame being handled (Frames::peer_key)
     // Our heartbeat body: it tells workers our --heartbeat-ms and --liveness.
     std::string heartbeat_body_;
 

@@ -83,6 +83,11 @@ BrokerMetrics::BrokerMetrics()
           "Malformed frames the broker received from clients and workers (most answered with error)")),
       unroutable(registry.counter("llmq_unroutable_replies_total",
                                   "Replies dropped because the peer had gone or stopped reading")),
+      auth_failures(registry.counter({.name = "llmq_auth_failures_total",
+                                      .help = "Handshakes refused under CURVE: unknown key, a key of the other role, "
+                                              "a plaintext peer, a peer without the broker's key",
+                                      .labels = {"socket"},
+                                      .max_series = 8})),
       workers_connected(registry.gauge("llmq_workers_connected", "Workers registered with the broker")),
       workers_healthy(
           registry.gauge("llmq_workers_healthy", "Registered workers that can store (PostgreSQL reachable)")),

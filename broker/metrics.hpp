@@ -46,6 +46,7 @@ struct BrokerMetrics {
     metrics::Gauge& client_connections;
     metrics::Counter& bad_frames;
     metrics::Counter& unroutable;
+    metrics::CounterFamily& auth_failures;  // {socket}: handshakes refused under CURVE
     // Workers, as the broker sees them (set at each snapshot) ...
     metrics::Gauge& workers_connected;
     metrics::Gauge& workers_healthy;

@@ -9,8 +9,9 @@ namespace llmq::client {
 
 using proto::Command;
 
-Client::Client(std::string endpoint, zmq::context_t* ctx)
+Client::Client(std::string endpoint, zmq::context_t* ctx, curve::ClientKeys keys)
     : endpoint_(std::move(endpoint)),
+      keys_(std::move(keys)),
       own_ctx_(ctx ? nullptr : std::make_unique<zmq::context_t>(1)),
       ctx_(ctx ? ctx : own_ctx_.get()) {
     // Request ids start at a random point so that replies meant for an earlier
@@ -28,6 +29,7 @@ void Client::reconnect() {
     sock_->set(zmq::sockopt::sndhwm, 10'000);
     sock_->set(zmq::sockopt::rcvhwm, 10'000);
     sock_->set(zmq::sockopt::maxmsgsize, static_cast<int64_t>(proto::kMaxFrameBytes));
+    curve::apply_client(*sock_, keys_);
     sock_->connect(endpoint_);
 }
 

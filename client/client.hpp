@@ -13,6 +13,7 @@
 
 #include <zmq.hpp>
 
+#include "common/curve.hpp"
 #include "common/protocol.hpp"
 #include "common/transport.hpp"
 
@@ -30,7 +31,8 @@ struct ClientError {
 
 class Client {
 public:
-    explicit Client(std::string endpoint, zmq::context_t* ctx = nullptr);
+    // `keys`, when enabled, make every connection a CURVE client of the broker.
+    explicit Client(std::string endpoint, zmq::context_t* ctx = nullptr, curve::ClientKeys keys = {});
     ~Client();
 
     // Drops the connection and opens a new one (Lazy Pirate: a fresh socket after
@@ -91,6 +93,7 @@ private:
                                                       std::chrono::milliseconds timeout);
 
     std::string endpoint_;
+    curve::ClientKeys keys_;
     std::unique_ptr<zmq::context_t> own_ctx_;
     zmq::context_t* ctx_;
     std::unique_ptr<zmq::socket_t> sock_;

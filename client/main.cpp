@@ -206,7 +206,7 @@ int run_push(const GlobalArgs& g, const PushArgs& a) {
     std::istream* in = nullptr;
     if (from_file && !(in = open_push_input(a.file, opts, file_in))) return kExitUsage;
 
-    client::Client c(g.broker);
+    client::Client c(g.broker, nullptr, g.keys);
     client::Pusher pusher(c, opts);
     RejectReporter report(a.show_rejects);
     PushSource source(a, in, pusher, report);
@@ -234,7 +234,7 @@ int run_history(const GlobalArgs& g, const std::string& conv, const std::string&
             return kExitUsage;
         }
     }
-    client::Client c(g.broker);
+    client::Client c(g.broker, nullptr, g.keys);
     auto r = c.history(conv, after_id, limit, std::chrono::milliseconds(g.timeout_ms));
     proto::Reply* reply = nullptr;
     if (int rc = unwrap<proto::Reply>(r, reply); rc >= 0) return rc;
@@ -257,7 +257,7 @@ int run_get(const GlobalArgs& g, const std::string& id_text, bool as_json) {
         std::fprintf(stderr, "llmq get: '%s' is not a message id (UUID)\n", id_text.c_str());
         return kExitUsage;
     }
-    client::Client c(g.broker);
+    client::Client c(g.broker, nullptr, g.keys);
     auto r = c.get(*id, std::chrono::milliseconds(g.timeout_ms));
     proto::Reply* reply = nullptr;
     if (int rc = unwrap<proto::Reply>(r, reply); rc >= 0) return rc;
@@ -269,7 +269,7 @@ int run_get(const GlobalArgs& g, const std::string& id_text, bool as_json) {
 }
 
 int run_dead_letters(const GlobalArgs& g, uint32_t limit, bool as_json) {
-    client::Client c(g.broker);
+    client::Client c(g.broker, nullptr, g.keys);
     auto r = c.dead_letters(limit, std::chrono::milliseconds(g.timeout_ms));
     proto::Reply* reply = nullptr;
     if (int rc = unwrap<proto::Reply>(r, reply); rc >= 0) return rc;
@@ -410,7 +410,7 @@ void print_workers(const metrics::Snapshot& f) {
 }
 
 int run_stats(const GlobalArgs& g, bool as_json) {
-    client::Client c(g.broker);
+    client::Client c(g.broker, nullptr, g.keys);
     auto r = c.stats(std::chrono::milliseconds(g.timeout_ms));
     proto::Stats* s = nullptr;
     if (int rc = unwrap<proto::Stats>(r, s); rc >= 0) return rc;
@@ -511,7 +511,7 @@ int run_claim(const GlobalArgs& g, const client::ClaimArgs& a) {
     q.lease_ms = a.lease_ms;
     q.wait_ms = a.wait_ms;
     q.history = a.history;
-    client::Client c(g.broker);
+    client::Client c(g.broker, nullptr, g.keys);
     // A broker told to retry (it is loading the open messages after its first
     // claim, or a worker is briefly missing) is asked again within --timeout-ms:
     // a claim changes nothing until it is answered with messages.
@@ -544,7 +544,7 @@ int run_claim(const GlobalArgs& g, const client::ClaimArgs& a) {
 template <class Send>
 int run_settle(const GlobalArgs& g, proto::Command cmd, const MessageId& id, Send send) {
     const std::string_view name = proto::command_name(cmd);
-    client::Client c(g.broker);
+    client::Client c(g.broker, nullptr, g.keys);
     auto r = send(c, std::chrono::milliseconds(g.timeout_ms));
     proto::Settled* s = nullptr;
     if (int rc = tier_unwrap(name, r, s); rc >= 0) return rc;
@@ -620,7 +620,7 @@ int run_extend(const GlobalArgs& g, const client::ExtendArgs& a) {
 }
 
 int run_usage(const GlobalArgs& g, const client::UsageArgs& a) {
-    client::Client c(g.broker);
+    client::Client c(g.broker, nullptr, g.keys);
     auto r = c.usage(a.user, std::chrono::milliseconds(g.timeout_ms));
     proto::UsageReport* u = nullptr;
     if (int rc = tier_unwrap("usage", r, u); rc >= 0) return rc;
@@ -629,8 +629,27 @@ int run_usage(const GlobalArgs& g, const client::UsageArgs& a) {
     return kExitOk;
 }
 
+int run_keygen(const client::KeygenArgs& a) {
+    curve::KeyPair keys = curve::generate_keypair();
+    if (auto err = curve::write_keypair(a.out, keys, a.force)) {
+        std::fprintf(stderr, "llmq keygen: %s\n", err->reason.c_str());
+        return kExitRejected;
+    }
+    std::printf("wrote %s.pub and %s.secret (mode 0600); public key %s\n", a.out.c_str(), a.out.c_str(),
+                keys.public_key.c_str());
+    return kExitOk;
+}
+
 // Runs the subcommand that was given.
 int run_command(const client::CliCommands& cmd, client::CliArgs& a) {
+    if (cmd.keygen->parsed()) return run_keygen(a.keygen);
+    if (cmd.tokens->parsed()) return run_tokens(a.tokens);
+    try {
+        a.global.keys = curve::load_client_keys(a.global.curve);
+    } catch (const std::invalid_argument& e) {
+        std::fprintf(stderr, "llmq: %s\n", e.what());
+        return kExitUsage;
+    }
     const GlobalArgs& g = a.global;
     if (cmd.push->parsed()) return run_push(g, a.push);
     if (cmd.history->parsed())
@@ -638,7 +657,6 @@ int run_command(const client::CliCommands& cmd, client::CliArgs& a) {
     if (cmd.get->parsed()) return run_get(g, a.get.id, a.get.json);
     if (cmd.stats->parsed()) return run_stats(g, a.stats_json);
     if (cmd.dead_letters->parsed()) return run_dead_letters(g, a.dead_letters.limit, a.dead_letters.json);
-    if (cmd.tokens->parsed()) return run_tokens(a.tokens);
     if (cmd.claim->parsed()) return run_claim(g, a.claim);
     if (cmd.complete->parsed()) return run_complete(g, a.complete);
     if (cmd.fail->parsed()) return run_fail(g, a.fail);
@@ -648,7 +666,7 @@ int run_command(const client::CliCommands& cmd, client::CliArgs& a) {
         a.top.broker = g.broker;
         // A request should not hold the screen much longer than one refresh.
         a.top.timeout_ms = std::min(g.timeout_ms, std::max(1000, a.top.interval_ms));
-        client::Client c(g.broker);
+        client::Client c(g.broker, nullptr, g.keys);
         return client::run_top(c, a.top);
     }
     return kExitUsage;

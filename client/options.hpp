@@ -11,6 +11,7 @@
 
 #include "client/tier.hpp"
 #include "client/top.hpp"
+#include "common/curve.hpp"
 #include "common/message.hpp"
 #include "common/protocol.hpp"
 #include "common/uuid.hpp"
@@ -22,6 +23,13 @@ namespace llmq::client {
 struct GlobalArgs {
     std::string broker = "tcp://127.0.0.1:5555";
     int timeout_ms = 10'000;
+    curve::ClientOptions curve;  // --curve-secret-file, --broker-key
+    curve::ClientKeys keys;      // what they name, loaded before a command that connects
+};
+
+struct KeygenArgs {
+    std::string out;
+    bool force = false;
 };
 
 struct PushArgs {
@@ -97,12 +105,14 @@ struct CliArgs {
     FailArgs fail;
     ExtendArgs extend;
     UsageArgs usage;
+    KeygenArgs keygen;
 };
 
 // The subcommands, to see which one was given.
 struct CliCommands {
     CLI::App *push, *history, *get, *stats, *dead_letters, *top, *tokens;
     CLI::App *claim, *complete, *fail, *extend, *usage;
+    CLI::App* keygen;
 };
 
 inline void add_push_options(CLI::App& push, PushArgs& a) {
@@ -264,6 +274,12 @@ inline void add_tier_commands(CLI::App& app, CliArgs& a, CliCommands& cmd) {
     add_usage_options(*cmd.usage, a.usage);
 }
 
+inline void add_keygen_options(CLI::App& keygen, KeygenArgs& a) {
+    keygen.add_option("--out", a.out, "Write the key pair to OUT.pub (public) and OUT.secret (secret, mode 0600)")
+        ->required();
+    keygen.add_flag("--force", a.force, "Replace OUT.pub and OUT.secret if they exist");
+}
+
 // Declares the global options and every subcommand with its options on `app`
 // (the common ones, --config, --log-level…, come from add_common_options).
 inline CliCommands add_llmq_options(CLI::App& app, CliArgs& a) {
@@ -272,6 +288,7 @@ inline CliCommands add_llmq_options(CLI::App& app, CliArgs& a) {
                    "How long history/get/stats/dead-letters and claim/complete/fail/extend/usage wait for an answer "
                    "(claim: plus --wait-ms)")
         ->capture_default_str()->check(CLI::Range(1, 3'600'000));
+    curve::add_curve_client_options(app, a.global.curve);
     CliCommands cmd{};
     cmd.push = app.add_subcommand(
         "push", "Push one message (TEXT with -c and -u) or many (--file FILE.jsonl, - for stdin)");
@@ -309,6 +326,9 @@ inline CliCommands add_llmq_options(CLI::App& app, CliArgs& a) {
                   "per line");
     add_tokens_options(*cmd.tokens, a.tokens);
     add_tier_commands(app, a, cmd);
+    cmd.keygen = app.add_subcommand(
+        "keygen", "Make a CURVE key pair for the broker, a worker or a client (docs/security.md); no broker needed");
+    add_keygen_options(*cmd.keygen, a.keygen);
     return cmd;
 }
 

@@ -41,6 +41,7 @@ void add_collector_options(CLI::App& app, CollectorConfig& cfg) {
     app.add_option("--http-threads", cfg.http_threads, "Threads answering HTTP requests")
         ->capture_default_str()
         ->check(CLI::Range(1, 64));
+    curve::add_curve_client_options(app, cfg.curve);
 }
 
 // ---- SnapshotStore ------------------------------------------------------------
@@ -174,8 +175,9 @@ void drain_snapshots(zmq::socket_t& sub, SnapshotStore& store, int64_t now) {
 }
 
 // A SUB socket on the broker's metrics stream (ZeroMQ reconnects by itself).
-zmq::socket_t subscriber(zmq::context_t& ctx, const std::string& endpoint) {
+zmq::socket_t subscriber(zmq::context_t& ctx, const std::string& endpoint, const curve::ClientKeys& keys) {
     zmq::socket_t sub(ctx, zmq::socket_type::sub);
+    curve::apply_client(sub, keys);
     sub.set(zmq::sockopt::linger, 0);
     sub.set(zmq::sockopt::rcvhwm, 100);
     sub.set(zmq::sockopt::maxmsgsize, static_cast<int64_t>(proto::kMaxFrameBytes));
@@ -211,6 +213,7 @@ void subscribe(zmq::socket_t& sub, const CollectorConfig& cfg, SnapshotStore& st
 
 void run_collector(const CollectorConfig& cfg, const std::atomic<bool>& stop) {
     if (!parse_host_port(cfg.listen)) throw std::invalid_argument("--listen: expected HOST:PORT, got " + cfg.listen);
+    const curve::ClientKeys keys = curve::load_client_keys(cfg.curve);  // before anything starts
 
     SnapshotStore store(cfg.stale_after_ms);
     httplib::Server server;
@@ -228,7 +231,7 @@ void run_collector(const CollectorConfig& cfg, const std::atomic<bool>& stop) {
 
     if (!cfg.endpoints_file.empty()) write_endpoints_file(cfg.endpoints_file, bound);
     zmq::context_t ctx(1);
-    zmq::socket_t sub = subscriber(ctx, cfg.metrics);
+    zmq::socket_t sub = subscriber(ctx, cfg.metrics, keys);
     spdlog::info("serving http://{}/metrics and /healthz; subscribed to {} (topic {})", bound, cfg.metrics, kTopic);
     subscribe(sub, cfg, store, stop);
     spdlog::info("stopping: {} snapshots received", store.snapshots());

@@ -13,6 +13,7 @@
 #include <CLI/CLI.hpp>
 
 #include "collector/exposition.hpp"
+#include "common/curve.hpp"
 #include "common/protocol.hpp"
 
 namespace llmq::collector {
@@ -23,6 +24,7 @@ struct CollectorConfig {
     int stale_after_ms = 5000;
     std::string endpoints_file;  // written once listening: http=HOST:PORT
     int http_threads = 4;
+    curve::ClientOptions curve;  // --curve-secret-file, --broker-key
 };
 
 void add_collector_options(CLI::App& app, CollectorConfig& cfg);

@@ -133,6 +133,7 @@ void GatewayCore::run() {
         dealer.set(zmq::sockopt::heartbeat_ivl, 1000);  // a silent broker counts as lost after 3 s
         dealer.set(zmq::sockopt::heartbeat_timeout, 3000);
         dealer.set(zmq::sockopt::maxmsgsize, static_cast<int64_t>(proto::kMaxFrameBytes));
+        curve::apply_client(dealer, cfg_.keys);
         std::string monitor_ep = "inproc://llmq-gateway-monitor-" + std::to_string(reinterpret_cast<uintptr_t>(this));
         if (zmq_socket_monitor(dealer.handle(), monitor_ep.c_str(),
                                ZMQ_EVENT_HANDSHAKE_SUCCEEDED | ZMQ_EVENT_DISCONNECTED) != 0)

@@ -14,6 +14,8 @@
 #include <thread>
 #include <vector>
 
+#include "common/curve.hpp"
+
 #include <zmq.hpp>
 
 #include "gateway/dispatcher.hpp"
@@ -36,6 +38,7 @@ public:
 
 struct CoreConfig {
     std::string broker = "tcp://127.0.0.1:5555";
+    curve::ClientKeys keys;  // CURVE to the broker, when enabled
     DispatcherConfig dispatch;
 };
 

@@ -50,6 +50,7 @@ void write_endpoints(const std::string& path, const std::string& http, const std
 CoreConfig core_config(const GatewayConfig& cfg) {
     CoreConfig c;
     c.broker = cfg.broker;
+    c.keys = llmq::curve::load_client_keys(cfg.curve);
     c.dispatch.frame_messages = cfg.frame_messages;
     c.dispatch.linger_ns = int64_t{cfg.linger_us} * 1000;
     c.dispatch.ack_timeout_ns = int64_t{cfg.ack_timeout_ms} * 1'000'000;

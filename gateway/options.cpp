@@ -51,6 +51,7 @@ void add_gateway_options(CLI::App& app, GatewayConfig& cfg) {
                    "Authorization: Bearer KEY. Reloaded on SIGHUP");
     app.add_option("--endpoints-file", cfg.endpoints_file,
                    "Write the bound addresses here once listening (lines http=HOST:PORT and grpc=HOST:PORT)");
+    curve::add_curve_client_options(app, cfg.curve);
 }
 
 }  // namespace llmq::gateway

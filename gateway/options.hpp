@@ -11,6 +11,7 @@
 
 #include <CLI/CLI.hpp>
 
+#include "common/curve.hpp"
 #include "common/message.hpp"
 
 namespace llmq::gateway {
@@ -32,6 +33,7 @@ struct GatewayConfig {
     int drain_timeout_ms = 30'000;   // on SIGTERM: longest wait for requests in flight
     std::string api_keys;            // file of user_id:sha256hex lines; empty = no keys
     std::string endpoints_file;      // written once listening: http=HOST:PORT, grpc=HOST:PORT
+    curve::ClientOptions curve;      // --curve-secret-file, --broker-key
 };
 
 void add_gateway_options(CLI::App& app, GatewayConfig& cfg);

@@ -48,17 +48,38 @@ start_broker() {
   BACKEND=$(sed -n 's/^backend=//p' "$dir/$name.endpoints")
 }
 
+# With CURVE_KEYS set to a directory holding broker.pub, worker.secret and
+# client.secret (see make_curve_keys), the workers and the stats requests below
+# connect with those keys (the broker's options are the caller's to give).
+curve_args() {  # curve_args ROLE: the --curve-secret-file/--broker-key options of ROLE, if CURVE_KEYS is set
+  [[ -n ${CURVE_KEYS:-} ]] && echo "--curve-secret-file $CURVE_KEYS/$1.secret --broker-key $CURVE_KEYS/broker.pub"
+  return 0
+}
+
+# make_curve_keys DIR: key pairs broker, client and worker in DIR (llmq keygen),
+# clients.allow and workers.allow; prints the broker's options that use them.
+make_curve_keys() {
+  local dir=$1 k
+  mkdir -p "$dir"
+  for k in broker client worker; do "$BUILD_DIR/llmq" keygen --out "$dir/$k" --force >/dev/null; done
+  cp "$dir/client.pub" "$dir/clients.allow"
+  cp "$dir/worker.pub" "$dir/workers.allow"
+  echo "--curve-secret-file $dir/broker.secret --clients-allow $dir/clients.allow --workers-allow $dir/workers.allow"
+}
+
 # start_workers DIR NAME N PG_URL REDIS_URL: N workers on BACKEND (ids NAME-worker-I,
 # logs DIR/NAME-workerI.log); returns once the broker lists all N.
 start_workers() {
   local dir=$1 name=$2 n=$3 pg=$4 redis=$5 i c=0
   for i in $(seq "$n"); do
-    "$BUILD_DIR/llmq-worker" --broker "$BACKEND" --postgres "$pg" --redis "$redis" \
+    # shellcheck disable=SC2046
+    "$BUILD_DIR/llmq-worker" --broker "$BACKEND" --postgres "$pg" --redis "$redis" $(curve_args worker) \
       --worker-id "$name-worker-$i" >"$dir/$name-worker$i.log" 2>&1 &
     pids+=($!)
   done
   for _ in $(seq 300); do
-    c=$("$BUILD_DIR/llmq" --broker "$FRONTEND" --timeout-ms 500 stats --json 2>/dev/null |
+    # shellcheck disable=SC2046
+    c=$("$BUILD_DIR/llmq" --broker "$FRONTEND" $(curve_args client) --timeout-ms 500 stats --json 2>/dev/null |
       stats_expr 'len(series("llmq_worker_up"))' 2>/dev/null || echo 0)
     ((c >= n)) && return 0
     sleep 0.1

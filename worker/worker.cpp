@@ -140,6 +140,7 @@ void add_worker_options(CLI::App& app, WorkerConfig& c) {
         ->capture_default_str()->check(CLI::Range(1, 100));
     app.add_option("--reconnect-max-ms", c.reconnect_max_ms, "Cap of the exponential reconnect back-off")
         ->capture_default_str()->check(CLI::Range(10, 600'000));
+    curve::add_curve_client_options(app, c.curve);
 }
 
 void check_bounds(const WorkerConfig& cfg) { check_config_bounds(cfg, add_worker_options, "worker"); }
@@ -166,6 +167,7 @@ Worker::Worker(WorkerConfig cfg, StoreFactory make_store, CacheFactory make_cach
       heartbeat_ms_(cfg_.heartbeat_ms),
       liveness_(cfg_.liveness) {
     check_bounds(cfg_);
+    keys_ = curve::load_client_keys(cfg_.curve);
     counters_.registry.on_collect([this] { collect_connection_figures(); });
     info_.host = hostname();
     info_.pid = getpid();
@@ -313,6 +315,7 @@ void Worker::connect() {
     sock_->set(zmq::sockopt::linger, 2000);  // let `done`/`disconnect` reach the broker on exit
     sock_->set(zmq::sockopt::rcvhwm, 1000);
     sock_->set(zmq::sockopt::maxmsgsize, static_cast<int64_t>(proto::kMaxFrameBytes));
+    curve::apply_client(*sock_, keys_);
     sock_->connect(cfg_.broker);
     jobs_.clear();  // a new connection: the broker redelivers what we held
     tier_jobs_.clear();  // and decides again what those tier jobs were to write

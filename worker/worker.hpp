@@ -22,6 +22,7 @@
 #include "common/protocol.hpp"
 #include "common/transport.hpp"
 #include "tokenizer/tokenizer.hpp"
+#include "common/curve.hpp"
 #include "worker/cache.hpp"
 #include "worker/pipeline.hpp"
 #include "worker/queues.hpp"
@@ -53,6 +54,7 @@ struct WorkerConfig {
     int heartbeat_ms = 1000;
     int liveness = 3;
     int reconnect_max_ms = 10000;
+    curve::ClientOptions curve;  // --curve-secret-file, --broker-key
 };
 
 // Declares every worker option (name, description, default, bounds) on `app`.
@@ -137,6 +139,7 @@ private:
     CacheFactory make_cache_;
     std::unique_ptr<zmq::context_t> own_ctx_;
     zmq::context_t* ctx_;
+    curve::ClientKeys keys_;  // CURVE to the broker, when configured
     std::unique_ptr<zmq::socket_t> sock_;
     proto::WorkerInfo info_;
     SteadyClock clock_;

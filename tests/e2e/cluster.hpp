@@ -74,6 +74,7 @@ protected:
         auto kv = wait_for_kv_file(ep_file, std::chrono::seconds(10));
         frontend_ = kv["frontend"];
         backend_ = kv["backend"];
+        metrics_ = kv["metrics"];
     }
 
     // One worker on this test's database and Redis prefix, with the broker's
@@ -92,7 +93,7 @@ protected:
 
     // Waits until the broker reports at least n workers.
     void wait_for_workers(size_t n) {
-        client::Client c(frontend_);
+        client::Client c(frontend_, nullptr, client_keys_);
         auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
         while (std::chrono::steady_clock::now() < deadline) {
             auto r = c.stats(std::chrono::milliseconds(500));
@@ -114,7 +115,8 @@ protected:
         return out;
     }
 
-    std::string admin_url_, redis_url_, db_name_, db_url_, prefix_, dir_, frontend_, backend_;
+    std::string admin_url_, redis_url_, db_name_, db_url_, prefix_, dir_, frontend_, backend_, metrics_;
+    curve::ClientKeys client_keys_;  // with a CURVE broker: the keys wait_for_workers asks with
     ChildProcess broker_;
     std::vector<ChildProcess> workers_;
     int worker_runs_ = 0;
