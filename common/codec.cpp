@@ -473,8 +473,9 @@ std::optional<DecodeError> check_msgpack_shape(std::string_view body) {
     size_t level = 0;
     left[0] = 1;
     auto bad = [](std::string why) { return DecodeError{Status::bad_frame, "body is not valid msgpack: " + why}; };
+    // Past a limit is bad_frame too (413 is reserved, docs/protocol.md), named as such.
     auto big = [&](std::string why) {
-        return DecodeError{Status::too_large, why + " (at byte " + std::to_string(pos) + ")"};
+        return DecodeError{Status::bad_frame, "msgpack limit: " + why + " (at byte " + std::to_string(pos) + ")"};
     };
     auto be = [&](size_t k) {  // a big-endian length of k bytes at pos
         uint64_t v = 0;
@@ -543,8 +544,8 @@ std::optional<DecodeError> check_msgpack_shape(std::string_view body) {
             case Kind::map: {
                 const bool map = kind == Kind::map;
                 const size_t limit = map ? kUnpackLimits.map : kUnpackLimits.array;
-                // Malformed (bad_frame) before too large (too_large): a header
-                // claiming more than the body holds is a lie whatever its size.
+                // Malformed before too large: a header claiming more than the
+                // body holds is a lie whatever its size.
                 const uint64_t values = map ? 2 * count : count;
                 if (values > rest)
                     return bad(std::string(map ? "a map of " : "an array of ") + std::to_string(count) +
@@ -568,8 +569,8 @@ std::optional<DecodeError> check_msgpack_shape(std::string_view body) {
 // msgpack itself).
 msgpack::object_handle unpack_value(std::string_view body) {
     if (body.size() > kMaxFrameBytes)
-        fail(Status::too_large, "body of " + std::to_string(body.size()) + " bytes exceeds the limit " +
-                                    std::to_string(kMaxFrameBytes));
+        fail(Status::bad_frame, "msgpack limit: a body of " + std::to_string(body.size()) +
+                                    " bytes exceeds the limit " + std::to_string(kMaxFrameBytes));
     if (auto bad = check_msgpack_shape(body)) fail(bad->status, std::move(bad->reason));
     const msgpack::unpack_limit limit(kUnpackLimits.array, kUnpackLimits.map, kUnpackLimits.str, kUnpackLimits.bin,
                                       kUnpackLimits.ext, kUnpackLimits.depth);

@@ -471,7 +471,8 @@ inline constexpr size_t kMaxFrameBytes = 256u << 20;
 
 // The msgpack limits every body is unpacked with (one helper in codec.cpp, used
 // by every decoder and peek), derived from the bounds above. Beyond them a body
-// is answered too_large before msgpack allocates anything for it; and a
+// is answered bad_frame ("msgpack limit: ...", naming the limit) before msgpack
+// allocates anything for it; and a
 // container is refused when it claims more entries than bytes follow it (each
 // takes at least one), because msgpack allocates a container's slots when it
 // reads its header: so unpacking allocates at most ~24 bytes per body byte.
