@@ -80,7 +80,7 @@ echo "all packages present"
 # Sanitizer reports fail the test that caused them; leaks too (LeakSanitizer).
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=0:strict_string_checks=1:detect_stack_use_after_return=1}
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
-export TSAN_OPTIONS=${TSAN_OPTIONS:-halt_on_error=1:second_deadlock_stack=1}
+# (The tsan tests set their own TSAN_OPTIONS, with tests/tsan.supp for libzmq's insides.)
 
 # One sanitizer stage: configure and build its own tree (clang, -O1, only the
 # targets it runs), then ctest its labels. Prints the stage's time.
