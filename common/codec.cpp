@@ -102,7 +102,8 @@ void pack_stored(Packer& p, const StoredMessage& m) { pack_record(p, m); }
 
 // A counter or gauge value: an integer when it is one (what most are), else a float 64.
 void pack_number(Packer& p, double v) {
-    if (v == static_cast<double>(static_cast<int64_t>(v)) && v >= -9.0e15 && v <= 9.0e15) {
+    // The range first: casting a double outside int64's range (or NaN) is undefined.
+    if (v >= -9.0e15 && v <= 9.0e15 && v == static_cast<double>(static_cast<int64_t>(v))) {
         if (v >= 0) p.pack(static_cast<uint64_t>(v));
         else p.pack(static_cast<int64_t>(v));
     } else {

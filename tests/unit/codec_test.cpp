@@ -873,6 +873,18 @@ TEST(CodecLimits, ExtValuesAndNestingPastTheDepthAreRefused) {
     EXPECT_EQ(e.status, Status::bad_field) << e.reason;  // read as msgpack; `req` is no integer
 }
 
+// Found by fuzz_codec (tests/fuzz/corpus/codec/ub-huge-gauge): a gauge far outside
+// int64's range was cast to int64 before its range was checked (UBSan: undefined).
+TEST(CodecRoundTrip, GaugesFarOutsideTheIntegerRangeStayFloats) {
+    metrics::Registry r;
+    r.gauge("llmq_huge", "g").set(-4.05272e+77);
+    Stats in;
+    in.req = 1;
+    in.families = r.snapshot();
+    Stats out = must(decode_stats(encode(in)));
+    EXPECT_EQ(metrics::value(out.families, "llmq_huge"), -4.05272e+77);
+}
+
 // VmPeak (/proc/self/status), in bytes.
 size_t vm_peak_bytes() {
     std::ifstream in("/proc/self/status");
