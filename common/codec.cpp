@@ -102,7 +102,8 @@ void pack_stored(Packer& p, const StoredMessage& m) { pack_record(p, m); }
 
 // A counter or gauge value: an integer when it is one (what most are), else a float 64.
 void pack_number(Packer& p, double v) {
-    if (v == static_cast<double>(static_cast<int64_t>(v)) && v >= -9.0e15 && v <= 9.0e15) {
+    // The range first: casting a double outside int64's range (or NaN) is undefined.
+    if (v >= -9.0e15 && v <= 9.0e15 && v == static_cast<double>(static_cast<int64_t>(v))) {
         if (v >= 0) p.pack(static_cast<uint64_t>(v));
         else p.pack(static_cast<int64_t>(v));
     } else {
@@ -461,10 +462,119 @@ metrics::Snapshot read_snapshot(const msgpack::object& v, std::string_view name)
     return snap;
 }
 
-// Unpacks one msgpack value that must fill `body`.
+// Why `body` is not one msgpack value within kUnpackLimits, or nullopt. Walks
+// the encoding without allocating (a stack of entry counts as deep as the depth
+// limit), so that msgpack::unpack, which allocates a container's slots as soon
+// as it reads its header, only ever sees containers whose entries are there.
+std::optional<DecodeError> check_msgpack_shape(std::string_view body) {
+    const auto* p = reinterpret_cast<const uint8_t*>(body.data());
+    const size_t n = body.size();
+    size_t pos = 0;
+    uint64_t left[kUnpackLimits.depth + 1];  // values still expected at each open level
+    size_t level = 0;
+    left[0] = 1;
+    auto bad = [](std::string why) { return DecodeError{Status::bad_frame, "body is not valid msgpack: " + why}; };
+    // Past a limit is bad_frame too (413 is reserved, docs/protocol.md), named as such.
+    auto big = [&](std::string why) {
+        return DecodeError{Status::bad_frame, "msgpack limit: " + why + " (at byte " + std::to_string(pos) + ")"};
+    };
+    auto be = [&](size_t k) {  // a big-endian length of k bytes at pos
+        uint64_t v = 0;
+        for (size_t i = 0; i < k; ++i) v = (v << 8) | p[pos + i];
+        return v;
+    };
+    while (true) {
+        while (left[level] == 0) {
+            if (level == 0) {
+                if (pos != n) return bad("trailing bytes after the msgpack body");
+                return std::nullopt;
+            }
+            --level;
+        }
+        --left[level];
+        if (pos >= n) return bad("truncated at byte " + std::to_string(pos));
+        const uint8_t b = p[pos++];
+        size_t len_bytes = 0;  // a length field that follows the type byte
+        enum class Kind { fixed, str, bin, ext, array, map } kind = Kind::fixed;
+        uint64_t count = 0;  // fixed: payload bytes; str/bin/ext: length; array/map: entries
+        if (b <= 0x7f || b >= 0xe0 || b == 0xc0 || b == 0xc2 || b == 0xc3) count = 0;
+        else if (b >= 0x80 && b <= 0x8f) kind = Kind::map, count = b & 0x0f;
+        else if (b >= 0x90 && b <= 0x9f) kind = Kind::array, count = b & 0x0f;
+        else if (b >= 0xa0 && b <= 0xbf) kind = Kind::str, count = b & 0x1f;
+        else switch (b) {
+            case 0xc4: case 0xc5: case 0xc6: kind = Kind::bin, len_bytes = size_t{1} << (b - 0xc4); break;
+            case 0xc7: case 0xc8: case 0xc9: kind = Kind::ext, len_bytes = size_t{1} << (b - 0xc7); break;
+            case 0xca: count = 4; break;
+            case 0xcb: count = 8; break;
+            case 0xcc: case 0xcd: case 0xce: case 0xcf: count = size_t{1} << (b - 0xcc); break;
+            case 0xd0: case 0xd1: case 0xd2: case 0xd3: count = size_t{1} << (b - 0xd0); break;
+            case 0xd4: case 0xd5: case 0xd6: case 0xd7: case 0xd8: kind = Kind::ext, count = size_t{1} << (b - 0xd4); break;
+            case 0xd9: case 0xda: case 0xdb: kind = Kind::str, len_bytes = size_t{1} << (b - 0xd9); break;
+            case 0xdc: case 0xdd: kind = Kind::array, len_bytes = b == 0xdc ? 2 : 4; break;
+            case 0xde: case 0xdf: kind = Kind::map, len_bytes = b == 0xde ? 2 : 4; break;
+            default: return bad("byte 0xc1 (never used) at byte " + std::to_string(pos - 1));
+        }
+        if (len_bytes > 0) {
+            if (n - pos < len_bytes) return bad("truncated at byte " + std::to_string(pos));
+            count = be(len_bytes);
+            pos += len_bytes;
+        }
+        const size_t rest = n - pos;
+        switch (kind) {
+            case Kind::fixed:
+                if (rest < count) return bad("truncated at byte " + std::to_string(pos));
+                pos += count;
+                break;
+            case Kind::str:
+            case Kind::bin:
+            case Kind::ext: {
+                const char* what = kind == Kind::str ? "a string" : kind == Kind::bin ? "a binary" : "an ext value";
+                const size_t limit = kind == Kind::str ? kUnpackLimits.str
+                                     : kind == Kind::bin ? kUnpackLimits.bin : kUnpackLimits.ext;
+                if (kind == Kind::ext) ++count;  // its type byte
+                if (rest < count)
+                    return bad(std::string(what) + " of " + std::to_string(count) + " bytes where " +
+                               std::to_string(rest) + " remain");
+                if (count > limit)
+                    return big(std::string(what) + " of " + std::to_string(count) + " bytes exceeds the limit " +
+                               std::to_string(limit));
+                pos += count;
+                break;
+            }
+            case Kind::array:
+            case Kind::map: {
+                const bool map = kind == Kind::map;
+                const size_t limit = map ? kUnpackLimits.map : kUnpackLimits.array;
+                // Malformed before too large: a header claiming more than the
+                // body holds is a lie whatever its size.
+                const uint64_t values = map ? 2 * count : count;
+                if (values > rest)
+                    return bad(std::string(map ? "a map of " : "an array of ") + std::to_string(count) +
+                               " entries where " + std::to_string(rest) + " bytes remain");
+                if (count > limit)
+                    return big(std::string(map ? "a map of " : "an array of ") + std::to_string(count) +
+                               " entries exceeds the limit " + std::to_string(limit));
+                if (values == 0) break;
+                if (level + 1 > kUnpackLimits.depth)
+                    return bad("containers nested deeper than the limit " + std::to_string(kUnpackLimits.depth) +
+                               " (at byte " + std::to_string(pos) + ")");
+                left[++level] = values;
+                break;
+            }
+        }
+    }
+}
+
+// The one place a body is unpacked: one msgpack value that must fill `body`,
+// within kUnpackLimits (checked first by check_msgpack_shape, then again by
+// msgpack itself).
 msgpack::object_handle unpack_value(std::string_view body) {
-    // Bounded so that a hostile header cannot make us allocate gigabytes.
-    msgpack::unpack_limit limit(kMaxMessagesPerFrame, 64, kMaxFrameBytes, kMaxFrameBytes, 1024, 8);
+    if (body.size() > kMaxFrameBytes)
+        fail(Status::bad_frame, "msgpack limit: a body of " + std::to_string(body.size()) +
+                                    " bytes exceeds the limit " + std::to_string(kMaxFrameBytes));
+    if (auto bad = check_msgpack_shape(body)) fail(bad->status, std::move(bad->reason));
+    const msgpack::unpack_limit limit(kUnpackLimits.array, kUnpackLimits.map, kUnpackLimits.str, kUnpackLimits.bin,
+                                      kUnpackLimits.ext, kUnpackLimits.depth);
     size_t off = 0;
     msgpack::object_handle oh;
     try {
@@ -1513,16 +1623,18 @@ std::optional<StoredMessage> decode_cached(std::string_view data, const MessageI
     }
 }
 
-uint64_t peek_req(std::string_view body) {
+uint64_t peek_u64(std::string_view body, std::string_view key) {
     try {
         auto oh = unpack_body(body);
         Map m(oh.get(), "");
-        const auto* v = m.find("req");
+        const auto* v = m.find(key);
         if (v && v->type == msgpack::type::POSITIVE_INTEGER) return v->via.u64;
     } catch (...) {
     }
     return 0;
 }
+
+uint64_t peek_req(std::string_view body) { return peek_u64(body, "req"); }
 
 std::optional<bool> peek_healthy(std::string_view body) {
     try {

@@ -469,4 +469,27 @@ Decoded<Command> parse_header(std::string_view signature, std::string_view comma
 inline constexpr size_t kMaxMessagesPerFrame = 100000;
 inline constexpr size_t kMaxFrameBytes = 256u << 20;
 
+// The msgpack limits every body is unpacked with (one helper in codec.cpp, used
+// by every decoder and peek), derived from the bounds above. Beyond them a body
+// is answered bad_frame ("msgpack limit: ...", naming the limit) before msgpack
+// allocates anything for it; and a
+// container is refused when it claims more entries than bytes follow it (each
+// takes at least one), because msgpack allocates a container's slots when it
+// reads its header: so unpacking allocates at most ~24 bytes per body byte.
+struct UnpackLimits {
+    // The deepest body nests 7 containers: stats -> families[] -> family ->
+    // series[] -> [labels, value] -> histogram -> buckets[].
+    size_t depth = 8;
+    size_t array = kMaxMessagesPerFrame;  // msgs, results, claims, ... (the largest list of the protocol)
+    size_t map = 64;                      // keys of one map (no record of the protocol has even 16)
+    size_t str = kMaxFrameBytes;          // a string never exceeds its frame
+    size_t bin = kMaxFrameBytes;          // ids are 16 bytes, but content may come as bin (as_bytes)
+    size_t ext = 0;                       // the protocol uses no ext type
+};
+inline constexpr UnpackLimits kUnpackLimits{};
+
+// Best effort: the unsigned integer under `key` of a body that failed to decode
+// (0 if not readable), e.g. a tier job's `job` (peek_req is peek_u64(body, "req")).
+uint64_t peek_u64(std::string_view body, std::string_view key);
+
 }  // namespace llmq::proto

@@ -12,6 +12,7 @@ set -euo pipefail
 
 PACKAGES=(
   build-essential cmake pkg-config
+  clang libclang-rt-14-dev  # scripts/test.sh --sanitize: ASan, UBSan, TSan and libFuzzer
   libzmq3-dev cppzmq-dev libmsgpack-cxx-dev libboost-dev
   libpqxx-dev libhiredis-dev
   libcli11-dev libspdlog-dev libtomlplusplus-dev

@@ -12,7 +12,6 @@
 #include <stdexcept>
 #include <system_error>
 
-#include <msgpack.hpp>
 #include <spdlog/spdlog.h>
 
 #include "common/config.hpp"
@@ -31,24 +30,6 @@ constexpr int64_t kMs = 1'000'000;
 constexpr size_t kMaxQueuedBatches = 1024;
 // Cache repairs an idle thread runs at a time (each costs a store read).
 constexpr size_t kRepairsPerTurn = 16;
-
-// The `job` of a tier job's body that did not decode, if it can be read (0 if not).
-uint64_t peek_job(std::string_view body) {
-    try {
-        auto oh = msgpack::unpack(body.data(), body.size());
-        const msgpack::object& o = oh.get();
-        if (o.type != msgpack::type::MAP) return 0;
-        for (uint32_t i = 0; i < o.via.map.size; ++i) {
-            const auto& kv = o.via.map.ptr[i];
-            if (kv.key.type == msgpack::type::STR &&
-                std::string_view(kv.key.via.str.ptr, kv.key.via.str.size) == "job" &&
-                kv.val.type == msgpack::type::POSITIVE_INTEGER)
-                return kv.val.via.u64;
-        }
-    } catch (...) {  // not msgpack: no job to name
-    }
-    return 0;
-}
 
 std::string hostname() {
     char buf[256] = {};
@@ -422,7 +403,7 @@ void Worker::accept_tier_job(std::string_view body) {
     if (auto* err = std::get_if<proto::DecodeError>(&decoded)) {
         // A protocol error is answered, never dropped: the broker waits for it.
         spdlog::warn("undecodable tier job: {}", err->reason);
-        refused.job = peek_job(body);
+        refused.job = proto::peek_u64(body, "job");
         refused.status = err->status;
         refused.reason = err->reason;
         send(Command::tier_done, proto::encode(refused));

@@ -4,6 +4,8 @@
 // and the worker adopts the broker's heartbeat interval.
 #include <gtest/gtest.h>
 
+#include <mutex>
+
 #include <atomic>
 #include <thread>
 
@@ -35,6 +37,7 @@ public:
         cfg.id = "w-test";
         auto make_store = [this, hold_first_store]() -> std::unique_ptr<worker::Store> {
             auto s = std::make_unique<FakeStore>();
+            std::lock_guard lock(stores_mu_);  // called on the worker's threads
             s->hold = hold_first_store && stores_.empty();
             stores_.push_back(s.get());
             return s;
@@ -44,11 +47,17 @@ public:
         thread_ = std::thread([this] { worker_->run(stop_); });
     }
     ~WorkerHarness() {
-        for (auto* s : stores_) s->release();
+        {
+            std::lock_guard lock(stores_mu_);
+            for (auto* s : stores_) s->release();
+        }
         stop_ = true;
         thread_.join();
     }
-    FakeStore& executor_store() { return *stores_.at(0); }
+    FakeStore& executor_store() {
+        std::lock_guard lock(stores_mu_);
+        return *stores_.at(0);
+    }
     const worker::Worker& worker() const { return *worker_; }
 
     // The next message from the worker (any command), or nullopt after `timeout`.
@@ -92,7 +101,8 @@ private:
     zmq::context_t ctx_{1};
     zmq::socket_t router_;
     std::string peer_;
-    std::vector<FakeStore*> stores_;
+    std::mutex stores_mu_;
+    std::vector<FakeStore*> stores_;  // guarded by stores_mu_
     std::unique_ptr<worker::Worker> worker_;
     std::atomic<bool> stop_{false};
     std::thread thread_;

@@ -5,6 +5,8 @@
 // each stored message's token count.
 #include <gtest/gtest.h>
 
+#include <mutex>
+
 #include <msgpack.hpp>
 
 #include <atomic>
@@ -39,6 +41,7 @@ public:
         cfg.id = "w-tier";
         auto make_store = [this]() -> std::unique_ptr<worker::Store> {
             auto s = std::make_unique<FakeStore>();
+            std::lock_guard lock(stores_mu_);  // called on the worker's threads
             s->hold = stores_.empty();
             stores_.push_back(s.get());
             return s;
@@ -53,7 +56,10 @@ public:
         thread_.join();
     }
     void release() {
-        for (auto* s : stores_) s->release();
+        {
+            std::lock_guard lock(stores_mu_);
+            for (auto* s : stores_) s->release();
+        }
     }
 
     std::optional<Incoming> expect(Command want, std::chrono::milliseconds timeout = 5s) {
@@ -75,7 +81,8 @@ private:
     zmq::context_t ctx_{1};
     zmq::socket_t router_;
     std::string peer_;
-    std::vector<FakeStore*> stores_;
+    std::mutex stores_mu_;
+    std::vector<FakeStore*> stores_;  // guarded by stores_mu_
     std::unique_ptr<worker::Worker> worker_;
     std::atomic<bool> stop_{false};
     std::thread thread_;

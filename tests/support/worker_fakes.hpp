@@ -197,8 +197,10 @@ public:
     std::map<MessageId, StoredMessage> by_id;
     std::set<std::string> repairs;
     std::vector<std::string> events;  // "mark", "write", "invalidate", "abandon", "repair"
-    uint64_t errors_ = 0;
-    WriteCounts writes_;
+    // Read from the worker's main thread while its pipeline thread writes (as
+    // RedisCache allows): atomic, like RedisCache's.
+    std::atomic<uint64_t> errors_{0};
+    std::atomic<uint64_t> writes_ok_{0}, writes_failed_{0};
 
     bool send_marks(const std::vector<std::string_view>& convs, const std::string& token) override {
         pending_ = !down;
@@ -224,7 +226,7 @@ public:
                       const std::vector<std::vector<const StoredMessage*>>& rows) override {
         if (down) {
             ++errors_;
-            ++writes_.failed;
+            ++writes_failed_;
             for (auto c : convs) repairs.insert(std::string(c));
             return false;
         }
@@ -239,7 +241,7 @@ public:
             }
             marks[c].erase(token);
         }
-        ++writes_.ok;
+        ++writes_ok_;
         return true;
     }
     bool before_change(const std::vector<std::string_view>& convs, const std::string& token,
@@ -253,7 +255,7 @@ public:
                       const std::vector<std::vector<const StoredMessage*>>& added) override {
         if (down) {
             ++errors_;
-            ++writes_.failed;
+            ++writes_failed_;
             for (auto c : convs) repairs.insert(std::string(c));
             return false;
         }
@@ -272,7 +274,7 @@ public:
             }
             marks[c].erase(token);
         }
-        ++writes_.ok;
+        ++writes_ok_;
         return true;
     }
     void abandon(const std::vector<std::string_view>& convs, const std::string& token) override {
@@ -333,7 +335,7 @@ public:
     }
     uint32_t history_size() const override { return 100; }
     uint64_t errors() const override { return errors_; }
-    WriteCounts write_counts() const override { return writes_; }
+    WriteCounts write_counts() const override { return {writes_ok_.load(), writes_failed_.load()}; }
     void settle() override {}
 
 private:

@@ -5,6 +5,9 @@
 #include <msgpack.hpp>
 
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
 #include <functional>
 #include <random>
 #include <string>
@@ -834,6 +837,82 @@ TEST(CodecMalformed, DeeplyNestedArraysAreRefused) {
     std::string body = "\x81\xa3req"s + std::string(10000, '\x91') + "\x01";
     auto e = must_fail(decode_push(body));
     EXPECT_EQ(e.status, Status::bad_frame);
+}
+
+// The msgpack limits (kUnpackLimits): beyond one, a body is refused (bad_frame) naming it.
+TEST(CodecLimits, AnArrayOrMapPastItsLimitIsRefusedNamingTheLimit) {
+    std::string msgs = pack([](P& p) {
+        p.pack_map(2);
+        str(p, "req"), p.pack(1);
+        str(p, "msgs"), p.pack_array(static_cast<uint32_t>(kUnpackLimits.array + 1));
+    });
+    msgs.append(kUnpackLimits.array + 1, '\xc0');  // every entry present (nil)
+    auto e = must_fail(decode_push(msgs));
+    EXPECT_EQ(e.status, Status::bad_frame);
+    EXPECT_NE(e.reason.find("msgpack limit: an array of 100001 entries exceeds the limit 100000"), std::string::npos) << e.reason;
+
+    std::string wide = pack([](P& p) {
+        p.pack_map(static_cast<uint32_t>(kUnpackLimits.map + 1));
+        for (size_t i = 0; i <= kUnpackLimits.map; ++i) str(p, "k" + std::to_string(i)), p.pack(i);
+    });
+    e = must_fail(decode_stats_request(wide));
+    EXPECT_EQ(e.status, Status::bad_frame);
+    EXPECT_NE(e.reason.find("a map of 65 entries exceeds the limit 64"), std::string::npos) << e.reason;
+}
+
+TEST(CodecLimits, ExtValuesAndNestingPastTheDepthAreRefused) {
+    auto e = must_fail(decode_stats_request("\x81\xa3req\xd4\x01\x02"s));  // fixext 1: the protocol has no ext
+    EXPECT_EQ(e.status, Status::bad_frame);
+    EXPECT_NE(e.reason.find("an ext value of 2 bytes exceeds the limit 0"), std::string::npos) << e.reason;
+
+    // A map and 8 arrays nest 9 deep (the limit is 8); one array less is within it.
+    e = must_fail(decode_push("\x81\xa3req"s + std::string(8, '\x91') + "\x01"));
+    EXPECT_EQ(e.status, Status::bad_frame);
+    EXPECT_NE(e.reason.find("nested deeper than the limit 8"), std::string::npos) << e.reason;
+    e = must_fail(decode_push("\x81\xa3req"s + std::string(7, '\x91') + "\x01"));
+    EXPECT_EQ(e.status, Status::bad_field) << e.reason;  // read as msgpack; `req` is no integer
+}
+
+// Found by fuzz_codec (tests/fuzz/corpus/codec/ub-huge-gauge): a gauge far outside
+// int64's range was cast to int64 before its range was checked (UBSan: undefined).
+TEST(CodecRoundTrip, GaugesFarOutsideTheIntegerRangeStayFloats) {
+    metrics::Registry r;
+    r.gauge("llmq_huge", "g").set(-4.05272e+77);
+    Stats in;
+    in.req = 1;
+    in.families = r.snapshot();
+    Stats out = must(decode_stats(encode(in)));
+    EXPECT_EQ(metrics::value(out.families, "llmq_huge"), -4.05272e+77);
+}
+
+// VmPeak (/proc/self/status), in bytes.
+size_t vm_peak_bytes() {
+    std::ifstream in("/proc/self/status");
+    std::string line;
+    while (std::getline(in, line))
+        if (line.rfind("VmPeak:", 0) == 0) return std::stoull(line.substr(7)) * 1024;
+    return 0;
+}
+
+// msgpack allocates a container's slots when it reads its header: 7 nested
+// headers of 100,000 entries each (40 bytes) made it allocate ~17 MB before
+// finding that the entries are not there. Now the shape is checked first.
+TEST(CodecLimitsDeathTest, HeadersClaimingMoreEntriesThanBytesAreRefusedBeforeAnyAllocation) {
+    std::string bomb = "\x82\xa3req\x01\xa4msgs"s;
+    for (int i = 0; i < 7; ++i) bomb += "\xdd\x00\x01\x86\xa0"s;  // array32 of 100,000 entries
+    // In a child process, whose VmPeak starts at its size when forked.
+    EXPECT_EXIT(
+        {
+            const size_t before = vm_peak_bytes();
+            auto d = decode_push(bomb);
+            const size_t grew = vm_peak_bytes() - before;
+            const auto* e = std::get_if<DecodeError>(&d);
+            const bool named = e && e->status == Status::bad_frame &&
+                               e->reason.find("an array of 100000 entries where 30 bytes remain") != std::string::npos;
+            std::fprintf(stderr, "reason '%s', VmPeak grew %zu bytes\n", e ? e->reason.c_str() : "", grew);
+            std::exit(named && grew < (4u << 20) ? 0 : 1);
+        },
+        ::testing::ExitedWithCode(0), "VmPeak grew");
 }
 
 TEST(CodecMalformed, HeartbeatBusyAndSettingsAreTypeAndRangeChecked) {
