@@ -940,7 +940,9 @@ std::optional<Command> parse_command(std::string_view name) {
 
 std::string outcome_code(const Outcome& r) {
     if (is_success(r.status)) return "ok";
-    if (r.status == Status::rejected) {
+    // Refusals of a message itself carry their code before the colon
+    // ("content_too_large: ..."), whichever of the broker or a worker said it.
+    if (r.status == Status::rejected || r.status == Status::too_large) {
         auto colon = r.reason.find(':');
         if (colon != std::string::npos && colon > 0) return r.reason.substr(0, std::min<size_t>(colon, 48));
     }

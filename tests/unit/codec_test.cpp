@@ -509,6 +509,11 @@ TEST(Outcome, CodeIsOkTheRejectionCodeOrTheStatusName) {
     EXPECT_EQ(code(Status::rejected, ": starts with a colon"), "rejected");
     EXPECT_EQ(code(Status::rejected, std::string(100, 'x') + ": long"), std::string(48, 'x'));  // a bounded label
     EXPECT_EQ(code(Status::dead_lettered, "dead_lettered after 5 attempts: boom"), "dead_lettered");
+    // The broker's intake refusal counts under the same code as a worker's.
+    EXPECT_EQ(code(Status::too_large, "content_too_large: content is 1048577 bytes, more than the broker's "
+                                      "--max-content-bytes 1048576"),
+              "content_too_large");
+    EXPECT_EQ(code(Status::too_large, "no code here"), "too_large");
 }
 
 TEST(CodecRoundTrip, CommandNamesParseBack) {
