@@ -14,7 +14,7 @@ std::variant<Message, LineError> parse_message_line(std::string_view line, size_
     nlohmann::json j;
     try {
         j = nlohmann::json::parse(line);
-    } catch (const nlohmann::json::parse_error& e) {
+    } catch (const nlohmann::json::exception& e) {  // parse_error, and out_of_range for 222E4444
         std::string what = e.what();
         bool utf8 = what.find("UTF-8") != std::string::npos;
         // "[json.exception.parse_error.101] parse error at line 1, column 5: …":

@@ -93,7 +93,7 @@ std::variant<std::vector<BatchItem>, ApiError> parse_batch_array(std::string_vie
     json arr;
     try {
         arr = json::parse(body);
-    } catch (const json::parse_error& e) {
+    } catch (const json::exception& e) {  // parse_error, and out_of_range for a number like 1e999
         std::string what = e.what();
         auto pos = what.find("column ");
         return ApiError{400, "bad_json", pos == std::string::npos ? what : what.substr(pos)};

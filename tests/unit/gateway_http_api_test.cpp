@@ -154,6 +154,7 @@ TEST_F(GatewayHttpApi, BadBodiesAre400NamingTheField) {
     };
     check("{not json", "bad_json", "column");
     check("[1,2]", "bad_json", "object");
+    check(R"({"conversation_id":"c","user_id":"u","content":"x","priority":1e999})", "bad_json", "overflow");
     check(R"({"user_id":"u","content":"x"})", "missing_field", "conversation_id");
     check(R"({"conversation_id":7,"user_id":"u","content":"x"})", "bad_field", "conversation_id");
     check(R"({"conversation_id":"c","user_id":"","content":"x"})", "bad_field", "user_id");

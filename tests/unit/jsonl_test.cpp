@@ -159,6 +159,14 @@ TEST(JsonlErrors, InvalidUtf8InsideAStringIsInvalidUtf8) {
     EXPECT_EQ(code("{\"conversation_id\":\"c\",\"user_id\":\"u\",\"content\":\"\xe4\xbd\"}"), "invalid_utf8");
 }
 
+// Found by fuzz_jsonl in CI: nlohmann throws out_of_range (not parse_error) for
+// a number past double's range, and `llmq push --file` died of it.
+TEST(JsonlErrors, ANumberPastDoublesRangeIsNotJsonInsteadOfACrash) {
+    EXPECT_EQ(code("222E4444expires"), "not_json");
+    EXPECT_EQ(code("{\"conversation_id\":\"c\",\"user_id\":\"u\",\"content\":\"x\",\"priority\":1e999}"),
+              "not_json");
+}
+
 TEST(JsonlErrors, ContentOverTheLimitIsTooLarge) {
     std::string line = R"({"conversation_id":"c","user_id":"u","content":")" + std::string(101, 'a') + "\"}";
     EXPECT_EQ(code(line, 100), "too_large");
