@@ -84,9 +84,12 @@ BrokerCore::BrokerCore(const BrokerConfig& cfg, const Clock& clock)
     TierIo io;
     io.to_client = [this](const std::string& c, Command cmd, std::string body) { to_client(c, cmd, std::move(body)); };
     io.to_worker = [this](const std::string& w, Command cmd, std::string body) { to_worker(w, cmd, std::move(body)); };
-    io.pick_worker = [this] {
-        WorkerEntry* w = workers_.pick_for_query();
-        return w ? w->routing_id : std::string();
+    io.workers = [this] {
+        // Those able to store first; when none says so, any (its answer will tell).
+        std::vector<std::string> healthy, all;
+        for (const auto& [id, w] : workers_.all()) (w.healthy ? healthy : all).push_back(id);
+        if (healthy.empty()) return all;
+        return healthy;
     };
     std::random_device rd;  // claim tokens must not repeat across broker restarts
     uint64_t seed = (uint64_t{rd()} << 32) ^ rd() ^ static_cast<uint64_t>(clock_.wall_us());

@@ -204,7 +204,7 @@ void TierDesk::claim(const std::string& client, const proto::Claim& c, int64_t n
 
 void TierDesk::try_claim(const Waiter& who, const proto::Claim& c, int64_t received_ns, int64_t now,
                          int64_t wall_us) {
-    std::string worker = io_.pick_worker();
+    std::string worker = pick_worker();
     if (worker.empty()) {
         proto::Claimed none{.status = Status::unavailable, .reason = "no worker is connected to write claims"};
         none.retry_after_ms = static_cast<uint32_t>(cfg_.busy_retry_ms);
@@ -371,7 +371,7 @@ void TierDesk::queue_settle(SettleWork w) { settle_buf_.push_back(std::move(w));
 // transaction for many consumers' completes.
 void TierDesk::send_settles(int64_t now) {
     while (!settle_buf_.empty()) {
-        std::string worker = io_.pick_worker();
+        std::string worker = pick_worker();
         if (worker.empty()) {
             Job failed;
             failed.settles.swap(settle_buf_);
@@ -432,8 +432,35 @@ uint64_t TierDesk::send_job(JobKind kind, const std::string& worker, const proto
     job.worker = worker;
     job.deadline_ns = now + int64_t{cfg_.job_timeout_ms} * kMs;
     jobs_.emplace(id, std::move(job));
+    ++jobs_per_worker_[worker];
     io_.to_worker(worker, Command::tier, proto::encode(b));
     return id;
+}
+
+// Spread over the workers, as each one writes its jobs on its own tier threads
+// and connections: sending every job to the same worker leaves the others idle
+// (tier jobs take no ingest credit, so ingest load alone cannot tell them apart).
+std::string TierDesk::pick_worker() {
+    std::vector<std::string> ws = io_.workers();
+    if (ws.empty()) return {};
+    size_t start = pick_turn_++ % ws.size();
+    const std::string* best = nullptr;
+    uint32_t fewest = UINT32_MAX;
+    for (size_t k = 0; k < ws.size(); ++k) {
+        const std::string& w = ws[(start + k) % ws.size()];
+        auto it = jobs_per_worker_.find(w);
+        uint32_t n = it == jobs_per_worker_.end() ? 0 : it->second;
+        if (n < fewest) fewest = n, best = &w;
+    }
+    return *best;
+}
+
+TierDesk::Job TierDesk::take_job(std::unordered_map<uint64_t, Job>::iterator& it) {
+    Job job = std::move(it->second);
+    if (auto w = jobs_per_worker_.find(job.worker); w != jobs_per_worker_.end() && --w->second == 0)
+        jobs_per_worker_.erase(w);
+    it = jobs_.erase(it);
+    return job;
 }
 
 void TierDesk::tier_done(const std::string& worker, proto::TierDone d, int64_t now, int64_t wall_us) {
@@ -442,8 +469,7 @@ void TierDesk::tier_done(const std::string& worker, proto::TierDone d, int64_t n
         spdlog::debug("late or unknown tier_done for job {} ignored", d.job);
         return;
     }
-    Job job = std::move(it->second);
-    jobs_.erase(it);
+    Job job = take_job(it);
     switch (job.kind) {
         case JobKind::claim: claim_done(job, d, now); break;
         case JobKind::settle: settle_done(job, d, now); break;
@@ -490,8 +516,7 @@ void TierDesk::worker_lost(const std::string& worker, int64_t now, int64_t wall_
             ++it;
             continue;
         }
-        Job job = std::move(it->second);
-        it = jobs_.erase(it);
+        Job job = take_job(it);
         job_failed(job, "worker lost", now);
     }
 }
@@ -501,7 +526,7 @@ void TierDesk::worker_lost(const std::string& worker, int64_t now, int64_t wall_
 void TierDesk::load_page(int64_t now) {
     if (!cursor_ || page_in_flight_ || now < next_page_ns_) return;
     if (policy_.size() >= cfg_.capacity) return;  // room first
-    std::string worker = io_.pick_worker();
+    std::string worker = pick_worker();
     if (worker.empty()) {
         next_page_ns_ = now + 100 * kMs;  // no spinning while no worker is there
         return;
@@ -684,8 +709,7 @@ void TierDesk::tick(int64_t now, int64_t wall_us) {
             ++it;
             continue;
         }
-        Job job = std::move(it->second);
-        it = jobs_.erase(it);
+        Job job = take_job(it);
         job_failed(job, "worker did not answer in time", now);
     }
     if (!parked_.empty()) serve_parked(now, wall_us);

@@ -36,8 +36,9 @@ struct TierConfig {
 struct TierIo {
     std::function<void(const std::string& client, proto::Command, std::string body)> to_client;
     std::function<void(const std::string& worker, proto::Command, std::string body)> to_worker;
-    // A worker's routing id to send a tier job to, or empty when none is usable.
-    std::function<std::string()> pick_worker;
+    // The routing ids of the workers a tier job may go to (those able to store
+    // first); empty when none is connected. The desk spreads its jobs over them.
+    std::function<std::vector<std::string>()> workers;
 };
 
 class TierDesk {
@@ -132,6 +133,11 @@ private:
     void apply_lease_events();
     void add_item(PendingItem item, int64_t now);
     uint64_t send_job(JobKind kind, const std::string& worker, const proto::TierJob& body, Job job, int64_t now);
+    // The worker with the fewest of our jobs in flight (in turn among equals),
+    // or empty when none is connected.
+    std::string pick_worker();
+    // Removes a job from the ones in flight, returning it; `it` moves to the next.
+    Job take_job(std::unordered_map<uint64_t, Job>::iterator& it);
     void charge_usage(const std::string& user, uint64_t prompt, uint64_t completion);
     void apply_quotas(QuotaConfig cfg);
     void charge_claim_rate(const std::string& user, uint64_t tokens, int64_t now);
@@ -160,7 +166,9 @@ private:
     std::multiset<int64_t> parked_deadlines_;  // theirs, soonest first
     std::vector<SettleWork> settle_buf_;
     std::unordered_map<uint64_t, Job> jobs_;
+    std::unordered_map<std::string, uint32_t> jobs_per_worker_;  // of jobs_, by worker (no zero entries)
     uint64_t next_job_ = 1;
+    size_t pick_turn_ = 0;  // rotates the first worker looked at
     // In transit for max_pending: admitted at push, not yet stored or given up.
     std::unordered_map<std::string, uint32_t> transit_;
     struct Sums {

@@ -293,6 +293,33 @@ TEST(BrokerTier, AClaimWhoseWorkerIsLostIsTakenBackWithoutCountingAnAttempt) {
     EXPECT_EQ(got[0].attempt, 1u) << "the lost claim never reached a consumer";
 }
 
+TEST(BrokerTier, TierJobsAreSpreadOverTheWorkersByTheJobsEachHasInFlight) {
+    TierHarness t;
+    warm_up(t);
+    std::vector<Message> msgs;
+    for (int i = 0; i < 8; ++i) msgs.push_back(in_conversation("c" + std::to_string(i), "u1", i + 1));
+    t.store(msgs);
+    t.ready("w2", 4);  // after the store: the ingest batches went to "w"
+    // Four consumers claim at once; no worker has answered yet. Before the fix
+    // every job went to the same worker (tier jobs hold no ingest credit).
+    for (int c = 0; c < 4; ++c)
+        t.send("consumer" + std::to_string(c), Command::claim, proto::encode(t.claim_req(1)));
+    auto s = t.take();
+    EXPECT_EQ(s.of(Socket::backend, "w", Command::tier).size(), 2u);
+    EXPECT_EQ(s.of(Socket::backend, "w2", Command::tier).size(), 2u);
+    // w answers its two; the next two claims go to w, which has none in flight.
+    for (const auto* o : s.of(Socket::backend, "w", Command::tier)) {
+        auto job = std::get<proto::TierJob>(proto::decode_tier_job(o->body));
+        t.core.on_backend("w", frames("tier_done", proto::encode(t.rows.answer(job))));
+    }
+    t.take();
+    for (int c = 4; c < 6; ++c)
+        t.send("consumer" + std::to_string(c), Command::claim, proto::encode(t.claim_req(1)));
+    s = t.take();
+    EXPECT_EQ(s.of(Socket::backend, "w", Command::tier).size(), 2u);
+    EXPECT_TRUE(s.of(Socket::backend, "w2", Command::tier).empty());
+}
+
 TEST(BrokerTier, FailWithRetryGivesTheMessageBackAndTheLastAttemptKillsIt) {
     BrokerConfig cfg = config();
     cfg.claim_max_attempts = 2;
