@@ -34,15 +34,24 @@ namespace {
 constexpr const char* kMarkScript = R"lua(
 local out = {}
 for i = 1, #KEYS, 2 do
-  redis.call('HSET', KEYS[i + 1], ARGV[1], ARGV[2])
-  if redis.call('HSETNX', KEYS[i + 1], 'e', ARGV[5]) == 0 and ARGV[4] == '1' then
-    redis.call('HINCRBY', KEYS[i + 1], 'e', 1)
+  local got = redis.call('HMGET', KEYS[i + 1], 'e', 'floor')
+  local e = got[1]
+  if not e then
+    e = ARGV[5]
+    redis.call('HSET', KEYS[i + 1], ARGV[1], ARGV[2], 'e', e)
+  else
+    redis.call('HSET', KEYS[i + 1], ARGV[1], ARGV[2])
+    if ARGV[4] == '1' then
+      local n = redis.call('HINCRBY', KEYS[i + 1], 'e', 1)
+      -- As text: exact for up to 15 digits (a Lua number is a double); a longer
+      -- epoch (written by an older version) is read back instead.
+      if #e <= 15 then e = string.format('%.0f', n) else e = redis.call('HGET', KEYS[i + 1], 'e') end
+    end
   end
   redis.call('EXPIRE', KEYS[i + 1], ARGV[3])
   local has_set = redis.call('EXPIRE', KEYS[i], ARGV[3])  -- 0 when the set is gone
-  local has_floor = redis.call('HEXISTS', KEYS[i + 1], 'floor')
-  out[#out + 1] = (has_set == 1 and has_floor == 1) and 1 or 0
-  out[#out + 1] = redis.call('HGET', KEYS[i + 1], 'e')
+  out[#out + 1] = (has_set == 1 and got[2]) and 1 or 0
+  out[#out + 1] = e
 end
 return out
 )lua";
@@ -174,18 +183,24 @@ local ttl, field, msg_ttl = ARGV[3], ARGV[4], ARGV[5]
 local n = tonumber(ARGV[6])
 local a, b = 7 + 3 * n, 2 * n + 1
 local rebuild = {}
+local bucket_ttl = {}  -- by-id buckets given their TTL by this call
 for c = 1, n do
   local hist, meta = KEYS[2 * c - 1], KEYS[2 * c]
   local changed, added = tonumber(ARGV[5 + 3 * c]), tonumber(ARGV[6 + 3 * c])
-  local ok = redis.call('HGET', meta, 'e') == ARGV[4 + 3 * c]
-  redis.call('HINCRBY', meta, 'e', 1)
-  local e = redis.call('HGET', meta, 'e')  -- as text: a Lua number would round 62 bits
-  local cached = ok and redis.call('TTL', hist) >= 0 and redis.call('HEXISTS', meta, 'floor') == 1
+  local got = redis.call('HMGET', meta, 'e', 'floor')
+  local ok = got[1] == ARGV[4 + 3 * c]
+  local bumped = redis.call('HINCRBY', meta, 'e', 1)
+  -- As text, exact for up to 15 digits (as in kMarkScript); else read back.
+  local e = (got[1] and #got[1] > 15) and redis.call('HGET', meta, 'e') or string.format('%.0f', bumped)
+  local cached = ok and got[2] and redis.call('TTL', hist) >= 0
   for r = 1, changed + added do
     local hex, payload = ARGV[a], ARGV[a + 1]
     if ok then
       redis.call('HSET', KEYS[b], hex, e .. ':' .. payload)
-      redis.call('EXPIRE', KEYS[b], msg_ttl)
+      if not bucket_ttl[KEYS[b]] then
+        redis.call('EXPIRE', KEYS[b], msg_ttl)
+        bucket_ttl[KEYS[b]] = true
+      end
     end
     if cached then
       local was = redis.call('ZREMRANGEBYLEX', hist, '[' .. hex .. ':', '(' .. hex .. ';')
@@ -199,7 +214,8 @@ for c = 1, n do
   if not ok or (not cached and added > 0) then
     rebuild[#rebuild + 1] = c
   else
-    if cached then
+    -- Only new rows can take the set past its cap: a changed row replaces its copy.
+    if cached and added > 0 then
       local count = redis.call('ZCARD', hist)
       if count > limit then
         redis.call('ZREMRANGEBYRANK', hist, 0, count - cap - 1)
@@ -208,7 +224,9 @@ for c = 1, n do
     end
     redis.call('HDEL', meta, field)
   end
-  redis.call('EXPIRE', meta, ttl)
+  -- The hash kept the TTL its mark gave it unless it was lost since (then
+  -- HINCRBY made it again, without one).
+  if not ok then redis.call('EXPIRE', meta, ttl) end
 end
 return rebuild
 )lua";
@@ -566,8 +584,9 @@ bool RedisCache::mark(const std::vector<std::string_view>& conversations, const 
         for (auto c : conversations) defer(c, token);
         return false;
     }
-    // A fresh epoch for a conversation whose meta hash is new: random, 62 bits
-    // (HINCRBY's range), so one lost and created again never repeats an old one.
+    // A fresh epoch for a conversation whose meta hash is new: random, 48 bits,
+    // so one lost and created again never repeats an old one, and below 10^15
+    // for the scripts' exact text of it after HINCRBY (a Lua number is a double).
     epoch_seed_ += 0x9e3779b97f4a7c15ULL;
     uint64_t z = epoch_seed_;
     z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
@@ -581,7 +600,7 @@ bool RedisCache::mark(const std::vector<std::string_view>& conversations, const 
     }
     args.insert(args.end(), {"w:" + token, std::to_string(wall_now_us() / 1000 + cfg_.mark_ttl_ms),
                              std::to_string(cfg_.history_ttl_s), change ? "1" : "0",
-                             std::to_string(z >> 2)});
+                             std::to_string(z >> 16)});
     append(ctx_.get(), args);
     // Out now, so Redis sets the marks while the caller works on its transaction.
     if (!write_out(ctx_.get(), deadline())) {

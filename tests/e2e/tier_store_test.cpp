@@ -541,6 +541,27 @@ TEST_F(TierStoreE2E, AConversationOfOneMessageStaysCachedThroughItsClaimAndCompl
     EXPECT_EQ(repairs_->size(), 0u);
 }
 
+// The scripts carry the epoch as text through a Lua number (a double) for up
+// to 15 digits; an epoch written by an older version (62 random bits, 19
+// digits) is read back instead. Were it rounded, every change would find the
+// epoch moved and rebuild the conversation from PostgreSQL, on every turn.
+TEST_F(TierStoreE2E, AnEpochOfNineteenDigitsStillLetsChangesLandInPlace) {
+    auto u = push("long-epoch", {"first", "second"});
+    std::string out;
+    ASSERT_EQ(run_capture("redis-cli -u '" + redis_url_ + "' HSET '" + prefix_ + "hm:long-epoch' e 4611686018427387901",
+                          out),
+              0);
+    ASSERT_EQ(run(claims({u[0]}, 1)).claimed.size(), 1u);
+    ASSERT_EQ(run(settles({complete(u[0], 1, "the reply", uuid_v7())})).settled.at(0).status, Status::ok);
+    cache_->settle();
+    EXPECT_EQ(repairs_->size(), 0u) << "a change found the epoch moved: it was rounded on the way";
+    auto hit = cache_->history("long-epoch", std::nullopt, 10);
+    ASSERT_TRUE(hit.has_value());
+    EXPECT_EQ(describe(*hit), describe(db_history("long-epoch", 10)));
+    run_capture("redis-cli -u '" + redis_url_ + "' HGET '" + prefix_ + "hm:long-epoch' e", out);
+    EXPECT_EQ(out.substr(0, 19), "4611686018427387905") << "two marks and two changes, each one step";
+}
+
 // A message is claimed before the cache write of the batch that stored it has
 // landed (its `done` goes out first): that write is older than the claim's and
 // must not land after it. Without the epoch, readers were served `pending`.
