@@ -13,15 +13,19 @@
 #       generation time): claims/s, completes/s, claim and complete latency.
 #       One turn per conversation at a time caps the rate at conversations /
 #       (claim + complete round trip): few long conversations measure that cap.
+#   (3) its ceiling, in the same run: llmq-tier-ceiling on a fresh database,
+#       TIER_MESSAGES claimed and completed by 8 threads, 100 at a time, with
+#       no broker and no wire: PostgreSQL alone (the worker's statements), and
+#       the worker's tier executor (PostgreSQL + Redis).
 # Results in .run/tier/. Stops what it started (also on Ctrl-C).
 #
 # Environment: BUILD_DIR (default build), TIER_MESSAGES, TIER_CONVERSATIONS,
 # TIER_GEN_US (1: us per completion token, default 200), TIER_PARTS (default
-# "fair tput"), TIER_BROKER_ARGS (extra broker options for (1), e.g.
+# "fair tput ceil"), TIER_BROKER_ARGS (extra broker options for (1), e.g.
 # "--claim-expected-completion 50").
 set -euo pipefail
 case "${1:-}" in
-  -h|--help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+  -h|--help) sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
   "") ;;
   *) echo "tier.sh: no arguments expected (got '$1'); see --help" >&2; exit 2 ;;
 esac
@@ -33,13 +37,13 @@ OUT="$RUN_DIR/tier"
 MESSAGES=${TIER_MESSAGES:-100000}
 GEN_US=${TIER_GEN_US:-200}
 CONVERSATIONS=${TIER_CONVERSATIONS:-100000}
-PARTS=${TIER_PARTS:-fair tput}
+PARTS=${TIER_PARTS:-fair tput ceil}
 mkdir -p "$OUT"
 # shellcheck source=../scripts/lib.sh
 source scripts/lib.sh
 pids=()
 trap stop_started EXIT INT TERM
-for b in llmq llmq-broker llmq-worker llmq-bench; do
+for b in llmq llmq-broker llmq-worker llmq-bench llmq-tier-ceiling; do
   [[ -x $BUILD_DIR/$b ]] || { echo "tier.sh: $BUILD_DIR/$b is missing; build first (cmake --build $BUILD_DIR)" >&2; exit 2; }
 done
 bash scripts/services.sh start >/dev/null
@@ -90,5 +94,12 @@ print(f"claims/s {c['claims_per_s']:.0f}  completes/s {c['completes_per_s']:.0f}
       f"({c['claimed']} claimed, {c['completed']} completed in {c['seconds']:.1f} s)")
 PY
 stop_started
+fi
+
+if [[ " $PARTS " == *" ceil "* ]]; then
+section "(3) ceiling: the storage work of $MESSAGES claims and completes, no broker, no wire"
+fresh_databases llmq_tier_ceiling 13
+"$BUILD_DIR/llmq-tier-ceiling" --postgres "$PG_URL" --redis "$REDIS_URL" --messages "$MESSAGES" --consumers 8 \
+  --claim-max 100 --completion-tokens 50 | tee "$OUT/ceiling.txt"
 fi
 echo "results in $OUT"

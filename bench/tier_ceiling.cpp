@@ -118,6 +118,7 @@ struct Row {
     std::string name;
     double seconds = 0;
     size_t claimed = 0, completed = 0;
+    size_t rebuilds = 0;  // conversations left for a rebuild from PostgreSQL
     Latencies lat;
 };
 
@@ -226,11 +227,11 @@ void print(const Options& o, const std::vector<Row>& rows) {
             const Row& r = rows[i];
             std::printf("%s{\"name\":\"%s\",\"seconds\":%.3f,\"claims_per_s\":%.0f,\"completes_per_s\":%.0f,"
                         "\"claim_p50_ms\":%.2f,\"claim_p99_ms\":%.2f,\"complete_p50_ms\":%.2f,"
-                        "\"complete_p99_ms\":%.2f}",
+                        "\"complete_p99_ms\":%.2f,\"cache_rebuilds\":%zu}",
                         i ? "," : "", r.name.c_str(), r.seconds, static_cast<double>(r.claimed) / r.seconds,
                         static_cast<double>(r.completed) / r.seconds, percentile(r.lat.claim_ms, 0.5),
                         percentile(r.lat.claim_ms, 0.99), percentile(r.lat.complete_ms, 0.5),
-                        percentile(r.lat.complete_ms, 0.99));
+                        percentile(r.lat.complete_ms, 0.99), r.rebuilds);
         }
         std::printf("]}\n");
         return;
@@ -244,6 +245,9 @@ void print(const Options& o, const std::vector<Row>& rows) {
                     static_cast<double>(r.claimed) / r.seconds, static_cast<double>(r.completed) / r.seconds,
                     percentile(r.lat.claim_ms, 0.5), percentile(r.lat.claim_ms, 0.99),
                     percentile(r.lat.complete_ms, 0.5), percentile(r.lat.complete_ms, 0.99));
+    std::printf("  row (2) left %zu conversations for a rebuild from PostgreSQL (0: every cache write landed in "
+                "place)\n",
+                rows.back().rebuilds);
 }
 
 std::vector<Row> run(const Options& o) {
@@ -282,6 +286,9 @@ std::vector<Row> run(const Options& o) {
         p->tier = std::make_unique<worker::Tier>(tc, *p->pg, *p->cache);
         return [p](const proto::TierJob& job) { return p->tier->run(job).done; };
     }));
+    // Conversations the cache could not update in place (rebuilt from PostgreSQL
+    // when read): a ceiling that leaves many would measure the wrong thing.
+    rows.back().rebuilds = repairs->size();
     return rows;
 }
 

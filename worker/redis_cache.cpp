@@ -569,6 +569,12 @@ bool RedisCache::send_marks(const std::vector<std::string_view>& conversations, 
 
 bool RedisCache::before_change(const std::vector<std::string_view>& conversations, const std::string& token,
                                std::vector<bool>& known) {
+    // This instance's last write first: it went out on the other connection,
+    // so this mark could reach Redis before it, bump the epoch under it and
+    // make it fail its check, and its conversations be rebuilt from the store
+    // (a claim and then the complete of one conversation on one thread did
+    // that every time).
+    settle();
     mark(conversations, token, true);  // a failure shows in await_marks
     return await_marks(conversations, token, known);
 }
