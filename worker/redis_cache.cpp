@@ -569,12 +569,6 @@ bool RedisCache::send_marks(const std::vector<std::string_view>& conversations, 
 
 bool RedisCache::before_change(const std::vector<std::string_view>& conversations, const std::string& token,
                                std::vector<bool>& known) {
-    // This instance's last write first: it went out on the other connection,
-    // so this mark could reach Redis before it, bump the epoch under it and
-    // make it fail its check, and its conversations be rebuilt from the store
-    // (a claim and then the complete of one conversation on one thread did
-    // that every time).
-    settle();
     mark(conversations, token, true);  // a failure shows in await_marks
     return await_marks(conversations, token, known);
 }
@@ -607,9 +601,17 @@ bool RedisCache::mark(const std::vector<std::string_view>& conversations, const 
     args.insert(args.end(), {"w:" + token, std::to_string(wall_now_us() / 1000 + cfg_.mark_ttl_ms),
                              std::to_string(cfg_.history_ttl_s), change ? "1" : "0",
                              std::to_string(z >> 16)});
-    append(ctx_.get(), args);
+    // A change's mark goes behind this instance's last write when that is
+    // still unanswered: on the read connection it could reach Redis first,
+    // bump the epoch under the write and make it fail its check, and its
+    // conversations be rebuilt from the store (a claim, then the complete of
+    // the same conversations on one thread, did that under load). On the same
+    // connection Redis runs them in order; await_marks reads both answers.
+    marks_behind_write_ = change && in_flight_ && wctx_;
+    RedisLink* link = marks_behind_write_ ? wctx_.get() : ctx_.get();
+    append(link, args);
     // Out now, so Redis sets the marks while the caller works on its transaction.
-    if (!write_out(ctx_.get(), deadline())) {
+    if (!write_out(link, deadline())) {
         on_error("mark");
         for (auto c : conversations) defer(c, token);
         return false;
@@ -627,10 +629,13 @@ bool RedisCache::await_marks(const std::vector<std::string_view>& conversations,
         return false;
     }
     marks_sent_ = false;
-    // ctx_ is gone if another call failed since send_marks (it was logged then).
-    Reply r = ctx_ ? read_reply(ctx_.get(), deadline()) : nullptr;
+    // Behind a write: its answers come first on that connection.
+    if (marks_behind_write_) settle();
+    RedisLink* link = marks_behind_write_ ? wctx_.get() : ctx_.get();
+    // The connection is gone if another call failed since send_marks (it was logged then).
+    Reply r = link ? read_reply(link, deadline()) : nullptr;
     if (!r || r->type != REDIS_REPLY_ARRAY || r->elements != 2 * conversations.size()) {
-        if (!r && ctx_) on_error("mark");
+        if (!r && link) on_error("mark");
         else if (r) errors_.fetch_add(1, std::memory_order_relaxed);
         for (auto c : conversations) defer(c, token);
         marks_.erase(token);

@@ -218,6 +218,7 @@ private:
     };
     std::optional<InFlight> in_flight_;
     bool marks_sent_ = false;  // send_marks sent; await_marks reads the reply
+    bool marks_behind_write_ = false;  // ... on wctx_, after the write in flight
     // Reused by every batch write: the encoded commands and the payloads.
     std::string wbuf_, payloads_;
     std::vector<size_t> payload_ends_;
