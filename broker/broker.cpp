@@ -105,6 +105,10 @@ void add_broker_options(CLI::App& app, BrokerConfig& c) {
                    "Completion tokens charged ahead at claim before any reply was seen (then learnt per user); "
                    "0 = none")
         ->capture_default_str()->check(CLI::Range(0u, 1'000'000u));
+    app.add_option("--settle-linger-us", c.settle_linger_us,
+                   "Completes, fails and extends wait up to this long for others to share their write (one "
+                   "transaction and commit); 0 = each wake-up's are written at once")
+        ->capture_default_str()->check(CLI::Range(0u, 100'000u));
     app.add_option("--users-file", c.users_file,
                    "Per-user fairness weights and quotas (configs/users.toml); reloaded on SIGHUP");
     app.add_option("--endpoints-file", c.endpoints_file,

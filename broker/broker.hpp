@@ -51,6 +51,7 @@ struct BrokerConfig {
     size_t claim_capacity = 1'000'000;   // open messages the claim policy holds; more wait in PostgreSQL
     size_t max_waiting_claims = 10'000;  // long-polling claims at once
     uint32_t claim_expected_completion = 0;  // completion tokens predicted before any reply was seen
+    uint32_t settle_linger_us = 2000;  // completes, fails, extends wait this long to share one write
     std::string users_file;              // per-user weights and quotas (configs/users.toml)
     std::string endpoints_file;  // written once bound: "frontend=…\nbackend=…\nmetrics=…\n"
     // CURVE (docs/security.md): the broker's secret key turns it on for all three

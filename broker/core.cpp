@@ -78,6 +78,7 @@ BrokerCore::BrokerCore(const BrokerConfig& cfg, const Clock& clock)
     tc.capacity = cfg_.claim_capacity;
     tc.max_parked = cfg_.max_waiting_claims;
     tc.expected_completion = cfg_.claim_expected_completion;
+    tc.settle_linger_us = cfg_.settle_linger_us;
     tc.job_timeout_ms = cfg_.query_timeout_ms;
     tc.busy_retry_ms = cfg_.busy_retry_ms;
     tc.users_file = cfg_.users_file;

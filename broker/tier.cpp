@@ -25,6 +25,7 @@ constexpr size_t kMaxUsageAnswer = 1000;     // users in one usage answer
 constexpr uint32_t kBackgroundTries = 3;     // background writes (lease deaths, retries, extends)
 constexpr int64_t kPageRetryNs = 1000 * kMs; // a page that failed is asked again after this
 constexpr size_t kMaxSettlesPerJob = 5000;
+constexpr size_t kSettleFlushAt = 1000;  // settles buffered: sent without waiting out the linger
 
 int64_t wall_of(int64_t steady_ns, int64_t now, int64_t wall_us) { return wall_us + (steady_ns - now) / 1000; }
 
@@ -387,6 +388,7 @@ void TierDesk::send_settles(int64_t now) {
         settle_buf_.erase(settle_buf_.begin(), settle_buf_.begin() + static_cast<std::ptrdiff_t>(n));
         send_job(JobKind::settle, worker, job, std::move(j), now);
     }
+    settle_since_ns_ = 0;
 }
 
 void TierDesk::settle_done(Job& job, proto::TierDone& d, int64_t now) {
@@ -713,7 +715,12 @@ void TierDesk::tick(int64_t now, int64_t wall_us) {
         job_failed(job, "worker did not answer in time", now);
     }
     if (!parked_.empty()) serve_parked(now, wall_us);
-    send_settles(now);
+    // Settles wait a moment for more: a consumer's completes arrive over
+    // several wake-ups, and each job is a transaction with its own commit.
+    if (!settle_buf_.empty() && settle_since_ns_ == 0) settle_since_ns_ = now;
+    if (!settle_buf_.empty() &&
+        (settle_buf_.size() >= kSettleFlushAt || now >= settle_since_ns_ + int64_t{cfg_.settle_linger_us} * 1000))
+        send_settles(now);
     load_page(now);
 }
 
@@ -722,7 +729,8 @@ int64_t TierDesk::next_wakeup_ns(int64_t now) const {
     if (int64_t d = policy_.next_deadline_ns(); d >= 0) next = d;
     if (!parked_deadlines_.empty()) next = std::min(next, *parked_deadlines_.begin());
     for (const auto& [id, j] : jobs_) next = std::min(next, j.deadline_ns);
-    if (!settle_buf_.empty()) next = now;
+    if (!settle_buf_.empty())
+        next = std::min(next, settle_since_ns_ == 0 ? now : settle_since_ns_ + int64_t{cfg_.settle_linger_us} * 1000);
     if (cursor_ && !page_in_flight_ && policy_.size() < cfg_.capacity)
         next = std::min(next, std::max(now, next_page_ns_));
     return std::max(next, now);

@@ -29,6 +29,7 @@ struct TierConfig {
     int busy_retry_ms = 250;
     uint32_t page_rows = 10'000;     // open rows read per page when loading from PostgreSQL
     uint32_t expected_completion = 0;  // completion tokens predicted before any reply was seen
+    uint32_t settle_linger_us = 2000;  // completes wait this long for more before their job is sent
     std::string users_file;          // quotas and weights (configs/users.toml); empty = none
 };
 
@@ -165,6 +166,7 @@ private:
     std::deque<Parked> parked_;             // oldest first: served in order
     std::multiset<int64_t> parked_deadlines_;  // theirs, soonest first
     std::vector<SettleWork> settle_buf_;
+    int64_t settle_since_ns_ = 0;  // when settle_buf_ last became non-empty (0: empty)
     std::unordered_map<uint64_t, Job> jobs_;
     std::unordered_map<std::string, uint32_t> jobs_per_worker_;  // of jobs_, by worker (no zero entries)
     uint64_t next_job_ = 1;

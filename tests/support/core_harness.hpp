@@ -37,6 +37,7 @@ inline BrokerConfig config() {
     BrokerConfig c;
     c.heartbeat_ms = 1000;
     c.liveness = 3;
+    c.settle_linger_us = 0;  // settles written at the wake-up they arrive in (one test sets a linger)
     return c;
 }
 

@@ -320,6 +320,41 @@ TEST(BrokerTier, TierJobsAreSpreadOverTheWorkersByTheJobsEachHasInFlight) {
     EXPECT_TRUE(s.of(Socket::backend, "w2", Command::tier).empty());
 }
 
+// A consumer's completes reach the broker over several wake-ups; each job is a
+// transaction with its own commit, so they wait out the linger to share one.
+TEST(BrokerTier, CompletesOfSeveralWakeUpsWithinTheLingerShareOneJob) {
+    BrokerConfig cfg = config();
+    cfg.settle_linger_us = 2000;
+    TierHarness t(cfg);
+    warm_up(t);
+    t.store({in_conversation("a", "u1", 1), in_conversation("b", "u1", 2)});
+    auto got = t.claim(2);
+    ASSERT_EQ(got.size(), 2u);
+    auto complete_req = [&](const proto::ClaimedMessage& m) {
+        proto::Complete c;
+        c.req = ++t.req;
+        c.id = m.id;
+        c.claim_token = m.claim_token;
+        c.reply = "answer";
+        c.reply_id = uuid_v7();
+        t.send("consumer", Command::complete, proto::encode(c));
+    };
+    auto jobs = [&](const Sent& s) { return s.of(Socket::backend, "w", Command::tier); };
+    complete_req(got[0]);
+    EXPECT_TRUE(jobs(t.tick()).empty()) << "sent before the linger ran out";
+    t.clock.advance_ms(1);
+    complete_req(got[1]);
+    EXPECT_TRUE(jobs(t.tick()).empty()) << "the linger counts from the first complete, 1 ms ago";
+    t.clock.advance_ms(1);
+    auto s = t.tick();
+    ASSERT_EQ(jobs(s).size(), 1u) << "2 ms after the first complete, both go in one job";
+    auto job = std::get<proto::TierJob>(proto::decode_tier_job(jobs(s)[0]->body));
+    EXPECT_EQ(job.settles.size(), 2u);
+    auto answers = t.settled(t.serve(s), "consumer");
+    ASSERT_EQ(answers.size(), 2u);
+    for (const auto& a : answers) EXPECT_EQ(a.status, Status::ok);
+}
+
 TEST(BrokerTier, FailWithRetryGivesTheMessageBackAndTheLastAttemptKillsIt) {
     BrokerConfig cfg = config();
     cfg.claim_max_attempts = 2;
