@@ -60,8 +60,9 @@ void add_consumer_options(CLI::App& app, ConsumerOptions& o) {
                    "Consumers: long poll of a claim when nothing is claimable (0 = ask again after 10 ms)")
         ->capture_default_str()->check(CLI::Range(0u, proto::kMaxClaimWaitMs));
     app.add_option("--claim-log", o.claim_log,
-                   "Consumers: write one line per claimed message (user, priority, prompt and completion tokens), "
-                   "in the order the claims were answered (bench/fairness.py reads it)");
+                   "Consumers: write one line per claimed message (user, priority, prompt and completion tokens, "
+                   "lease end in unix us), in the order the claims were answered; the lease end orders them as the "
+                   "broker decided them (bench/fairness.py reads it)");
     app.add_option("--claim-history", o.claim_history, "Consumers: earlier turns asked for with each claimed message")
         ->capture_default_str()->check(CLI::Range(0u, proto::kMaxClaimHistory));
     app.add_option("--gen-us-per-token", o.gen_us_per_token,
@@ -199,8 +200,9 @@ private:
     void log_claims(const std::vector<proto::ClaimedMessage>& msgs) {
         std::lock_guard lock(shared_.log_mu);
         for (const auto& m : msgs)
-            std::fprintf(shared_.log, "%s\t%s\t%d\t%d\n", m.user_id.c_str(),
-                         std::string(priority_name(m.priority)).c_str(), m.token_count, o_.completion_tokens);
+            std::fprintf(shared_.log, "%s\t%s\t%d\t%d\t%" PRId64 "\n", m.user_id.c_str(),
+                         std::string(priority_name(m.priority)).c_str(), m.token_count, o_.completion_tokens,
+                         m.lease_until_us);
     }
 
     bool claim_refused(proto::Status s, uint32_t retry_after_ms, int64_t& pause_ms) {

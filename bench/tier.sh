@@ -43,7 +43,9 @@ mkdir -p "$OUT"
 source scripts/lib.sh
 pids=()
 trap stop_started EXIT INT TERM
-for b in llmq llmq-broker llmq-worker llmq-bench llmq-tier-ceiling; do
+needed=(llmq llmq-broker llmq-worker llmq-bench)
+[[ " $PARTS " == *" ceil "* ]] && needed+=(llmq-tier-ceiling)
+for b in "${needed[@]}"; do
   [[ -x $BUILD_DIR/$b ]] || { echo "tier.sh: $BUILD_DIR/$b is missing; build first (cmake --build $BUILD_DIR)" >&2; exit 2; }
 done
 bash scripts/services.sh start >/dev/null
