@@ -1,6 +1,7 @@
 // llmq-bench's consumer mode: N threads, each a Client that claims, "generates"
 // and completes, pipelining its completes on the DEALER socket.
 #include "bench/consumer.hpp"
+#include "bench/reply.hpp"
 
 #include <algorithm>
 #include <stdexcept>
@@ -104,16 +105,7 @@ std::chrono::milliseconds until(int64_t deadline_ns) {
     return std::chrono::milliseconds(std::max<int64_t>(0, (deadline_ns - steady_now_ns() + kMs - 1) / kMs));
 }
 
-// A reply of `tokens` short words: about one token each.
-std::string make_reply(int32_t tokens) {
-    static constexpr std::string_view kWords[] = {"the", "queue", "is", "fast", "and", "fair", "today", "so"};
-    std::string s;
-    for (int32_t i = 0; i < std::max(1, tokens); ++i) {
-        if (i) s += ' ';
-        s += kWords[static_cast<size_t>(i) % std::size(kWords)];
-    }
-    return s;
-}
+using bench::make_reply;
 
 // One simulated LLM consumer: claim, generate, complete, until told to stop.
 class Consumer {

@@ -32,6 +32,7 @@
 #include "common/protocol.hpp"
 #include "common/signals.hpp"
 #include "common/time.hpp"
+#include "bench/reply.hpp"
 #include "common/uuid.hpp"
 #include "worker/pg_store.hpp"
 #include "worker/preprocess.hpp"
@@ -53,19 +54,11 @@ struct Options {
     bool json = false;
 };
 
-std::string words(int n) {
-    static constexpr std::string_view kWords[] = {"the", "queue", "is", "fast", "and", "fair", "today", "so"};
-    std::string s;
-    for (int i = 0; i < std::max(1, n); ++i) {
-        if (i) s += ' ';
-        s += kWords[static_cast<size_t>(i) % std::size(kWords)];
-    }
-    return s;
-}
+using bench::make_reply;
 
 // One conversation per message, 40 words each (tier.sh's throughput part).
 std::vector<StoredMessage> make_messages(size_t n, const std::string& tag) {
-    const std::string content = normalize_content(words(40));
+    const std::string content = normalize_content(make_reply(40));
     std::vector<StoredMessage> out(n);
     for (size_t i = 0; i < n; ++i) {
         StoredMessage& m = out[i];
@@ -127,7 +120,7 @@ struct Row {
 template <typename Run>
 void consume(const std::vector<StoredMessage>& msgs, std::atomic<size_t>& next, const Options& o, Run&& run,
              Row& row, std::string& error) {
-    const std::string reply = words(o.completion_tokens);
+    const std::string reply = make_reply(o.completion_tokens);
     uint64_t token = 1;
     for (size_t b; (b = next.fetch_add(o.claim_max)) < msgs.size();) {
         size_t e = std::min(b + o.claim_max, msgs.size());
