@@ -44,7 +44,10 @@ WorkerEntry* WorkerRegistry::pick_for_batch() {
 WorkerEntry* WorkerRegistry::pick_for_query() {
     WorkerEntry* best = nullptr;
     for (auto& [id, w] : workers_)
-        if (!best || w.inflight.size() < best->inflight.size()) best = &w;
+        if (!best || w.inflight.size() < best->inflight.size() ||
+            (w.inflight.size() == best->inflight.size() && w.query_seq < best->query_seq))
+            best = &w;
+    if (best) best->query_seq = ++seq_;
     return best;
 }
 

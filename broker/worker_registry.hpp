@@ -20,6 +20,7 @@ struct WorkerEntry {
     int64_t registered_ns = 0;
     uint64_t batches_done = 0;
     uint64_t dispatch_seq = 0;  // when it last got work, for round robin among equals
+    uint64_t query_seq = 0;     // when it was last picked for a query, likewise
     bool healthy = true;        // false: it said it cannot store now (no batches for it)
     std::vector<proto::BusyBatch> busy;  // what its last heartbeat said it works on (minus batches done since)
     int64_t busy_at_ns = 0;              // when that heartbeat arrived
@@ -40,7 +41,8 @@ public:
     // The worker with free credit that holds the fewest batches (least recently
     // served among equals), or nullptr.
     WorkerEntry* pick_for_batch();
-    // Any worker, preferring the least loaded: queries need no credit.
+    // Any worker, preferring the least loaded (least recently picked among
+    // equals, so idle workers share the queries): queries need no credit.
     WorkerEntry* pick_for_query();
     bool any_credit() const;
 

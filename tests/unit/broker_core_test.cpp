@@ -524,6 +524,18 @@ TEST(BrokerCore, QueriesGoToAWorkerAndFailClearlyWithoutOne) {
     EXPECT_TRUE(t.take().all.empty()) << "a second reply to the same query is dropped";
 }
 
+// With no ingest load every worker ties; before, the first in the map took
+// every query (history and get reads all on one worker's query lane).
+TEST(BrokerCore, QueriesAreSharedByIdleWorkersInTurn) {
+    Harness t;
+    t.ready("w1", 1);
+    t.ready("w2", 1);
+    for (uint64_t req = 1; req <= 4; ++req) t.core.query("c", history(req, "conv"));
+    auto out = t.take();
+    EXPECT_EQ(out.of(Socket::backend, "w1", Command::query).size(), 2u);
+    EXPECT_EQ(out.of(Socket::backend, "w2", Command::query).size(), 2u);
+}
+
 TEST(BrokerCore, AQueryTimesOutAfterQueryTimeoutMs) {
     auto cfg = config();
     cfg.query_timeout_ms = 5000;
