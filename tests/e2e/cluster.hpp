@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <cstdlib>
+#include <filesystem>
 #include <memory>
 #include <pqxx/pqxx>
 #include <string>
@@ -39,14 +40,22 @@ protected:
         }
         auto slash = admin_url_.rfind('/');
         db_url_ = admin_url_.substr(0, slash + 1) + db_name_;
-        dir_ = ::testing::TempDir() + "llmq_" + tag;
-        std::string mk = "mkdir -p " + dir_, ignored;
-        run_capture(mk, ignored);
+        // A directory of this test only: pids are reused, and a later test
+        // process with this one's pid and counter must not find its files
+        // (a stale endpoints file was read as a restarted broker's once).
+        std::string templ = ::testing::TempDir() + "llmq_" + tag + "_XXXXXX";
+        ASSERT_NE(::mkdtemp(templ.data()), nullptr) << "cannot make a test directory " << templ;
+        dir_ = templ;
     }
 
     void TearDown() override {
         for (auto& w : workers_) w.stop();
         broker_.stop();
+        // Logs are kept for a failed test only (fixtures print where).
+        if (!HasFailure() && !dir_.empty()) {
+            std::error_code ignored;
+            std::filesystem::remove_all(dir_, ignored);
+        }
         // Drop this test's Redis keys so that Redis stays small across runs.
         if (!prefix_.empty()) {
             std::string out;

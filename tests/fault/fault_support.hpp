@@ -424,6 +424,7 @@ protected:
     // gone: killed or stopped).
     void respawn_broker() {
         std::string ep_file = dir_ + "/endpoints." + std::to_string(++broker_runs_);
+        std::remove(ep_file.c_str());  // only the new broker's may be read
         std::vector<std::string> args{"--frontend", frontend_, "--backend", backend_, "--metrics", metrics_,
                                       "--endpoints-file", ep_file};
         args.insert(args.end(), broker_extra_.begin(), broker_extra_.end());
