@@ -20,13 +20,6 @@
 
 namespace llmq::bench {
 
-double percentile_ms(const std::vector<uint32_t>& sorted, double q) {
-    if (sorted.empty()) return 0;
-    size_t i = static_cast<size_t>(std::ceil(q * static_cast<double>(sorted.size())));
-    if (i > 0) --i;
-    return sorted[std::min(i, sorted.size() - 1)] / 1000.0;
-}
-
 nlohmann::json latency_json(std::vector<uint32_t>& us) {
     std::sort(us.begin(), us.end());
     return {{"count", us.size()},

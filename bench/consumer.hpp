@@ -18,6 +18,7 @@
 #include <nlohmann/json.hpp>
 #include <zmq.hpp>
 
+#include "bench/percentile.hpp"
 #include "common/curve.hpp"
 #include "common/protocol.hpp"
 
@@ -28,8 +29,6 @@ struct Latencies {
     std::vector<uint32_t> us;
     void add(int64_t ns) { us.push_back(static_cast<uint32_t>(std::min<int64_t>(ns / 1000, UINT32_MAX))); }
 };
-// The q-quantile in ms of sorted samples (0 when there are none).
-double percentile_ms(const std::vector<uint32_t>& sorted, double q);
 // {count, p50_ms, p90_ms, p99_ms, p999_ms, max_ms}; sorts `us`.
 nlohmann::json latency_json(std::vector<uint32_t>& us);
 // The text report's latency table: its header, then one row per series.

@@ -32,6 +32,7 @@
 #include "common/protocol.hpp"
 #include "common/signals.hpp"
 #include "common/time.hpp"
+#include "bench/percentile.hpp"
 #include "bench/reply.hpp"
 #include "common/uuid.hpp"
 #include "worker/pg_store.hpp"
@@ -97,14 +98,13 @@ void store(const std::vector<StoredMessage>& msgs, worker::PgStore& pg, worker::
     if (cache) cache->settle();
 }
 
-struct Latencies {
-    std::vector<double> claim_ms, complete_ms;
+struct Latencies {  // per job, in us; sorted once all threads are done
+    std::vector<uint32_t> claim_us, complete_us;
 };
+using bench::percentile_ms;
 
-double percentile(std::vector<double> v, double p) {
-    if (v.empty()) return 0;
-    std::sort(v.begin(), v.end());
-    return v[std::min(v.size() - 1, static_cast<size_t>(p * static_cast<double>(v.size())))];
+uint32_t us_between(Clock::time_point a, Clock::time_point b) {
+    return static_cast<uint32_t>(std::chrono::duration_cast<std::chrono::microseconds>(b - a).count());
 }
 
 struct Row {
@@ -156,8 +156,8 @@ void consume(const std::vector<StoredMessage>& msgs, std::atomic<size_t>& next, 
             return;
         }
         row.claimed += e - b, row.completed += ok;
-        row.lat.claim_ms.push_back(std::chrono::duration<double, std::milli>(t1 - t0).count());
-        row.lat.complete_ms.push_back(std::chrono::duration<double, std::milli>(t2 - t1).count());
+        row.lat.claim_us.push_back(us_between(t0, t1));
+        row.lat.complete_us.push_back(us_between(t1, t2));
     }
 }
 
@@ -206,9 +206,11 @@ Row timed(const std::string& name, const std::vector<StoredMessage>& msgs, const
         if (!errors[t].empty()) throw std::runtime_error(name + ": " + errors[t]);
         all.claimed += rows[t].claimed, all.completed += rows[t].completed;
         auto& l = rows[t].lat;
-        all.lat.claim_ms.insert(all.lat.claim_ms.end(), l.claim_ms.begin(), l.claim_ms.end());
-        all.lat.complete_ms.insert(all.lat.complete_ms.end(), l.complete_ms.begin(), l.complete_ms.end());
+        all.lat.claim_us.insert(all.lat.claim_us.end(), l.claim_us.begin(), l.claim_us.end());
+        all.lat.complete_us.insert(all.lat.complete_us.end(), l.complete_us.begin(), l.complete_us.end());
     }
+    std::sort(all.lat.claim_us.begin(), all.lat.claim_us.end());
+    std::sort(all.lat.complete_us.begin(), all.lat.complete_us.end());
     return all;
 }
 
@@ -222,9 +224,9 @@ void print(const Options& o, const std::vector<Row>& rows) {
                         "\"claim_p50_ms\":%.2f,\"claim_p99_ms\":%.2f,\"complete_p50_ms\":%.2f,"
                         "\"complete_p99_ms\":%.2f,\"cache_rebuilds\":%zu}",
                         i ? "," : "", r.name.c_str(), r.seconds, static_cast<double>(r.claimed) / r.seconds,
-                        static_cast<double>(r.completed) / r.seconds, percentile(r.lat.claim_ms, 0.5),
-                        percentile(r.lat.claim_ms, 0.99), percentile(r.lat.complete_ms, 0.5),
-                        percentile(r.lat.complete_ms, 0.99), r.rebuilds);
+                        static_cast<double>(r.completed) / r.seconds, percentile_ms(r.lat.claim_us, 0.5),
+                        percentile_ms(r.lat.claim_us, 0.99), percentile_ms(r.lat.complete_us, 0.5),
+                        percentile_ms(r.lat.complete_us, 0.99), r.rebuilds);
         }
         std::printf("]}\n");
         return;
@@ -236,8 +238,8 @@ void print(const Options& o, const std::vector<Row>& rows) {
     for (const Row& r : rows)
         std::printf("  %-34s %10.0f %12.0f %10.1f / %-9.1f %10.1f / %-9.1f\n", r.name.c_str(),
                     static_cast<double>(r.claimed) / r.seconds, static_cast<double>(r.completed) / r.seconds,
-                    percentile(r.lat.claim_ms, 0.5), percentile(r.lat.claim_ms, 0.99),
-                    percentile(r.lat.complete_ms, 0.5), percentile(r.lat.complete_ms, 0.99));
+                    percentile_ms(r.lat.claim_us, 0.5), percentile_ms(r.lat.claim_us, 0.99),
+                    percentile_ms(r.lat.complete_us, 0.5), percentile_ms(r.lat.complete_us, 0.99));
     std::printf("  row (2) left %zu conversations for a rebuild from PostgreSQL (0: every cache write landed in "
                 "place)\n",
                 rows.back().rebuilds);
